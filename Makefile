@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test check-export nbtest pytest bench docs clean-notebooks export
+.PHONY: demo test check-export export-only nbtest pytest bench docs export
 
 $(STAMP): pyproject.toml
 	@echo "== setting up $(VENV) (first run, or pyproject.toml changed)"
@@ -24,15 +24,19 @@ demo: $(STAMP)
 
 test: $(STAMP) check-export nbtest pytest
 
-# mlnb/ is generated from nbs/: fail when nbdev-export would change it.
+# mlnb/ and README.md are generated from nbs/: fail when regenerating them would change them.
 check-export: $(STAMP)
-	@before=$$(find mlnb -name '*.py' | sort | xargs sha256sum); \
-	$(BIN)/nbdev-export; \
-	after=$$(find mlnb -name '*.py' | sort | xargs sha256sum); \
+	@before=$$(find mlnb README.md -name '*.py' -o -name README.md | sort | xargs sha256sum); \
+	$(MAKE) -s export-only; \
+	after=$$(find mlnb README.md -name '*.py' -o -name README.md | sort | xargs sha256sum); \
 	if [ "$$before" != "$$after" ]; then \
-	  echo "mlnb/ disagrees with nbs/: nbdev-export changed it (commit nbs/ and mlnb/ together)"; \
+	  echo "mlnb/ or README.md disagrees with nbs/: regenerating changed them (run make export, commit nbs/, mlnb/ and README.md together)"; \
 	  diff <(echo "$$before") <(echo "$$after"); exit 1; fi; \
-	echo "== mlnb/ matches nbs/"
+	echo "== mlnb/ and README.md match nbs/"
+
+export-only:
+	@$(BIN)/nbdev-export
+	@$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb 2>/dev/null > README.md
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
@@ -43,5 +47,6 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
-export: $(STAMP)
-	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+# After editing notebooks: regenerate mlnb/ and README.md, clean the notebooks.
+export: $(STAMP) export-only
+	$(BIN)/nbdev-clean

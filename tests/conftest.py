@@ -1,0 +1,25 @@
+"""Shared fixtures: a real project made by `mlnb new` and run once by `mlnb run` in real kernels."""
+import os, subprocess, sys
+from pathlib import Path
+import pytest
+
+os.environ['BENTOML_DO_NOT_TRACK'] = 'true'
+os.environ['GX_ANALYTICS_ENABLED'] = 'false'
+MLNB = str(Path(sys.executable).parent/'mlnb')
+SAMPLE = '150'   # rows of breast-cancer data: small enough for quick kernels, big enough for 5-fold CV
+
+
+def mlnb(*args, cwd=None, check=True, timeout=900):
+    "Run the `mlnb` command; returns the CompletedProcess (text output)."
+    r = subprocess.run([MLNB, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0: raise AssertionError(f"mlnb {' '.join(map(str, args))} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope='session')
+def project(tmp_path_factory):
+    "A scaffolded project after one successful `mlnb run` on a sample."
+    root = tmp_path_factory.mktemp('proj')/'shop'
+    mlnb('new', root)
+    r = mlnb('run', '--params', f'ingest.sample={SAMPLE}', cwd=root)
+    return root, r
