@@ -12,7 +12,9 @@ from .config import Project, load_project
 from .store import Store
 
 # %% auto #0
-__all__ = ['bentoml_home', 'bentoml_for', 'ModelInfo', 'run_outputs', 'save_model']
+__all__ = ['HIGHER_BETTER', 'LOWER_BETTER', 'bentoml_home', 'bentoml_for', 'training_frame', 'background_sample',
+           'reference_stats', 'ModelInfo', 'run_outputs', 'save_model', 'gate', 'promote_tag', 'rollback_store',
+           'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -28,7 +30,35 @@ def bentoml_for(p:Project):
     os.environ['BENTOML_HOME'] = home
     return need('bentoml')
 
-# %% ../nbs/09_registry.ipynb #92b064ad
+# %% ../nbs/09_registry.ipynb #6f62ef93
+def training_frame(run:dict, target:str, train_dir:Path):
+    "The features the run trained on: its ingest snapshot (or, without one, its holdout)."
+    import pandas as pd
+    ingest = run['stages'].get('ingest') or {}
+    snap = Path(ingest['out_dir'], 'snapshot.parquet') if ingest.get('out_dir') else None
+    df = pd.read_parquet(snap if snap and snap.is_file() else train_dir/'holdout.parquet')
+    return df.drop(columns=[target], errors='ignore')
+
+def background_sample(X, rows:int=100, seed:int=0):
+    "At most `rows` rows of `X` for SHAP's background, the same on every call."
+    return X.sample(min(len(X), rows), random_state=seed).reset_index(drop=True)
+
+def _num(v): return None if v != v else round(float(v), 6)      # NaN -> None: metadata is YAML
+
+def reference_stats(X, schema:list[dict], top:int=20) -> dict:
+    "Per feature: missing fraction, and deciles, mean and std (numbers) or the `top` value frequencies (strings)."
+    out = {}
+    for f in schema:
+        s = X[f['name']]
+        st = {'missing': _num(s.isna().mean())}
+        if f['kind'] == 'str': st['freq'] = {str(k): _num(v) for k,v in s.value_counts(normalize=True).head(top).items()}
+        else:
+            s = s.dropna().astype(float)
+            st.update(mean=_num(s.mean()), std=_num(s.std()), deciles=[_num(q) for q in s.quantile([i/10 for i in range(11)])])
+        out[f['name']] = st
+    return out
+
+# %% ../nbs/09_registry.ipynb #e12dd53f
 @dataclass
 class ModelInfo:
     "A packaged model and where it came from."
@@ -46,7 +76,7 @@ def run_outputs(store:Store, run_id:str|None=None) -> tuple[dict, Path]:
         raise MlnbError(f"run {run['id']} has no trained model (no train stage output with model.joblib)")
     return run, Path(train['out_dir'])
 
-def save_model(p:Project, run_id:str|None=None) -> ModelInfo:
+def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> ModelInfo:
     "Save the trained Pipeline of run `run_id` (default: the latest succeeded) in BentoML's model store."
     import joblib
     store = Store(p.store_url)
@@ -54,11 +84,69 @@ def save_model(p:Project, run_id:str|None=None) -> ModelInfo:
     bentoml = bentoml_for(p)
     schema = json.loads((out/'schema.json').read_text())
     metrics = {k: float(v) for k,v in run['metrics'].items()}
+    X = training_frame(run, schema['target'], out)
     model = bentoml.sklearn.save_model(p.serve['name'] or p.name, joblib.load(out/'model.joblib'),
         signatures={'predict': {'batchable': True}, 'predict_proba': {'batchable': True}},
         labels={'run': run['id'], 'project': p.name},
-        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema})
+        custom_objects={'shap_background': background_sample(X, background_rows)},
+        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
+                  'reference': reference_stats(X, schema['features'])})
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
-    if not store.alias('champion'): store.set_alias('champion', tag)
+    store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
     return ModelInfo(tag, run['id'], run['data_hash'], metrics, schema)
+
+# %% ../nbs/09_registry.ipynb #abe387d5
+HIGHER_BETTER = ('accuracy', 'precision', 'recall', 'f1', 'roc_auc', 'r2')
+LOWER_BETTER = ('rmse', 'mae', 'log_loss')
+
+def gate(champion:dict, challenger:dict, tolerance:float=0.01) -> list[str]:
+    "Why `challenger`'s holdout metrics are worse than `champion`'s by more than `tolerance` (empty: not worse)."
+    why = []
+    for k in HIGHER_BETTER + LOWER_BETTER:
+        if k not in champion or k not in challenger: continue
+        loss = (champion[k] - challenger[k]) * (1 if k in HIGHER_BETTER else -1)
+        if loss > tolerance: why.append(f"{k} {challenger[k]:.4f} vs {champion[k]:.4f}")
+    return why
+
+# %% ../nbs/09_registry.ipynb #0cc215d8
+def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:float=0.01) -> str:
+    "Make `tag` (default: the challenger) the champion in `store`, through the promotion gate unless `force`."
+    tag = tag or store.alias('challenger')
+    if not tag: raise MlnbError(f"nothing to promote: no challenger in {store.url}; give a model tag or `mlnb package` a new run")
+    new = store.get_model(tag)
+    if not new: raise MlnbError(f"no model {tag!r} in {store.url} (models are recorded by `mlnb package`)")
+    champ = store.alias('champion')
+    if champ == tag: return tag
+    old = store.get_model(champ) if champ else None
+    why = gate(old['metrics'] or {}, new['metrics'] or {}, tolerance) if old and not force else []
+    if why: raise MlnbError(f"not promoting {tag}: worse than champion {champ} by more than {tolerance} on holdout "
+                            f"{'; '.join(why)}; promote with force=True (mlnb promote --force) to override")
+    store.set_alias('champion', tag)
+    if store.alias('challenger') == tag: store.drop_alias('challenger')
+    return tag
+
+def rollback_store(store:Store) -> str:
+    "Point the champion back at the model before it; returns that tag."
+    a = store.alias_info('champion')
+    if not a or not a['previous']: raise MlnbError(f"nothing to roll back to: the champion in {store.url} has no previous model")
+    store.set_alias('champion', a['previous'])
+    return a['previous']
+
+# %% ../nbs/09_registry.ipynb #3176b73f
+def _project(settings) -> Project: return settings if isinstance(settings, Project) else load_project(settings)
+
+def promote(settings='settings.ini', tag:str|None=None, force:bool=False, tolerance:float=0.01) -> str:
+    "Make model `tag` (default: the challenger) the champion; refuses a worse one unless `force`. Returns the tag."
+    p = _project(settings)
+    store = Store(p.store_url)
+    tag = tag or store.alias('challenger')
+    if tag:
+        bentoml = bentoml_for(p)
+        try: bentoml.models.get(tag)
+        except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
+    return promote_tag(store, tag, force, tolerance)
+
+def rollback(settings='settings.ini') -> str:
+    "Make the previous champion the champion again; returns its tag."
+    return rollback_store(Store(_project(settings).store_url))

@@ -37,16 +37,17 @@ def schema_fields(schema:list[dict]) -> str:
 def render_service(info:ModelInfo, name:str, folder) -> Path:
     "Write the service for model `info` into `folder` (service.py and .bentoignore); returns the folder."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    feats = info.schema['features']
     src = Template((templates_dir()/'service'/'service.py').read_text())
-    (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, fields=schema_fields(info.schema['features']),
-                                                    columns=repr([f['name'] for f in info.schema['features']])))
+    (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, fields=schema_fields(feats),
+                                                    columns=repr([f['name'] for f in feats]), kinds=repr([f['kind'] for f in feats])))
     shutil.copy(templates_dir()/'service'/'.bentoignore', folder/'.bentoignore')
     return folder
 
 # %% ../nbs/10_serve.ipynb #8a7061d0
 def _pins() -> list[str]:
     from importlib.metadata import version
-    return [f"{p}=={version(p)}" for p in ('scikit-learn', 'pandas', 'numpy', 'pyarrow', 'pydantic')]
+    return [f"{p}=={version(p)}" for p in ('scikit-learn', 'pandas', 'numpy', 'pyarrow', 'pydantic', 'sqlalchemy', 'shap')]
 
 @dataclass
 class BentoInfo:
@@ -85,17 +86,23 @@ def post_json(url:str, body, timeout:float=30) -> tuple[int, dict]:
 
 class Server:
     "A `bentoml serve` process for `bento` on 127.0.0.1."
-    def __init__(self, p:Project, bento:str, port:int|None=None, host:str='127.0.0.1'):
+    def __init__(self, p:Project, bento:str, port:int|None=None, host:str='127.0.0.1', env:dict|None=None):
         self.p, self.bento, self.host, self.port = p, bento, host, port or free_port(host)
-        self.url, self.proc = f"http://{host}:{self.port}", None
+        self.url, self.proc, self.extra_env = f"http://{host}:{self.port}", None, env or {}
         self.log = p.workspace/'logs'/f"serve-{self.port}.log"
+
+    def environ(self) -> dict:
+        "The server's environment: ours, BentoML's home, the store to log to, and `env`."
+        env = {**os.environ, 'BENTOML_HOME': str(bentoml_home(self.p)), 'BENTOML_DO_NOT_TRACK': 'true',
+               'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl'))}
+        env.update({k: v for k,v in self.extra_env.items() if v is not None})
+        return {k: v for k,v in env.items() if self.extra_env.get(k, '') is not None}
 
     def start(self, timeout:float=120) -> 'Server':
         "Start the server and wait until it is ready."
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, 'BENTOML_HOME': str(bentoml_home(self.p)), 'BENTOML_DO_NOT_TRACK': 'true'}
         cmd = [str(Path(sys.executable).parent/'bentoml'), 'serve', self.bento, '--host', self.host, '--port', str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(timeout); return self
 
     def _wait_ready(self, timeout:float):

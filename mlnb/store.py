@@ -13,7 +13,8 @@ from .core import MlnbError
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
            'drift_reports', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage', 'finish_stage', 'record',
-           'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias']
+           'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias',
+           'alias_info', 'drop_alias', 'get_model']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -198,3 +199,21 @@ def alias(self:Store, name:str) -> str|None:
     "The tag alias `name` points at, or None."
     rows = self.read(sa.select(aliases.c.tag).where(aliases.c.name == name))
     return rows[0]['tag'] if rows else None
+
+# %% ../nbs/02_store.ipynb #454e3320
+@_store
+def alias_info(self:Store, name:str) -> dict|None:
+    "Alias `name` as `{name, tag, previous, updated}`, or None."
+    rows = self.read(sa.select(aliases).where(aliases.c.name == name))
+    return rows[0] if rows else None
+
+@_store
+def drop_alias(self:Store, name:str):
+    "Remove alias `name` (no error when it does not exist)."
+    self.write(aliases.delete().where(aliases.c.name == name))
+
+@_store
+def get_model(self:Store, tag:str) -> dict|None:
+    "The recorded model `tag` (run, data hash, metrics, bento), or None."
+    rows = self.read(sa.select(models).where(models.c.tag == tag))
+    return rows[0] if rows else None

@@ -3,59 +3,420 @@
 Serves one scikit-learn Pipeline (preprocessing included) from BentoML's model store.
 Build: `mlnb package`; run: `mlnb serve` or `bentoml serve $name:latest`;
 container: `bentoml containerize $name:latest` where a Docker engine runs.
+
+Environment (all optional; `mlnb serve` sets the first one):
+  MLNB_STORE         SQLAlchemy URL of the mlnb store: predictions and feedback are logged there and the
+                     service follows the store's `champion` alias. Unset: no log, the packed model only.
+  MLNB_API_TOKEN     when set, every endpoint but /healthz /livez /readyz /metrics needs `Authorization: Bearer <token>`.
+  MLNB_POLL_SECONDS  how often the champion alias is read (default 1).
+  MLNB_MAX_BATCH     most records in one /predict_batch call (default 1000).
+  MLNB_MAX_BODY      largest request body in bytes (default 10 MiB).
+  MLNB_LOG_SPILL     JSON-lines file for log rows the store could not take at shutdown (default ./mlnb-log-spill.jsonl).
 """
 from __future__ import annotations
 
+import atexit
+import hmac
+import json
+import logging
+import os
+import queue
+import threading
 import time
 import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Union
 
 import bentoml
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
 
 MODEL_TAG = "$model_tag"
 COLUMNS = $columns
+KINDS = $kinds
+MAX_BATCH = int(os.environ.get("MLNB_MAX_BATCH", "1000"))
+MAX_BODY = int(os.environ.get("MLNB_MAX_BODY", str(10 * 1024 * 1024)))
+OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
+log = logging.getLogger("bentoml.mlnb")
 
+
+# ---- request and response types -------------------------------------------------------------
 
 class Features(BaseModel):
     """One record to score: the model's features, by their column names (missing ones are imputed)."""
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", allow_inf_nan=False)
 $fields
+
+
+class Body(bentoml.IODescriptor):
+    """A request body: unknown top-level keys are refused, not ignored."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictIn(Body):
+    record: Features
+
+
+class PredictBatchIn(Body):
+    records: Annotated[list[Features], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class FeedbackIn(Body):
+    request_id: Annotated[str, Field(min_length=1, max_length=64)]
+    label: Union[bool, int, float, str]
 
 
 class Prediction(BaseModel):
     """The predicted label, the probability of each class, the model that answered and the request id."""
-    label: int | float | str
+    label: Union[int, float, str]
     probabilities: dict[str, float]
     model: str
     request_id: str
     latency_ms: float
 
 
+class Explanation(BaseModel):
+    """SHAP values of one record (for the positive class of a binary model), largest first."""
+    label: Union[int, float, str]
+    model: str
+    base_value: float
+    values: dict[str, float]
+
+
+class FeedbackAck(BaseModel):
+    request_id: str
+    label: Union[bool, int, float, str]
+    stored: bool
+
+
+def bad_input(field: str, msg: str, status: int = 400) -> JSONResponse:
+    "A 4xx answer naming the field, shaped like BentoML's own validation errors."
+    return JSONResponse({"error": msg, "detail": [{"loc": field.split("."), "msg": msg}]}, status_code=status)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# ---- mlnb's counters in /metrics -------------------------------------------------------------
+
+_COUNTERS: dict = {}
+
+def counters() -> dict:
+    "mlnb's Prometheus counters, made once per process (after BentoML has set up multiprocess mode)."
+    if not _COUNTERS:
+        from prometheus_client import Counter   # imported late: the worker sets PROMETHEUS_MULTIPROC_DIR first
+        for name, doc, labels in [
+                ("mlnb_predictions", "Predictions served, by model and predicted label", ["model", "label"]),
+                ("mlnb_feedback", "True labels received on /feedback", []),
+                ("mlnb_explanations", "Explanations served, by model", ["model"]),
+                ("mlnb_model_switches", "Times the service switched to a new champion, by the model switched to", ["model"]),
+                ("mlnb_model_switch_errors", "Champion changes the service could not follow", []),
+                ("mlnb_log_rows", "Rows written to the store, by table", ["table"]),
+                ("mlnb_log_errors", "Failed writes to the store (the rows are kept and retried)", [])]:
+            _COUNTERS[name] = Counter(name, doc, labels)
+    return _COUNTERS
+
+
+# ---- the prediction log ----------------------------------------------------------------------
+
+def store_tables():
+    "The store's predictions, feedback and aliases tables (the same columns as mlnb.store's)."
+    import sqlalchemy as sa
+    meta = sa.MetaData()
+    predictions = sa.Table("predictions", meta,
+        sa.Column("request_id", sa.String(64), primary_key=True), sa.Column("model_tag", sa.String(200), index=True),
+        sa.Column("inputs", sa.JSON), sa.Column("output", sa.JSON), sa.Column("latency_ms", sa.Float),
+        sa.Column("created", sa.DateTime, index=True))
+    feedback = sa.Table("feedback", meta,
+        sa.Column("request_id", sa.String(64), index=True), sa.Column("label", sa.JSON),
+        sa.Column("source", sa.String(50)), sa.Column("created", sa.DateTime))
+    aliases = sa.Table("aliases", meta,
+        sa.Column("name", sa.String(50), primary_key=True), sa.Column("tag", sa.String(200)),
+        sa.Column("previous", sa.String(200)), sa.Column("updated", sa.DateTime))
+    return meta, {"predictions": predictions, "feedback": feedback, "aliases": aliases}
+
+
+def store_engine(url: str):
+    "A SQLAlchemy engine for the store; SQLite in WAL mode with a busy timeout, like mlnb.store."
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _):
+            cur = conn.cursor(); cur.execute("PRAGMA journal_mode=WAL"); cur.execute("PRAGMA busy_timeout=30000"); cur.close()
+    return engine
+
+
+class PredictionLog:
+    """Rows for the store, queued by requests and written in batches by one background thread.
+
+    A batch is written every `every` seconds or as soon as `batch` rows wait. A failed write keeps its rows
+    and is retried; `close` (on shutdown, SIGTERM included) writes what is left, and spills to a file
+    whatever the store still refuses, so no row is lost."""
+    def __init__(self, url: str, every: float = 0.5, batch: int = 500, spill: str | None = None):
+        self.engine, self.every, self.batch = store_engine(url), every, batch
+        self.spill = spill or os.environ.get("MLNB_LOG_SPILL", "mlnb-log-spill.jsonl")
+        meta, self.tables = store_tables()
+        try: meta.create_all(self.engine, tables=[self.tables["predictions"], self.tables["feedback"]])
+        except Exception as e: log.warning("mlnb: cannot create the log tables yet (%s); will retry", e)
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: list[tuple[str, dict]] = []
+        self.lock, self.closed = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mlnb-log", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def put(self, table: str, row: dict):
+        "Queue one row for `table`; never blocks on the database."
+        self.q.put((table, row))
+        if self.closed.is_set(): self.flush()      # a straggler after shutdown began: write it now
+
+    def _take(self, wait: float):
+        "Move queued rows to `pending`, waiting up to `wait` seconds or until a batch is full."
+        end = time.monotonic() + wait
+        while len(self.pending) < self.batch:
+            try: self.pending.append(self.q.get(timeout=max(0.0, end - time.monotonic())))
+            except queue.Empty: return
+
+    def _write(self) -> bool:
+        "Write `pending` in one transaction; on failure keep it for the next try."
+        if not self.pending: return True
+        by_table: dict[str, list] = {}
+        for table, row in self.pending: by_table.setdefault(table, []).append(row)
+        try:
+            with self.engine.begin() as c:
+                for table, rows in by_table.items(): c.execute(self.tables[table].insert(), rows)
+        except Exception as e:
+            counters()["mlnb_log_errors"].inc()
+            log.warning("mlnb: writing %d log rows failed (%s); retrying", len(self.pending), str(e).splitlines()[0])
+            return False
+        for table, rows in by_table.items(): counters()["mlnb_log_rows"].labels(table).inc(len(rows))
+        self.pending = []
+        return True
+
+    def _run(self):
+        while not self.closed.is_set():
+            with self.lock:
+                self._take(self.every)
+                ok = self._write()
+            if not ok: self.closed.wait(1.0)
+
+    def flush(self, tries: int = 5) -> bool:
+        "Write every queued row now; True when nothing is left."
+        with self.lock:
+            for i in range(tries):
+                while True:
+                    self._take(0)
+                    if not self.pending or not self._write(): break
+                if not self.pending and self.q.empty(): return True
+                time.sleep(0.2 * (i + 1))
+            return False
+
+    def close(self):
+        "Stop the writer and write (or spill) every row still queued."
+        if self.closed.is_set() and not self.thread.is_alive() and self.q.empty() and not self.pending: return
+        self.closed.set()
+        self.thread.join(30)
+        if not self.flush():
+            with self.lock:
+                self._take(0)
+                with open(self.spill, "a") as f:
+                    for table, row in self.pending: f.write(json.dumps({"table": table, **row}, default=str) + "\n")
+                log.error("mlnb: the store refused %d log rows; they are in %s", len(self.pending), self.spill)
+                self.pending = []
+        self.engine.dispose()
+
+
+# ---- a served model --------------------------------------------------------------------------
+
+class Served:
+    """One loaded model: its Pipeline, classes and (built on first use) SHAP explainer."""
+    def __init__(self, model):       # a model from BentoML's model store
+        self.tag = str(model.tag)
+        self.pipeline = bentoml.sklearn.load_model(model)
+        self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
+        self.background = model.custom_objects.get("shap_background") if model.custom_objects else None
+        self._explainer, self._lock = None, threading.Lock()
+
+    @classmethod
+    def load(cls, tag: str) -> "Served":
+        "Load model `tag` from BentoML's model store, refusing one whose features differ from this service's."
+        model = bentoml.models.get(tag)
+        schema = (model.info.metadata or {}).get("schema", {}).get("features", [])
+        if [(f["name"], f["kind"]) for f in schema] != list(zip(COLUMNS, KINDS)):
+            raise ValueError(f"model {tag} has other features than this service: build a new bento for it")
+        return cls(model)
+
+    def frame(self, records: list[Features]) -> pd.DataFrame:
+        return pd.DataFrame([r.model_dump(by_alias=True) for r in records], columns=COLUMNS)
+
+    def score(self, records: list[Features]) -> tuple[np.ndarray, float]:
+        "Class probabilities of `records` and the milliseconds it took."
+        start = time.perf_counter()
+        proba = self.pipeline.predict_proba(self.frame(records))
+        return proba, (time.perf_counter() - start) * 1000
+
+    def explainer(self):
+        "A SHAP explainer of the estimator over the packed background sample, made once."
+        with self._lock:
+            if self._explainer is None:
+                import shap
+                prep, est = self.pipeline[:-1], self.pipeline[-1]
+                self.names = [str(n) for n in prep.get_feature_names_out()]
+                bg = self.background if self.background is not None else pd.DataFrame([{c: None for c in COLUMNS}])
+                self._explainer = shap.Explainer(est, pd.DataFrame(prep.transform(bg[COLUMNS]), columns=self.names))
+            return self._explainer
+
+    def explain(self, record: Features) -> tuple[float, dict[str, float]]:
+        "Base value and SHAP value per (preprocessed) feature for one record."
+        ex = self.explainer()
+        Xt = pd.DataFrame(self.pipeline[:-1].transform(self.frame([record])), columns=self.names)
+        try: sv = ex(Xt, check_additivity=False)
+        except TypeError: sv = ex(Xt)
+        values, base = sv.values[0], np.ravel(sv.base_values[0])
+        if values.ndim == 2: values, base = values[:, -1], base[-1:]     # several outputs: the last (positive) class
+        order = np.argsort(-np.abs(values))
+        return float(base[0]), {self.names[i]: float(values[i]) for i in order}
+
+
+# ---- the service -----------------------------------------------------------------------------
+
 @bentoml.service(name="$name", traffic={"timeout": 30})
 class Classifier:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
-        self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
+        self.current = Served(self.model_ref)
+        url = os.environ.get("MLNB_STORE")
+        self.log = PredictionLog(url) if url else None
+        self.engine = self.log.engine if self.log else None
+        self.poll = float(os.environ.get("MLNB_POLL_SECONDS", "1"))
+        self.champion = self._champion()
+        self.stopping = threading.Event()
+        if self.engine is not None:
+            threading.Thread(target=self._follow, name="mlnb-champion", daemon=True).start()
+        threading.Thread(target=self._warm, name="mlnb-warm", daemon=True).start()
+        counters()
 
-    def _score(self, records: list[Features]) -> list[Prediction]:
-        start = time.perf_counter()
-        X = pd.DataFrame([r.model_dump(by_alias=True) for r in records], columns=COLUMNS)
-        proba = self.pipeline.predict_proba(X)
-        ms = (time.perf_counter() - start) * 1000 / max(len(records), 1)
-        return [Prediction(label=self.classes[int(row.argmax())],
-                           probabilities={str(c): float(p) for c, p in zip(self.classes, row)},
-                           model=MODEL_TAG, request_id=uuid.uuid4().hex, latency_ms=ms)
-                for row in proba]
+    def _warm(self):
+        try: self.current.explainer()
+        except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", self.current.tag, e)
 
-    @bentoml.api
+    # -- following the champion alias
+    def _champion(self) -> str | None:
+        if self.engine is None: return None
+        import sqlalchemy as sa
+        aliases = self.log.tables["aliases"]
+        try:
+            with self.engine.connect() as c:
+                return c.execute(sa.select(aliases.c.tag).where(aliases.c.name == "champion")).scalar()
+        except Exception: return None
+
+    def _follow(self):
+        "Every `poll` seconds: when the champion alias moves, load that model and swap it in."
+        while not self.stopping.wait(self.poll):
+            tag = self._champion()
+            if not tag or tag == self.champion: continue
+            self.champion = tag
+            if tag != self.current.tag: self.switch(tag)
+
+    def switch(self, tag: str):
+        "Serve model `tag` from now on; requests in flight finish on the model they started with."
+        try: new = Served.load(tag)
+        except Exception as e:
+            counters()["mlnb_model_switch_errors"].inc()
+            log.error("mlnb: cannot switch to champion %s (%s); still serving %s", tag, e, self.current.tag)
+            return
+        self.current = new                      # one assignment: atomic for the requests that follow
+        counters()["mlnb_model_switches"].labels(tag).inc()
+        log.info("mlnb: now serving %s", tag)
+        self._warm()
+
+    @bentoml.on_shutdown
+    def shutdown(self):
+        "Stop following the champion and flush the prediction log."
+        self.stopping.set()
+        if self.log: self.log.close()
+
+    # -- scoring
+    def _answer(self, records: list[Features]) -> list[Prediction]:
+        m = self.current
+        proba, ms = m.score(records)
+        ms /= max(len(records), 1)
+        out = []
+        for rec, row in zip(records, proba):
+            label = m.classes[int(row.argmax())]
+            p = Prediction(label=label, probabilities={str(c): float(v) for c, v in zip(m.classes, row)},
+                           model=m.tag, request_id=uuid.uuid4().hex, latency_ms=ms)
+            counters()["mlnb_predictions"].labels(m.tag, str(label)).inc()
+            if self.log:
+                self.log.put("predictions", dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
+                                                 output={"label": label, "probabilities": p.probabilities}, latency_ms=ms, created=now()))
+            out.append(p)
+        return out
+
+    @bentoml.api(input_spec=PredictIn)
     def predict(self, record: Features) -> Prediction:
         """Score one record."""
-        return self._score([record])[0]
+        return self._answer([record])[0]
 
-    @bentoml.api
+    @bentoml.api(input_spec=PredictBatchIn)
     def predict_batch(self, records: list[Features]) -> list[Prediction]:
-        """Score many records in one call."""
-        return self._score(records)
+        """Score many records in one call (at most MLNB_MAX_BATCH)."""
+        return self._answer(records)
+
+    @bentoml.api(input_spec=PredictIn)
+    def explain(self, record: Features) -> Explanation:
+        """SHAP values of one record's features (after preprocessing), largest first."""
+        m = self.current
+        base, values = m.explain(record)
+        label = m.classes[int(m.score([record])[0][0].argmax())]
+        counters()["mlnb_explanations"].labels(m.tag).inc()
+        return Explanation(label=label, model=m.tag, base_value=base, values=values)
+
+    @bentoml.api(input_spec=FeedbackIn)
+    def feedback(self, request_id: str, label: Union[bool, int, float, str]) -> FeedbackAck:
+        """The true label of an earlier prediction, by its request id."""
+        classes = {str(c): c for c in self.current.classes}
+        if str(label) not in classes:
+            return bad_input("label", f"label {label!r} is not one of the model's classes {list(classes)}")
+        label = classes[str(label)]
+        if self.log: self.log.put("feedback", dict(request_id=request_id, label=label, source="api", created=now()))
+        counters()["mlnb_feedback"].inc()
+        return FeedbackAck(request_id=request_id, label=label, stored=self.log is not None)
+
+
+# ---- the bearer token and the body limit ------------------------------------------------------
+
+class Guard:
+    """ASGI middleware: the bearer token (MLNB_API_TOKEN) on every path but the health and metrics ones,
+    a JSON body of at most MLNB_MAX_BODY bytes on the API routes."""
+    def __init__(self, app, token: str | None = None, max_body: int = MAX_BODY):
+        self.app, self.max_body = app, max_body
+        self.token = (token if token is not None else os.environ.get("MLNB_API_TOKEN", "")).encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        if self.token and not hmac.compare_digest(headers.get("authorization", b""), b"Bearer " + self.token):
+            return await self._refuse(scope, receive, send, 401, "authorization", "a bearer token is required: Authorization: Bearer <MLNB_API_TOKEN>")
+        if scope["method"] == "POST":
+            length = headers.get("content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                return await self._refuse(scope, receive, send, 413, "body", f"the body has {int(length)} bytes, more than the limit of {self.max_body}")
+            kind = headers.get("content-type", b"application/json").split(b";")[0].strip()
+            if kind not in (b"application/json", b""):
+                return await self._refuse(scope, receive, send, 415, "content-type", f"send application/json, not {kind.decode('latin-1')}")
+        return await self.app(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send, status, field, msg):
+        resp = bad_input(field, msg, status)
+        if status == 401: resp.headers["WWW-Authenticate"] = "Bearer"
+        await resp(scope, receive, send)
+
+
+Classifier.add_asgi_middleware(Guard)
