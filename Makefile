@@ -44,8 +44,9 @@ nbtest: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q -ra
 
+# Each script prints its ratios and appends them, dated, to benchmarks/RESULTS.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f --write || exit 1; done
 
 # After editing notebooks: regenerate mlnb/ and README.md, clean the notebooks.
 export: $(STAMP) export-only

@@ -16,7 +16,8 @@ __all__ = ['SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'parse_value', 'parse_params', 
 # %% ../nbs/01_config.ipynb #c7a6b9b6
 SECTIONS = {  # section -> {key: default}
     'project':  {'name': None, 'workspace': '.mlnb', 'store': None},
-    'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0'},
+    'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0',
+                 'watermark': None, 'records': None, 'paging': 'auto'},   # incremental column; API records key and paging
     'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
     'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000'},
     'monitor':  {'psi_warn': '0.1', 'psi_critical': '0.2'},

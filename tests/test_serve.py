@@ -1,10 +1,14 @@
-"""Packaging and serving for real: BentoML's model store, a built bento, `bentoml serve` on loopback."""
-import json, os, subprocess, sys
+"""Packaging and serving for real: BentoML's model store, a built bento, `bentoml serve` on loopback.
+
+Server starts are the slow part (~20 s each), so one server (no token) answers the endpoint, bad-input and
+prediction-log checks, and a second one (with a token) the auth and champion/challenger checks."""
+import json, os, subprocess, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import pandas as pd, pytest, requests
+import pandas as pd, pytest, requests, sqlalchemy as sa
 from conftest import MLNB, SAMPLE, mlnb
 from mlnb.config import load_project
-from mlnb.store import Store
+from mlnb.store import Store, models as models_table, predictions, feedback
 
 
 @pytest.fixture(scope='module')
@@ -12,6 +16,29 @@ def packaged(project):
     root, _ = project
     r = mlnb('package', cwd=root)
     return root, r
+
+
+def holdout_X(p):
+    run = Store(p.store_url).get_run()
+    return pd.read_parquet(Path(run['stages']['train']['out_dir'])/'holdout.parquet').drop(columns='target')
+
+
+@pytest.fixture(scope='module')
+def served(packaged):
+    "One `bentoml serve` of the champion's bento, logging to the project's store, no token."
+    from mlnb.serve import Server, champion_bento
+    root, _ = packaged
+    p = load_project(root/'settings.ini')
+    srv = Server(p, champion_bento(p), env={'MLNB_API_TOKEN': None}).start()
+    yield p, srv
+    srv.stop()
+
+
+def py(code, cwd, check=True):
+    "Run Python `code` in a fresh process (BentoML's home is set once per process), as the CLI would."
+    r = subprocess.run([sys.executable, '-c', code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check and r.returncode: raise AssertionError(f"{code}\n{r.stdout}\n{r.stderr}")
+    return r
 
 
 def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
@@ -31,29 +58,171 @@ def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
     assert row['bento'] and row['run_id'] == st.get_run()['id'] or row['run_id']
 
 
-def test_bentoml_serve_answers_http(packaged):
+def test_bentoml_serve_answers_http(served):
+    p, srv = served
+    run = Store(p.store_url).get_run()
+    X = holdout_X(p)
+    assert requests.get(f'{srv.url}/readyz', timeout=5).status_code == 200
+    rec = X.iloc[0].to_dict()
+    out = srv.predict(rec)
+    local = __import__('joblib').load(Path(run['stages']['train']['out_dir'])/'model.joblib')
+    assert out['label'] == int(local.predict(X.iloc[:1])[0])
+    assert abs(sum(out['probabilities'].values()) - 1) < 1e-9 and out['request_id'] and out['model'].startswith('shop:')
+    batch = requests.post(f'{srv.url}/predict_batch', json={'records': X.iloc[:5].to_dict('records')}, timeout=30)
+    assert batch.status_code == 200 and [b['label'] for b in batch.json()] == local.predict(X.iloc[:5]).tolist()
+    bad = requests.post(f'{srv.url}/predict', json={'record': {'mean radius': 'not a number'}}, timeout=30)
+    assert bad.status_code == 400 and 'mean radius' in bad.text
+    unknown = requests.post(f'{srv.url}/predict', json={'record': {'no such feature': 1}}, timeout=30)
+    assert unknown.status_code == 400
+    missing = dict(rec); missing.pop('mean radius')            # a missing value is imputed, not an error
+    assert srv.predict(missing)['label'] in (0, 1)
+
+
+def test_bentoml_sync_client(served):
+    p, srv = served
+    os.environ.setdefault('BENTOML_HOME', str(p.workspace/'bentoml'))
+    import bentoml
+    rec = holdout_X(p).iloc[0].to_dict()
+    with bentoml.SyncHTTPClient(srv.url) as client:
+        out = client.predict(record=rec)
+        assert out['model'].startswith('shop:') and out['label'] in (0, 1)
+        assert len(client.predict_batch(records=[rec, rec])) == 2
+
+
+def test_explain_feedback_and_metrics(served):
+    p, srv = served
+    rec = holdout_X(p).iloc[1].to_dict()
+    first = requests.post(f'{srv.url}/explain', json={'record': rec}, timeout=60)
+    assert first.status_code == 200, first.text
+    start = time.perf_counter()
+    ex = requests.post(f'{srv.url}/explain', json={'record': rec}, timeout=30).json()
+    assert time.perf_counter() - start < 2                                 # the explainer is built once
+    assert set(ex['values']) == set(rec) and ex['model'].startswith('shop:') and ex['label'] in (0, 1)
+    magnitudes = [abs(v) for v in ex['values'].values()]
+    assert magnitudes == sorted(magnitudes, reverse=True)                 # largest first
+    rid = srv.predict(rec)['request_id']
+    ack = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 1}, timeout=30)
+    assert ack.status_code == 200 and ack.json() == {'request_id': rid, 'label': 1, 'stored': True}
+    wrong = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 'cat'}, timeout=30)
+    assert wrong.status_code == 400 and wrong.json()['detail'][0]['loc'] == ['label']
+    m = requests.get(f'{srv.url}/metrics', timeout=30).text
+    assert 'bentoml_service_request_total' in m                           # BentoML's own
+    assert f'mlnb_predictions_total{{label="' in m and 'mlnb_feedback_total 1.0' in m and 'mlnb_explanations_total' in m
+
+
+BAD_BODIES = {  # case -> (endpoint, raw JSON body, status, a field the answer names)
+    'NaN literal': ('predict', '{"record": {"mean radius": NaN}}', 400, 'mean radius'),
+    'infinity': ('predict', '{"record": {"mean radius": Infinity}}', 400, 'mean radius'),
+    'NaN string': ('predict', '{"record": {"mean radius": "nan"}}', 400, 'mean radius'),
+    'wrong type': ('predict', '{"record": {"mean radius": [1, 2]}}', 400, 'mean radius'),
+    'extra field': ('predict', '{"record": {"colour": 1}}', 400, 'colour'),
+    'extra top-level key': ('predict', '{"record": {}, "debug": true}', 400, 'debug'),
+    'missing record': ('predict', '{}', 400, 'record'),
+    'bad JSON': ('predict', '{"record": ', 400, 'Invalid JSON'),
+    'record not an object': ('predict', '{"record": 3}', 400, 'record'),
+    'empty batch': ('predict_batch', '{"records": []}', 400, 'records'),
+    'batch too long': ('predict_batch', json.dumps({'records': [{}] * 1001}), 400, 'records'),
+    'feedback without id': ('feedback', '{"label": 1}', 400, 'request_id'),
+    'explain bad record': ('explain', '{"record": {"mean radius": "x"}}', 400, 'mean radius'),
+}
+
+@pytest.mark.parametrize('case', list(BAD_BODIES))
+def test_bad_input_is_a_4xx_naming_the_field(served, case):
+    p, srv = served
+    endpoint, body, status, field = BAD_BODIES[case]
+    r = requests.post(f'{srv.url}/{endpoint}', data=body, headers={'Content-Type': 'application/json'}, timeout=30)
+    assert r.status_code == status and field in r.text, (case, r.status_code, r.text)
+
+
+def test_body_limits_and_the_server_keeps_answering(served):
+    p, srv = served
+    r = requests.post(f'{srv.url}/predict', data='x' * (11 * 1024 * 1024), headers={'Content-Type': 'application/json'}, timeout=30)
+    assert r.status_code == 413 and 'limit' in r.text
+    r = requests.post(f'{srv.url}/predict', data='a,b', headers={'Content-Type': 'text/csv'}, timeout=30)
+    assert r.status_code == 415
+    assert srv.predict(holdout_X(p).iloc[0].to_dict())['label'] in (0, 1)
+
+
+def test_prediction_log_is_complete_after_sigterm(served):
+    "Every prediction and label reaches the store, including the ones still queued when SIGTERM arrives."
+    p, srv = served
+    X = holdout_X(p)
+    recs = X.iloc[:20].to_dict('records')
+    def one(i):
+        if i % 10 == 9: return [b['request_id'] for b in requests.post(f'{srv.url}/predict_batch', json={'records': recs[:5]}, timeout=60).json()]
+        return [srv.predict(recs[i % 20])['request_id']]
+    with ThreadPoolExecutor(8) as ex: ids = [rid for r in ex.map(one, range(60)) for rid in r]
+    for rid in ids[:3]: assert requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 0}, timeout=30).status_code == 200
+    assert len(ids) == 54 + 6 * 5 and len(set(ids)) == len(ids)
+    srv.stop()                                                           # SIGTERM right away: rows are still queued
+    assert srv.proc.poll() is not None
+    st = Store(p.store_url)
+    logged = {r['request_id']: r for r in st.read(sa.select(predictions).where(predictions.c.request_id.in_(ids)))}
+    assert set(logged) == set(ids)
+    row = logged[ids[0]]
+    assert row['model_tag'].startswith('shop:') and row['output']['label'] in (0, 1) and 'mean radius' in row['inputs'] and row['latency_ms'] > 0
+    labels = st.read(sa.select(feedback).where(feedback.c.request_id.in_(ids[:3])))
+    assert len(labels) == 3 and {l['source'] for l in labels} == {'api'}
+    assert not srv.log.with_suffix('.spill.jsonl').exists()
+
+
+@pytest.fixture(scope='module')
+def challenger(packaged):
+    "A second model of the same run, saved as the challenger."
+    root, _ = packaged
+    r = py("from mlnb.registry import save_model; from mlnb.config import load_project; print(save_model(load_project('settings.ini')).tag)", root)
+    return r.stdout.split()[-1]
+
+
+def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
     from mlnb.serve import Server, champion_bento
     root, _ = packaged
     p = load_project(root/'settings.ini')
-    run = Store(p.store_url).get_run()
-    holdout = pd.read_parquet(Path(run['stages']['train']['out_dir'])/'holdout.parquet')
-    X = holdout.drop(columns='target')
-    with Server(p, champion_bento(p)) as srv:
-        assert requests.get(f'{srv.url}/readyz', timeout=5).status_code == 200
-        rec = X.iloc[0].to_dict()
-        out = srv.predict(rec)
-        local = __import__('joblib').load(Path(run['stages']['train']['out_dir'])/'model.joblib')
-        assert out['label'] == int(local.predict(X.iloc[:1])[0])
-        assert abs(sum(out['probabilities'].values()) - 1) < 1e-9 and out['request_id'] and out['model'].startswith('shop:')
-        batch = requests.post(f'{srv.url}/predict_batch', json={'records': X.iloc[:5].to_dict('records')}, timeout=30)
-        assert batch.status_code == 200 and [b['label'] for b in batch.json()] == local.predict(X.iloc[:5]).tolist()
-        bad = requests.post(f'{srv.url}/predict', json={'record': {'mean radius': 'not a number'}}, timeout=30)
-        assert bad.status_code == 400 and 'mean radius' in bad.text
-        unknown = requests.post(f'{srv.url}/predict', json={'record': {'no such feature': 1}}, timeout=30)
-        assert unknown.status_code == 400
-        missing = dict(rec); missing.pop('mean radius')            # a missing value is imputed, not an error
-        assert srv.predict(missing)['label'] in (0, 1)
-    assert srv.proc.poll() is not None                               # the server stopped
+    st = Store(p.store_url)
+    champion = st.alias('champion')
+    assert st.alias('challenger') == challenger != champion
+    rec = holdout_X(p).iloc[0].to_dict()
+    with Server(p, champion_bento(p), env={'MLNB_API_TOKEN': 's3cret'}) as srv:
+        # auth on: every API endpoint wants the token; health and metrics do not
+        for ep, body in [('predict', {'record': rec}), ('predict_batch', {'records': [rec]}), ('explain', {'record': rec}),
+                         ('feedback', {'request_id': 'x', 'label': 1})]:
+            assert requests.post(f'{srv.url}/{ep}', json=body, timeout=30).status_code == 401
+            assert requests.post(f'{srv.url}/{ep}', json=body, headers={'Authorization': 'Bearer nope'}, timeout=30).status_code == 401
+        for path in ('/healthz', '/livez', '/readyz', '/metrics'): assert requests.get(srv.url + path, timeout=30).status_code == 200
+        s = requests.Session(); s.headers['Authorization'] = 'Bearer s3cret'
+        assert s.post(f'{srv.url}/predict', json={'record': rec}, timeout=30).json()['model'] == champion
+
+        # the gate: a challenger recorded as worse is refused, with the reason
+        metrics = st.get_model(challenger)['metrics']
+        st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics={**metrics, 'accuracy': metrics['accuracy'] - 0.5}))
+        r = py(f"from mlnb.registry import promote; promote('settings.ini', {challenger!r})", root, check=False)
+        assert r.returncode and 'worse than champion' in r.stderr and 'accuracy' in r.stderr
+        assert st.alias('champion') == champion
+
+        # forced promotion, then rollback, under traffic: the server follows within 5 s, no request fails
+        seen, stop = [], threading.Event()
+        def traffic():
+            while not stop.is_set():
+                r = s.post(f'{srv.url}/predict', json={'record': rec}, timeout=30)
+                seen.append((time.time(), r.status_code, r.json().get('model')))
+        th = threading.Thread(target=traffic); th.start()
+        try:
+            def follows(tag, since):
+                while time.time() - since < 5:
+                    if seen and seen[-1][0] > since and seen[-1][2] == tag: return True
+                    time.sleep(0.05)
+            py(f"from mlnb.registry import promote; promote('settings.ini', {challenger!r}, force=True)", root)
+            assert st.alias('champion') == challenger and st.alias('challenger') is None
+            assert follows(challenger, time.time()), seen[-3:]
+            py("from mlnb.registry import rollback; print(rollback('settings.ini'))", root)
+            assert st.alias('champion') == champion
+            assert follows(champion, time.time()), seen[-3:]
+        finally:
+            stop.set(); th.join()
+        assert {code for _, code, _ in seen} == {200} and len(seen) > 5
+        m = requests.get(f'{srv.url}/metrics', timeout=30).text
+        assert f'mlnb_model_switches_total{{model="{challenger}"}} 1.0' in m
+    st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics))
 
 
 def test_demo_command_end_to_end(project):

@@ -12,6 +12,7 @@ Environment (all optional; `mlnb serve` sets the first one):
   MLNB_MAX_BATCH     most records in one /predict_batch call (default 1000).
   MLNB_MAX_BODY      largest request body in bytes (default 10 MiB).
   MLNB_LOG_SPILL     JSON-lines file for log rows the store could not take at shutdown (default ./mlnb-log-spill.jsonl).
+  MLNB_MODEL_THREADS OpenMP threads per model call (default 1), unless OMP_NUM_THREADS is set.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Union
+
+# One OpenMP thread per model call: requests already run in parallel, and extra threads only contend.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("MLNB_MODEL_THREADS", "1"))
 
 import bentoml
 import numpy as np
@@ -290,6 +294,7 @@ class Classifier:
 
     def __init__(self) -> None:
         self.current = Served(self.model_ref)
+        self.loaded = {self.current.tag: self.current}     # recent models by tag: a rollback needs no reload
         url = os.environ.get("MLNB_STORE")
         self.log = PredictionLog(url) if url else None
         self.engine = self.log.engine if self.log else None
@@ -298,12 +303,15 @@ class Classifier:
         self.stopping = threading.Event()
         if self.engine is not None:
             threading.Thread(target=self._follow, name="mlnb-champion", daemon=True).start()
-        threading.Thread(target=self._warm, name="mlnb-warm", daemon=True).start()
+        self._warm(self.current)
         counters()
 
-    def _warm(self):
-        try: self.current.explainer()
-        except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", self.current.tag, e)
+    def _warm(self, m: Served):
+        "Build `m`'s SHAP explainer in the background, so the first /explain is fast too."
+        def build():
+            try: m.explainer()
+            except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", m.tag, e)
+        threading.Thread(target=build, name="mlnb-warm", daemon=True).start()
 
     # -- following the champion alias
     def _champion(self) -> str | None:
@@ -325,15 +333,18 @@ class Classifier:
 
     def switch(self, tag: str):
         "Serve model `tag` from now on; requests in flight finish on the model they started with."
-        try: new = Served.load(tag)
-        except Exception as e:
-            counters()["mlnb_model_switch_errors"].inc()
-            log.error("mlnb: cannot switch to champion %s (%s); still serving %s", tag, e, self.current.tag)
-            return
+        new = self.loaded.get(tag)
+        if new is None:
+            try: new = Served.load(tag)
+            except Exception as e:
+                counters()["mlnb_model_switch_errors"].inc()
+                log.error("mlnb: cannot switch to champion %s (%s); still serving %s", tag, e, self.current.tag)
+                return
+            self.loaded = {**dict(list(self.loaded.items())[-2:]), tag: new}
+            self._warm(new)
         self.current = new                      # one assignment: atomic for the requests that follow
         counters()["mlnb_model_switches"].labels(tag).inc()
         log.info("mlnb: now serving %s", tag)
-        self._warm()
 
     @bentoml.on_shutdown
     def shutdown(self):

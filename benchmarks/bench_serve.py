@@ -1,0 +1,182 @@
+"""Serving benchmark: /predict of `bentoml serve` (the mlnb service) against a bare Starlette app calling the same model.
+
+Both servers run as their own process on loopback with one worker; one async httpx client drives both in the same run,
+for a bounded time per measurement. Reported: requests/s, p50/p95/p99 latency, errors, the ratio of the served model's
+requests/s to the bare app's, the prediction log's cost on median latency, /predict_batch records/s, and whether every
+request made it into the store. Results are appended to benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_serve.py [--seconds 15] [--concurrency 1 8] [--project path/settings.ini]
+
+Without --project, a throwaway project is made with a model trained in this process on the full breast-cancer
+data (569 rows, hist_gb, the same code the train stage runs), then packaged like `mlnb package` does.
+"""
+from __future__ import annotations
+import argparse, asyncio, json, os, platform, subprocess, sys, tempfile, textwrap, time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault('BENTOML_DO_NOT_TRACK', 'true'); os.environ.setdefault('GX_ANALYTICS_ENABLED', 'false')
+HERE = Path(__file__).resolve().parent
+
+
+def throwaway_project(folder: Path):
+    "A project whose latest succeeded run holds a model trained right here (no kernels, no notebooks)."
+    import joblib
+    from sklearn.datasets import load_breast_cancer
+    from mlnb.config import new_project, load_project
+    from mlnb.store import Store
+    from mlnb.train import train
+    p = load_project(new_project(folder/'bench', name='bench'))
+    df = load_breast_cancer(as_frame=True).frame
+    r = train(df, 'target', 'hist_gb', cv=2)
+    st = Store(p.store_url)
+    rid = st.start_run(p.name)
+    out = p.workspace/'runs'/rid/'train'; out.mkdir(parents=True)
+    joblib.dump(r.pipeline, out/'model.joblib'); r.holdout.to_parquet(out/'holdout.parquet', index=False)
+    (out/'schema.json').write_text(json.dumps({'target': 'target', 'features': r.schema}))
+    sid = st.start_stage(rid, 'train', 'bench', {}); st.finish_stage(sid, 'done', out_dir=str(out))
+    from mlnb.evaluate import holdout_metrics
+    st.record(rid, 'evaluate', holdout_metrics(r.pipeline, r.holdout.drop(columns='target'), r.holdout['target']))
+    st.finish_run(rid, 'succeeded')
+    return p
+
+
+BARE_APP = '''
+import os, sys, joblib, pandas as pd, uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+os.environ.setdefault("OMP_NUM_THREADS", "1")           # as the mlnb service does
+pipe = joblib.load(sys.argv[1]); columns = list(pipe.feature_names_in_)
+classes = [c.item() if hasattr(c, "item") else c for c in pipe.classes_]
+async def predict(request: Request):
+    rec = (await request.json())["record"]
+    row = pipe.predict_proba(pd.DataFrame([rec], columns=columns))[0]
+    return JSONResponse({"label": classes[int(row.argmax())], "probabilities": {str(c): float(p) for c, p in zip(classes, row)}})
+async def readyz(request): return JSONResponse({})
+uvicorn.run(Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", readyz)]),
+            host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+'''
+
+
+class Bare:
+    "The bare Starlette app, one uvicorn process on loopback."
+    def __init__(self, model_path: Path, folder: Path):
+        from mlnb.core import free_port
+        self.port = free_port(); self.url = f'http://127.0.0.1:{self.port}'
+        (folder/'bare.py').write_text(BARE_APP)
+        self.proc = subprocess.Popen([sys.executable, str(folder/'bare.py'), str(model_path), str(self.port)])
+        import urllib.request
+        for _ in range(240):
+            try: urllib.request.urlopen(self.url + '/readyz', timeout=1); return
+            except OSError: time.sleep(0.25)
+        raise RuntimeError('the bare app did not start')
+    def stop(self): self.proc.terminate(); self.proc.wait(10)
+
+
+async def load(url: str, path: str, body: dict, seconds: float, concurrency: int, headers=None) -> dict:
+    "Requests from `concurrency` workers for `seconds` (after a 2 s warm-up): throughput, latency percentiles, errors."
+    import httpx, numpy as np
+    lat, errors, ids = [], 0, []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, headers=headers) as client:
+        async def worker(end, record):
+            nonlocal errors
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                try:
+                    r = await client.post(path, json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError: ok = False
+                if record:
+                    lat.append(time.perf_counter() - t)
+                    if ok:
+                        out = r.json()
+                        ids.extend(o.get('request_id') for o in (out if isinstance(out, list) else [out]))
+                    else: errors += 1
+        await asyncio.gather(*(worker(time.perf_counter() + 2, False) for _ in range(concurrency)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(start + seconds, True) for _ in range(concurrency)))
+        took = time.perf_counter() - start
+    ms = np.array(lat) * 1000
+    return {'requests': len(lat), 'rps': len(lat) / took, 'p50': float(np.percentile(ms, 50)), 'p95': float(np.percentile(ms, 95)),
+            'p99': float(np.percentile(ms, 99)), 'errors': errors, 'ids': [i for i in ids if i]}
+
+
+def fmt(r: dict) -> str:
+    return f"{r['rps']:8.1f} req/s  p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  p99 {r['p99']:6.1f} ms  errors {r['errors']}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--seconds', type=float, default=15, help='length of each measurement (default %(default)s)')
+    ap.add_argument('--concurrency', type=int, nargs='+', default=[1, 8], help='concurrent clients (default %(default)s)')
+    ap.add_argument('--batch', type=int, default=32, help='records per /predict_batch call (default %(default)s)')
+    ap.add_argument('--project', help="an mlnb project's settings.ini whose champion to serve (default: a throwaway one)")
+    ap.add_argument('--no-results', action='store_true', help='do not append to benchmarks/RESULTS.md')
+    a = ap.parse_args(argv)
+    import pandas as pd, sqlalchemy as sa
+    from mlnb.config import load_project
+    from mlnb.serve import Server, champion_bento, package
+    from mlnb.store import Store, predictions
+    tmp = Path(tempfile.mkdtemp(prefix='bench-serve-'))
+    if a.project: p = load_project(a.project)
+    else:
+        p = throwaway_project(tmp); print(f'packaging a throwaway project at {p.root}', flush=True); package(p)
+    st = Store(p.store_url)
+    tag = st.alias('champion'); run = st.get_run(st.get_model(tag)['run_id'])
+    train_dir = Path(run['stages']['train']['out_dir'])
+    X = pd.read_parquet(train_dir/'holdout.parquet').drop(columns=p.data['target'])
+    rec = {k: (None if pd.isna(v) else float(v)) for k, v in X.iloc[0].items()}
+    batch = [{k: (None if pd.isna(v) else float(v)) for k, v in r.items()} for r in X.head(a.batch).to_dict('records')]
+    results, lines = {}, []
+    def say(s): print(s, flush=True); lines.append(s)
+
+    bare = Bare(train_dir/'model.joblib', tmp)
+    try:
+        for c in a.concurrency:
+            results[('bare', c)] = asyncio.run(load(bare.url, '/predict', {'record': rec}, a.seconds, c))
+            say(f"bare Starlette   /predict        c={c:<3} {fmt(results[('bare', c)])}")
+    finally: bare.stop()
+
+    srv = Server(p, champion_bento(p)).start()
+    try:
+        for c in a.concurrency:
+            results[('mlnb', c)] = asyncio.run(load(srv.url, '/predict', {'record': rec}, a.seconds, c))
+            say(f"mlnb (bentoml)   /predict        c={c:<3} {fmt(results[('mlnb', c)])}")
+        c = max(a.concurrency)
+        results['batch'] = asyncio.run(load(srv.url, '/predict_batch', {'records': batch}, a.seconds, c))
+        say(f"mlnb (bentoml)   /predict_batch  c={c:<3} {fmt(results['batch'])}  = {results['batch']['rps'] * a.batch:.0f} records/s ({a.batch} per call)")
+    finally: srv.stop()
+    ids = [i for k, r in results.items() if k == 'batch' or k[0] == 'mlnb' for i in r['ids']]
+    found = sum(st.read(sa.select(sa.func.count().label('n')).select_from(predictions).where(predictions.c.request_id.in_(ids[j:j+500])))[0]['n']
+                for j in range(0, len(ids), 500))
+    say(f"prediction log: {found} of {len(ids)} measured predictions are in the store after SIGTERM")
+
+    nolog = Server(p, champion_bento(p), env={'MLNB_STORE': None}).start()
+    try: results['nolog'] = asyncio.run(load(nolog.url, '/predict', {'record': rec}, a.seconds, 1))
+    finally: nolog.stop()
+    say(f"mlnb, log off    /predict        c=1   {fmt(results['nolog'])}")
+
+    say('')
+    for c in a.concurrency:
+        say(f"ratio mlnb/bare requests/s at c={c}: {results[('mlnb', c)]['rps'] / results[('bare', c)]['rps']:.2f}x")
+    say(f"prediction log cost on median latency (c=1): {100 * (results[('mlnb', 1)]['p50'] / results['nolog']['p50'] - 1):+.1f}%"
+        if ('mlnb', 1) in results else '')
+    say(f"/predict_batch records/s vs /predict requests/s at c={max(a.concurrency)}: "
+        f"{results['batch']['rps'] * a.batch / results[('mlnb', max(a.concurrency))]['rps']:.1f}x")
+    if not a.no_results: append_results(lines, a, p)
+
+
+def append_results(lines: list[str], a, p):
+    "Append one dated section (machine, Python, figures) to benchmarks/RESULTS.md."
+    free = subprocess.run(['free', '-g'], capture_output=True, text=True).stdout.strip()
+    head = (f"\n## bench_serve: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.platform()}; "
+            f"{a.seconds:.0f} s per measurement, loopback, one worker per server, one httpx.AsyncClient in the same run; "
+            f"model: {'throwaway breast-cancer hist_gb' if not a.project else a.project}\n\n```\n{free}\n```\n\n")
+    with open(HERE/'RESULTS.md', 'a') as f: f.write(head + '```\n' + '\n'.join(lines) + '\n```\n')
+
+
+if __name__ == '__main__': main()
