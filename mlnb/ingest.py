@@ -72,7 +72,7 @@ def _table(batches):
     pa = need('pyarrow')
     return pa.Table.from_batches(batches)
 
-# %% ../nbs/03_ingest.ipynb #ffd06ca7
+# %% ../nbs/03_ingest.ipynb #59d3bb82
 class _Widen(Exception):
     "A CSV column needs a wider type than the one inferred from the first block."
     def __init__(self, column:str, type_): self.column, self.type = column, type_
@@ -112,7 +112,7 @@ def _csv_tables(path:str, opts:dict):
         try:
             reader, empty = pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
                                           parse_options=pcsv.ParseOptions(invalid_row_handler=on_bad),
-                                          convert_options=pcsv.ConvertOptions(column_types=types)), True
+                                          convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True)), True
             for b in reader: empty = False; yield _table([b])
         except pa.ArrowInvalid as e: raise _csv_error(e, path, opts) from None
         if empty: yield reader.schema.empty_table()

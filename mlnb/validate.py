@@ -14,8 +14,9 @@ from .core import DataError, MlnbError, ValidationFailed, atomic_write, need
 __all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'RESULT_FORMAT', 'profile', 'save_suite', 'load_suite', 'Failure', 'ValidationReport',
            'validate', 'gate', 'batch_suite', 'validate_batch']
 
-# %% ../nbs/04_validate.ipynb #0c483d33
-NUMERIC_TYPES = [f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
+# %% ../nbs/04_validate.ipynb #e01665f0
+NUMERIC_TYPES = ([f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
+                 + ['int', 'float'])          # Python types: what GX checks value by value in an object column
 BOOL_TYPES = ['bool', 'boolean']
 
 def _expectation(kind:str, severity:str='critical', **kwargs) -> dict:
@@ -95,7 +96,7 @@ class ValidationReport:
         return (f"<p style='color:{colour}'><b>{html.escape(self.summary())}</b></p>{link}" +
                 (f"<table><tr><th>severity</th><th>expectation</th><th>column</th><th>unexpected</th><th>examples</th><th>rows</th></tr>{rows}</table>" if rows else ''))
 
-# %% ../nbs/04_validate.ipynb #4305be53
+# %% ../nbs/04_validate.ipynb #7ddb0e3b
 def _gx_suite(gx, suite:dict):
     s = gx.ExpectationSuite(name=suite.get('name', 'suite'))
     for e in suite['expectations']:
@@ -111,7 +112,10 @@ def _context(docs_dir=None):
     from great_expectations.data_context.types.base import ProgressBarsConfig
     ctx = gx.get_context(mode='ephemeral')
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    for name in ctx.get_site_names(): ctx.delete_data_docs_site(name)
+    for name in ctx.get_site_names():           # the default site is a temporary folder: remove it too
+        base = (ctx.get_config().data_docs_sites or {}).get(name, {}).get('store_backend', {}).get('base_directory')
+        ctx.delete_data_docs_site(name)
+        if base and Path(base).is_dir() and not any(Path(base).iterdir()): Path(base).rmdir()
     if docs_dir is not None:
         ctx.add_data_docs_site('mlnb', {'class_name': 'SiteBuilder', 'show_how_to_buttons': False,
                                         'store_backend': {'class_name': 'TupleFilesystemStoreBackend', 'base_directory': str(docs_dir)},
