@@ -173,7 +173,8 @@ def append_results(lines: list[str], a, p):
     "Append one dated section (machine, Python, figures) to benchmarks/RESULTS.md."
     free = subprocess.run(['free', '-g'], capture_output=True, text=True).stdout.strip()
     head = (f"\n## bench_serve: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-            f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.platform()}; "
+            f"machine: nproc {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared), "
+            f"Python {platform.python_version()}, {platform.platform()}; "
             f"{a.seconds:.0f} s per measurement, loopback, one worker per server, one httpx.AsyncClient in the same run; "
             f"model: {'throwaway breast-cancer hist_gb' if not a.project else a.project}\n\n```\n{free}\n```\n\n")
     with open(HERE/'RESULTS.md', 'a') as f: f.write(head + '```\n' + '\n'.join(lines) + '\n```\n')

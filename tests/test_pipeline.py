@@ -73,3 +73,27 @@ def test_critical_expectation_stops_before_training(tmp_path):
     failed_dir = Path(stages['validate']['notebook']).with_name('validate.failed')
     report = json.loads((failed_dir/'validation.json').read_text())
     assert not report['passed'] and any(f['column'] == 'mean radius' for f in report['failures'])
+
+
+def test_own_csv_with_missing_values_and_categories(tmp_path):
+    "Pointing settings.ini at a CSV with gaps, categories and yes/no labels is all a user's own data needs."
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 240
+    df = pd.DataFrame({'age': rng.integers(18, 80, n).astype(float), 'plan': rng.choice(['basic', 'plus', 'pro'], n),
+                       'monthly': rng.gamma(2, 20, n), 'region': rng.choice(['north', 'south', None], n)})
+    df.loc[rng.choice(n, 20, replace=False), 'age'] = np.nan
+    df['churned'] = np.where((df.plan == 'basic') & (df.monthly > 30) | (rng.random(n) < 0.15), 'yes', 'no')
+    root = tmp_path/'churn'
+    mlnb('new', root)
+    (root/'data').mkdir(); df.to_csv(root/'data'/'customers.csv', index=False)
+    ini = (root/'settings.ini').read_text()
+    ini = ini.replace('source = sklearn:breast_cancer', 'source = data/customers.csv').replace('target = target', 'target = churned')
+    (root/'settings.ini').write_text(ini.replace('model=hist_gb cv=5', 'model=logreg cv=3'))
+    mlnb('run', cwd=root)
+    run = _store(root).get_run()
+    assert run['status'] == 'succeeded' and run['metrics']['rows'] == n
+    assert 0.5 < run['metrics']['roc_auc'] <= 1
+    suite = json.loads((root/'expectations'/'suite.json').read_text())
+    plan_set = [e for e in suite['expectations'] if e['kwargs'].get('column') == 'plan' and 'value_set' in e['kwargs']]
+    assert plan_set and sorted(plan_set[0]['kwargs']['value_set']) == ['basic', 'plus', 'pro']

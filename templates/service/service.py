@@ -303,15 +303,22 @@ class Classifier:
         self.stopping = threading.Event()
         if self.engine is not None:
             threading.Thread(target=self._follow, name="mlnb-champion", daemon=True).start()
-        self._warm(self.current)
+        self.warm = self._warm(self.current)
         counters()
 
-    def _warm(self, m: Served):
-        "Build `m`'s SHAP explainer in the background, so the first /explain is fast too."
+    def _warm(self, m: Served) -> threading.Event:
+        "Build `m`'s SHAP explainer in the background, so the first /explain is fast too; the event is set when done."
+        done = threading.Event()
         def build():
-            try: m.explainer()
+            try: m.explainer(); m.score([Features()])
             except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", m.tag, e)
+            finally: done.set()
         threading.Thread(target=build, name="mlnb-warm", daemon=True).start()
+        return done
+
+    def __is_ready__(self) -> bool:
+        "Ready (/readyz answers 200) once the first model is warm: importing SHAP would otherwise slow the first requests."
+        return self.warm.is_set()
 
     # -- following the champion alias
     def _champion(self) -> str | None:
