@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['load_ipython_extension']
 
-# %% ../nbs/16_init.ipynb #2e3f90ae
+# %% ../nbs/16_init.ipynb #944ddafb
 __version__ = "0.1.0"
 import importlib as _importlib
 
-_API = {'run': 'widgets', 'runs': 'pipeline', 'dag': 'pipeline', 'StageContext': 'pipeline',
+_API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 'pipeline',
         'load_project': 'config', 'new_project': 'config', 'Store': 'store',
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
         'MlnbError': 'core'}

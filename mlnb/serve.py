@@ -8,14 +8,15 @@ import json, keyword, os, re, shutil, signal, subprocess, sys, time, urllib.erro
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from .core import MlnbError, ServeError, free_port, need, templates_dir
+from .core import DataError, MlnbError, ServeError, free_port, need, templates_dir
 from .config import Project, load_project
 from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
 from .store import Store, models as models_table
 
 # %% auto #0
 __all__ = ['PY_TYPES', 'field_name', 'schema_fields', 'render_service', 'BentoInfo', 'build_bento', 'package', 'post_json',
-           'Server', 'champion_bento', 'serve', 'demo', 'demo_summary']
+           'Server', 'champion_bento', 'serve', 'check_frame', 'score_frame', 'read_chunks', 'write_chunks',
+           'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #60775e20
 PY_TYPES = {'float': 'float', 'int': 'int', 'bool': 'bool', 'str': 'str'}
@@ -94,7 +95,10 @@ class Server:
     def environ(self) -> dict:
         "The server's environment: ours, BentoML's home, the store to log to, and `env`."
         env = {**os.environ, 'BENTOML_HOME': str(bentoml_home(self.p)), 'BENTOML_DO_NOT_TRACK': 'true',
-               'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl'))}
+               'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl')),
+               'MLNB_MODE': self.p.serve.get('mode') or 'single'}
+        for key, var in [('weight', 'MLNB_WEIGHT'), ('cache', 'MLNB_CACHE_SIZE')]:     # when settings.ini's [serve] has them
+            if self.p.serve.get(key) is not None: env[var] = str(self.p.serve[key])
         env.update({k: v for k,v in self.extra_env.items() if v is not None})
         return {k: v for k,v in env.items() if self.extra_env.get(k, '') is not None}
 
@@ -158,6 +162,92 @@ def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host
         srv.proc.wait()
     except KeyboardInterrupt: print("stopping", flush=True)
     finally: srv.stop()
+
+# %% ../nbs/10_serve.ipynb #8c0938af
+def check_frame(df, features:list[dict], first_row:int=0, passthrough=()):
+    "The feature columns of `df` checked and typed as the service would; `DataError` names the column and rows."
+    import numpy as np, pandas as pd
+    known = {f['name'] for f in features}
+    extra = [c for c in df.columns if c not in known and c not in passthrough]
+    if extra: raise DataError(f"unknown column(s) {', '.join(map(str, extra[:10]))}: not features of the model (keep them with keep=...)")
+    out = pd.DataFrame(index=df.index)
+    for f in features:
+        col = df[f['name']] if f['name'] in df else pd.Series(None, index=df.index, dtype=object)
+        if f['kind'] == 'str': out[f['name']] = col.astype(object).where(col.notna(), None); continue
+        num = pd.to_numeric(col, errors='coerce') if col.dtype == object or f['kind'] != 'bool' else col.astype(float)
+        bad = np.flatnonzero((num.isna() & col.notna()).to_numpy() | np.isinf(num.to_numpy(dtype=float, na_value=np.nan)))
+        if len(bad): raise DataError(f"column '{f['name']}': not a finite number at row(s) {', '.join(str(first_row + j) for j in bad[:5])}")
+        out[f['name']] = num.astype(float)
+    return out
+
+def score_frame(pipeline, features:list[dict], df, tag:str, first_row:int=0, keep=()):
+    "`df`'s passthrough columns, the predicted label, a probability per class and the model tag."
+    import pandas as pd
+    X = check_frame(df, features, first_row, keep)
+    proba = pipeline.predict_proba(X)
+    classes = [c.item() if hasattr(c, 'item') else c for c in pipeline.classes_]
+    out = df[[c for c in df.columns if c in keep]].copy()
+    out['label'] = [classes[j] for j in proba.argmax(1)]
+    for j, c in enumerate(classes): out[f'proba_{c}'] = proba[:, j]
+    out['model_tag'] = tag
+    return out
+
+# %% ../nbs/10_serve.ipynb #fbb49b1b
+def read_chunks(path, rows:int):
+    "DataFrames of at most `rows` rows from a Parquet, CSV or JSON-lines file."
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file(): raise DataError(f"{path}: no such file to score")
+    kind = path.suffix.lower()
+    if kind == '.parquet':
+        import pyarrow.parquet as pq
+        for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
+    elif kind == '.csv': yield from pd.read_csv(path, chunksize=rows)
+    elif kind in ('.jsonl', '.ndjson'): yield from pd.read_json(path, lines=True, chunksize=rows)
+    else: raise DataError(f"{path}: cannot score a {kind or 'suffix-less'} file (use .parquet, .csv or .jsonl)")
+
+def write_chunks(frames, path) -> int:
+    "Write DataFrames to one Parquet or CSV file through a temporary name; returns the rows written."
+    path = Path(path); kind = path.suffix.lower()
+    if kind not in ('.parquet', '.csv'): raise DataError(f"{path}: write scores to a .parquet or .csv file")
+    tmp, n, writer = path.with_name(f'.{path.name}.tmp'), 0, None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for df in frames:
+            if kind == '.csv': df.to_csv(tmp, mode='w' if writer is None else 'a', header=writer is None, index=False); writer = True
+            else:
+                import pyarrow as pa, pyarrow.parquet as pq
+                t = pa.Table.from_pandas(df, preserve_index=False)
+                if writer is None: writer = pq.ParquetWriter(tmp, t.schema)
+                writer.write_table(t.cast(writer.schema))
+            n += len(df)
+        if writer not in (None, True): writer.close()
+        if writer is None: raise DataError("nothing to score: the input has no rows")
+        os.replace(tmp, path); return n
+    finally: tmp.unlink(missing_ok=True)
+
+# %% ../nbs/10_serve.ipynb #11e618f9
+@dataclass
+class ScoreResult:
+    "What `score` wrote."
+    output: Path; rows: int; model: str
+    def _repr_markdown_(self): return f"{self.rows} rows scored by `{self.model}` into `{self.output}`"
+
+def score(settings='settings.ini', input=None, output=None, model:str|None=None, chunk_rows:int=10_000, keep=()) -> ScoreResult:
+    "Score file `input` with the champion (or `model`) in chunks of `chunk_rows` into `output` (.parquet or .csv)."
+    p = settings if isinstance(settings, Project) else load_project(settings)
+    tag = model or Store(p.store_url).alias('champion')
+    if not tag: raise MlnbError(f"no champion in {p.store_url}: run `mlnb package` first")
+    bentoml = bentoml_for(p)
+    try: m = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
+    pipe, feats = bentoml.sklearn.load_model(m), m.info.metadata['schema']['features']
+    keep = (*keep, m.info.metadata['schema'].get('target') or p.data['target'])
+    def frames():
+        start = 0
+        for chunk in read_chunks(input, chunk_rows):
+            yield score_frame(pipe, feats, chunk, str(m.tag), start, keep); start += len(chunk)
+    return ScoreResult(Path(output), write_chunks(frames(), output), str(m.tag))
 
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:

@@ -270,12 +270,12 @@ def test_own_csv_trains_and_corrupted_copy_is_stopped_at_the_gate(tmp_path):
     mlnb('new', root, '--source', 'data/customers.csv', '--target', 'churned')
     (root/'data').mkdir()
     customers(200).drop(columns='id').to_csv(root/'data'/'customers.csv', index=False)
-    r = mlnb('run', '--params', 'train.cv=3', cwd=root)
+    r = mlnb('run', '--params', 'train.cv=2', 'evaluate.shap_rows=20', cwd=root)
     assert 'succeeded' in r.stdout and (root/'expectations'/'suite.json').is_file()
     bad = customers(200).drop(columns='id')
     bad['churned'] = bad['churned'].where(bad.index % 10 != 0, 9)        # labels nobody has seen
     bad.to_csv(root/'data'/'customers.csv', index=False)
-    r = mlnb('run', '--params', 'train.cv=3', cwd=root, check=False)
+    r = mlnb('run', '--params', 'train.cv=2', 'evaluate.shap_rows=20', cwd=root, check=False)
     assert r.returncode == 1 and 'ValidationFailed' in r.stderr and "'churned'" in r.stderr and 'Data Docs' in r.stderr
     failed = sorted((root/'.mlnb'/'runs').glob('*/validate.failed'))
     assert failed and (failed[-1]/'data_docs'/'index.html').is_file()

@@ -23,22 +23,30 @@ def holdout_X(p):
     return pd.read_parquet(Path(run['stages']['train']['out_dir'])/'holdout.parquet').drop(columns='target')
 
 
-@pytest.fixture(scope='module')
-def served(packaged):
-    "One `bentoml serve` of the champion's bento, logging to the project's store, no token."
-    from mlnb.serve import Server, champion_bento
-    root, _ = packaged
-    p = load_project(root/'settings.ini')
-    srv = Server(p, champion_bento(p), env={'MLNB_API_TOKEN': None}).start()
-    yield p, srv
-    srv.stop()
-
-
 def py(code, cwd, check=True):
     "Run Python `code` in a fresh process (BentoML's home is set once per process), as the CLI would."
     r = subprocess.run([sys.executable, '-c', code], cwd=cwd, capture_output=True, text=True, timeout=300)
     if check and r.returncode: raise AssertionError(f"{code}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+@pytest.fixture(scope='module')
+def challenger(packaged):
+    "A second model of the same run, saved as the challenger."
+    root, _ = packaged
+    r = py("from mlnb.registry import save_model; from mlnb.config import load_project; print(save_model(load_project('settings.ini')).tag)", root)
+    return r.stdout.split()[-1]
+
+
+@pytest.fixture(scope='module')
+def served(packaged, challenger):
+    "One `bentoml serve` of the champion's bento: logging to the project's store, no token, shadow mode, a cache."
+    from mlnb.serve import Server, champion_bento
+    root, _ = packaged
+    p = load_project(root/'settings.ini')
+    srv = Server(p, champion_bento(p), env={'MLNB_API_TOKEN': None, 'MLNB_MODE': 'shadow', 'MLNB_CACHE_SIZE': '100'}).start()
+    yield p, srv
+    srv.stop()
 
 
 def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
@@ -143,7 +151,15 @@ def test_body_limits_and_the_server_keeps_answering(served):
     assert srv.predict(holdout_X(p).iloc[0].to_dict())['label'] in (0, 1)
 
 
-def test_prediction_log_is_complete_after_sigterm(served):
+def test_cache_answers_repeated_records(served):
+    p, srv = served
+    rec = holdout_X(p).iloc[2].to_dict()
+    a, b = srv.predict(rec), srv.predict(rec)
+    assert a['request_id'] != b['request_id'] and a['probabilities'] == b['probabilities'] and b['latency_ms'] == 0
+    assert 'mlnb_cache_total{result="hit"}' in requests.get(f'{srv.url}/metrics', timeout=30).text
+
+
+def test_prediction_log_is_complete_after_sigterm(served, challenger):
     "Every prediction and label reaches the store, including the ones still queued when SIGTERM arrives."
     p, srv = served
     X = holdout_X(p)
@@ -161,17 +177,28 @@ def test_prediction_log_is_complete_after_sigterm(served):
     assert set(logged) == set(ids)
     row = logged[ids[0]]
     assert row['model_tag'].startswith('shop:') and row['output']['label'] in (0, 1) and 'mean radius' in row['inputs'] and row['latency_ms'] > 0
+    shadow = st.read(sa.select(predictions.c.model_tag).where(predictions.c.request_id.in_([f'{i}-shadow' for i in ids])))
+    assert len(shadow) == len(ids) and {r['model_tag'] for r in shadow} == {challenger}     # shadow mode: the challenger scored every one
     labels = st.read(sa.select(feedback).where(feedback.c.request_id.in_(ids[:3])))
     assert len(labels) == 3 and {l['source'] for l in labels} == {'api'}
     assert not srv.log.with_suffix('.spill.jsonl').exists()
 
 
-@pytest.fixture(scope='module')
-def challenger(packaged):
-    "A second model of the same run, saved as the challenger."
-    root, _ = packaged
-    r = py("from mlnb.registry import save_model; from mlnb.config import load_project; print(save_model(load_project('settings.ini')).tag)", root)
-    return r.stdout.split()[-1]
+BROKEN = """
+# a copy of the champion whose estimator raises on every call, promoted by force
+from sklearn.linear_model import LogisticRegression
+from mlnb.config import load_project
+from mlnb.registry import bentoml_for, promote
+from mlnb.store import Store
+p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
+good = bentoml.models.get(st.alias('champion'))
+pipe = bentoml.sklearn.load_model(good)
+est = LogisticRegression(); est.classes_ = pipe[-1].classes_           # looks fitted, has no coefficients
+pipe.steps[-1] = (pipe.steps[-1][0], est)
+bad = bentoml.sklearn.save_model('shop', pipe, metadata=good.info.metadata)
+st.add_model(str(bad.tag), 'broken', None, {})
+print(promote(p, str(bad.tag), force=True))
+"""
 
 
 def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
@@ -182,7 +209,7 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
     champion = st.alias('champion')
     assert st.alias('challenger') == challenger != champion
     rec = holdout_X(p).iloc[0].to_dict()
-    with Server(p, champion_bento(p), env={'MLNB_API_TOKEN': 's3cret'}) as srv:
+    with Server(p, champion_bento(p), env={'MLNB_API_TOKEN': 's3cret', 'MLNB_MODE': 'ab', 'MLNB_WEIGHT': '0.5', 'MLNB_CACHE_SIZE': '100'}) as srv:
         # auth on: every API endpoint wants the token; health and metrics do not
         for ep, body in [('predict', {'record': rec}), ('predict_batch', {'records': [rec]}), ('explain', {'record': rec}),
                          ('feedback', {'request_id': 'x', 'label': 1})]:
@@ -190,7 +217,14 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
             assert requests.post(f'{srv.url}/{ep}', json=body, headers={'Authorization': 'Bearer nope'}, timeout=30).status_code == 401
         for path in ('/healthz', '/livez', '/readyz', '/metrics'): assert requests.get(srv.url + path, timeout=30).status_code == 200
         s = requests.Session(); s.headers['Authorization'] = 'Bearer s3cret'
-        assert s.post(f'{srv.url}/predict', json={'record': rec}, timeout=30).json()['model'] == champion
+        ask = lambda key=None: s.post(f'{srv.url}/predict', json={'record': rec, 'key': key}, timeout=30).json()['model']
+
+        # A/B at 50%: both models answer; one key always gets the same one
+        end = time.time() + 15
+        while time.time() < end and len({ask() for _ in range(20)}) < 2: time.sleep(0.5)
+        assert {ask(f'k{i}') for i in range(30)} == {champion, challenger}
+        assert len({ask('alice') for _ in range(10)}) == 1
+        key = next(k for k in (f'u{i}' for i in range(100)) if ask(k) == champion)     # a key A/B sends to the champion
 
         # the gate: a challenger recorded as worse is refused, with the reason
         metrics = st.get_model(challenger)['metrics']
@@ -203,7 +237,7 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
         seen, stop = [], threading.Event()
         def traffic():
             while not stop.is_set():
-                r = s.post(f'{srv.url}/predict', json={'record': rec}, timeout=30)
+                r = s.post(f'{srv.url}/predict', json={'record': rec, 'key': key}, timeout=30)
                 seen.append((time.time(), r.status_code, r.json().get('model')))
         th = threading.Thread(target=traffic); th.start()
         try:
@@ -217,11 +251,20 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
             py("from mlnb.registry import rollback; print(rollback('settings.ini'))", root)
             assert st.alias('champion') == champion
             assert follows(champion, time.time()), seen[-3:]
+
+            # a champion that raises: the model before it answers, and /metrics counts the fallbacks
+            broken = py(BROKEN, root).stdout.split()[-1]
+            assert follows(champion, time.time() + 3)                       # still answered by the good model
+            n = len(seen); time.sleep(1.5)
+            assert {m for _, _, m in seen[n:]} == {champion}
         finally:
             stop.set(); th.join()
         assert {code for _, code, _ in seen} == {200} and len(seen) > 5
         m = requests.get(f'{srv.url}/metrics', timeout=30).text
-        assert f'mlnb_model_switches_total{{model="{challenger}"}} 1.0' in m
+        assert f'mlnb_model_switches_total{{model="{challenger}"}} 1.0' in m and f'mlnb_model_switches_total{{model="{broken}"}} 1.0' in m
+        assert f'mlnb_fallbacks_total{{model="{broken}"}}' in m
+    py("from mlnb.registry import rollback; rollback('settings.ini')", root)
+    assert st.alias('champion') == champion
     st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics))
 
 

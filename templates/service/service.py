@@ -13,20 +13,26 @@ Environment (all optional; `mlnb serve` sets the first one):
   MLNB_MAX_BODY      largest request body in bytes (default 10 MiB).
   MLNB_LOG_SPILL     JSON-lines file for log rows the store could not take at shutdown (default ./mlnb-log-spill.jsonl).
   MLNB_MODEL_THREADS OpenMP threads per model call (default 1), unless OMP_NUM_THREADS is set.
+  MLNB_MODE          single (default), ab (the challenger answers MLNB_WEIGHT of requests, sticky by `key`)
+                     or shadow (the challenger scores every request in the background; only logged).
+  MLNB_WEIGHT        the challenger's share in ab mode (default 0.1).
+  MLNB_CACHE_SIZE    recent /predict answers kept, keyed by model and record (default 0: no cache).
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import hmac
 import json
 import logging
 import os
 import queue
+import random
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 # One OpenMP thread per model call: requests already run in parallel, and extra threads only contend.
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("MLNB_MODEL_THREADS", "1"))
@@ -42,6 +48,9 @@ COLUMNS = $columns
 KINDS = $kinds
 MAX_BATCH = int(os.environ.get("MLNB_MAX_BATCH", "1000"))
 MAX_BODY = int(os.environ.get("MLNB_MAX_BODY", str(10 * 1024 * 1024)))
+MODE = os.environ.get("MLNB_MODE", "single")                 # single | ab | shadow
+WEIGHT = float(os.environ.get("MLNB_WEIGHT", "0.1"))          # the challenger's share of requests in ab mode
+CACHE_SIZE = int(os.environ.get("MLNB_CACHE_SIZE", "0"))      # recent /predict answers kept (0: no cache)
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 log = logging.getLogger("bentoml.mlnb")
 
@@ -59,12 +68,21 @@ class Body(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid")
 
 
+Key = Annotated[Optional[str], Field(None, max_length=200)]    # a user or session id: sticky A/B assignment
+
+
 class PredictIn(Body):
     record: Features
+    key: Key = None
 
 
 class PredictBatchIn(Body):
     records: Annotated[list[Features], Field(min_length=1, max_length=MAX_BATCH)]
+    key: Key = None
+
+
+class ExplainIn(Body):
+    record: Features
 
 
 class FeedbackIn(Body):
@@ -118,6 +136,10 @@ def counters() -> dict:
                 ("mlnb_explanations", "Explanations served, by model", ["model"]),
                 ("mlnb_model_switches", "Times the service switched to a new champion, by the model switched to", ["model"]),
                 ("mlnb_model_switch_errors", "Champion changes the service could not follow", []),
+                ("mlnb_fallbacks", "Requests the fallback model answered because the serving one raised, by the failed model", ["model"]),
+                ("mlnb_shadow_predictions", "Shadow predictions of the challenger, by model and label", ["model", "label"]),
+                ("mlnb_shadow_dropped", "Requests not shadowed because the shadow queue was full", []),
+                ("mlnb_cache", "Prediction cache lookups, by result (hit or miss)", ["result"]),
                 ("mlnb_log_rows", "Rows written to the store, by table", ["table"]),
                 ("mlnb_log_errors", "Failed writes to the store (the rows are kept and retried)", [])]:
             _COUNTERS[name] = Counter(name, doc, labels)
@@ -234,6 +256,34 @@ class PredictionLog:
         self.engine.dispose()
 
 
+# ---- a cache of recent answers ---------------------------------------------------------------
+
+class Cache:
+    """The class probabilities of recent records, keyed by model tag and the record's content; emptied on a switch."""
+    def __init__(self, size: int):
+        from collections import OrderedDict
+        self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
+
+    @staticmethod
+    def key(tag: str, record: Features) -> str:
+        return tag + hashlib.sha256(record.model_dump_json(by_alias=True).encode()).hexdigest()
+
+    def get(self, tag: str, record: Features):
+        with self.lock:
+            row = self.d.get(k := self.key(tag, record))
+            if row is not None: self.d.move_to_end(k)
+        counters()["mlnb_cache"].labels("miss" if row is None else "hit").inc()
+        return row
+
+    def put(self, tag: str, record: Features, row):
+        with self.lock:
+            self.d[self.key(tag, record)] = row
+            while len(self.d) > self.size: self.d.popitem(last=False)
+
+    def clear(self):
+        with self.lock: self.d.clear()
+
+
 # ---- a served model --------------------------------------------------------------------------
 
 class Served:
@@ -290,19 +340,29 @@ class Served:
 
 @bentoml.service(name="$name", traffic={"timeout": 30})
 class Classifier:
+    """Serves the champion; in ab mode the challenger answers a `MLNB_WEIGHT` share of requests (sticky by `key`),
+    in shadow mode it scores every request off the request path and is only logged. When the serving model raises,
+    the model served before it answers instead (a fallback, counted in /metrics)."""
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         self.current = Served(self.model_ref)
+        self.fallback: Served | None = None     # the model served before `current`
+        self.challenger: Served | None = None   # in ab and shadow modes
         self.loaded = {self.current.tag: self.current}     # recent models by tag: a rollback needs no reload
+        self.cache = Cache(CACHE_SIZE)
         url = os.environ.get("MLNB_STORE")
         self.log = PredictionLog(url) if url else None
         self.engine = self.log.engine if self.log else None
         self.poll = float(os.environ.get("MLNB_POLL_SECONDS", "1"))
-        self.champion = self._champion()
+        self.seen = self._aliases().get("champion", (None, None))[0]
         self.stopping = threading.Event()
+        self.shadow_q: queue.Queue = queue.Queue(maxsize=1000)
         if self.engine is not None:
             threading.Thread(target=self._follow, name="mlnb-champion", daemon=True).start()
+        if MODE == "shadow":
+            self.shadow_thread = threading.Thread(target=self._shadow, name="mlnb-shadow", daemon=True)
+            self.shadow_thread.start()
         self.warm = self._warm(self.current)
         counters()
 
@@ -320,49 +380,86 @@ class Classifier:
         "Ready (/readyz answers 200) once the first model is warm: importing SHAP would otherwise slow the first requests."
         return self.warm.is_set()
 
-    # -- following the champion alias
-    def _champion(self) -> str | None:
-        if self.engine is None: return None
+    # -- following the aliases
+    def _aliases(self) -> dict:
+        "`{name: (tag, previous)}` of the store's aliases; empty without a store."
+        if self.engine is None: return {}
         import sqlalchemy as sa
-        aliases = self.log.tables["aliases"]
+        t = self.log.tables["aliases"]
         try:
             with self.engine.connect() as c:
-                return c.execute(sa.select(aliases.c.tag).where(aliases.c.name == "champion")).scalar()
-        except Exception: return None
+                return {r.name: (r.tag, r.previous) for r in c.execute(sa.select(t.c.name, t.c.tag, t.c.previous))}
+        except Exception: return {}
+
+    def _model(self, tag: str) -> Served | None:
+        "Model `tag`, loaded once (the last few are kept); None when it cannot be served."
+        if tag in self.loaded: return self.loaded[tag]
+        try: m = Served.load(tag)
+        except Exception as e:
+            counters()["mlnb_model_switch_errors"].inc()
+            log.error("mlnb: cannot load model %s (%s)", tag, e)
+            return None
+        self.loaded = {**dict(list(self.loaded.items())[-3:]), tag: m}
+        self._warm(m)
+        return m
 
     def _follow(self):
-        "Every `poll` seconds: when the champion alias moves, load that model and swap it in."
-        while not self.stopping.wait(self.poll):
-            tag = self._champion()
-            if not tag or tag == self.champion: continue
-            self.champion = tag
-            if tag != self.current.tag: self.switch(tag)
+        "Every `poll` seconds: follow the champion alias (swapping its model in), the challenger's, and keep a fallback."
+        while True:
+            a = self._aliases()
+            champion, previous = a.get("champion", (None, None))
+            if champion and champion != self.seen:
+                self.seen = champion
+                if champion != self.current.tag: self.switch(champion)
+            if self.fallback is None and previous and previous != self.current.tag: self.fallback = self._model(previous)
+            if MODE != "single":
+                tag = a.get("challenger", (None, None))[0]
+                if tag != (self.challenger.tag if self.challenger else None):
+                    self.challenger = self._model(tag) if tag and tag != self.current.tag else None
+            if self.stopping.wait(self.poll): return
 
     def switch(self, tag: str):
         "Serve model `tag` from now on; requests in flight finish on the model they started with."
-        new = self.loaded.get(tag)
+        new = self._model(tag)
         if new is None:
-            try: new = Served.load(tag)
-            except Exception as e:
-                counters()["mlnb_model_switch_errors"].inc()
-                log.error("mlnb: cannot switch to champion %s (%s); still serving %s", tag, e, self.current.tag)
-                return
-            self.loaded = {**dict(list(self.loaded.items())[-2:]), tag: new}
-            self._warm(new)
-        self.current = new                      # one assignment: atomic for the requests that follow
+            log.error("mlnb: still serving %s", self.current.tag); return
+        self.fallback, self.current = self.current, new      # each one assignment: atomic for the requests that follow
+        self.cache.clear()
         counters()["mlnb_model_switches"].labels(tag).inc()
         log.info("mlnb: now serving %s", tag)
 
     @bentoml.on_shutdown
     def shutdown(self):
-        "Stop following the champion and flush the prediction log."
+        "Stop following the aliases, finish the shadow scoring and flush the prediction log."
         self.stopping.set()
+        if MODE == "shadow": self.shadow_q.put(None); self.shadow_thread.join(30)
         if self.log: self.log.close()
 
     # -- scoring
-    def _answer(self, records: list[Features]) -> list[Prediction]:
-        m = self.current
-        proba, ms = m.score(records)
+    def _route(self, key: str | None) -> Served:
+        "The champion, or in ab mode the challenger for a `WEIGHT` share of requests (always the same for one key)."
+        ch = self.challenger
+        if MODE != "ab" or ch is None: return self.current
+        u = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x100000000 if key else random.random()
+        return ch if u < WEIGHT else self.current
+
+    def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
+        "Score with `m`; when it raises, with the fallback model (once)."
+        try: return (m, *m.score(records))
+        except Exception:
+            fb = self.fallback
+            if fb is None or fb is m: raise
+            counters()["mlnb_fallbacks"].labels(m.tag).inc()
+            log.exception("mlnb: model %s failed; %s answers instead", m.tag, fb.tag)
+            return (fb, *fb.score(records))
+
+    def _answer(self, records: list[Features], key: str | None = None) -> list[Prediction]:
+        m = self._route(key)
+        hit = self.cache.get(m.tag, records[0]) if self.cache.size and len(records) == 1 else None
+        if hit is not None: proba, ms = hit[None, :], 0.0
+        else:
+            m, proba, ms = self._score(m, records)
+            if self.cache.size and len(records) == 1: self.cache.put(m.tag, records[0], proba[0])
         ms /= max(len(records), 1)
         out = []
         for rec, row in zip(records, proba):
@@ -374,19 +471,37 @@ class Classifier:
                 self.log.put("predictions", dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
                                                  output={"label": label, "probabilities": p.probabilities}, latency_ms=ms, created=now()))
             out.append(p)
+        if MODE == "shadow" and self.challenger is not None and self.challenger is not m:
+            try: self.shadow_q.put_nowait((self.challenger, records, [p.request_id for p in out]))
+            except queue.Full: counters()["mlnb_shadow_dropped"].inc()
         return out
 
+    def _shadow(self):
+        "Score queued requests with the challenger and log them as `<request id>-shadow`; the caller never waits."
+        while (job := self.shadow_q.get()) is not None:
+            ch, records, ids = job
+            try: proba, ms = ch.score(records)
+            except Exception as e:
+                log.warning("mlnb: shadow model %s failed (%s)", ch.tag, e); continue
+            for rec, row, rid in zip(records, proba, ids):
+                label = ch.classes[int(row.argmax())]
+                counters()["mlnb_shadow_predictions"].labels(ch.tag, str(label)).inc()
+                if self.log:
+                    self.log.put("predictions", dict(request_id=f"{rid}-shadow", model_tag=ch.tag, inputs=rec.model_dump(by_alias=True),
+                        output={"label": label, "probabilities": {str(c): float(v) for c, v in zip(ch.classes, row)}},
+                        latency_ms=ms / len(records), created=now()))
+
     @bentoml.api(input_spec=PredictIn)
-    def predict(self, record: Features) -> Prediction:
-        """Score one record."""
-        return self._answer([record])[0]
+    def predict(self, record: Features, key: Optional[str] = None) -> Prediction:
+        """Score one record; `key` (a user or session id) keeps A/B assignment sticky."""
+        return self._answer([record], key)[0]
 
     @bentoml.api(input_spec=PredictBatchIn)
-    def predict_batch(self, records: list[Features]) -> list[Prediction]:
+    def predict_batch(self, records: list[Features], key: Optional[str] = None) -> list[Prediction]:
         """Score many records in one call (at most MLNB_MAX_BATCH)."""
-        return self._answer(records)
+        return self._answer(records, key)
 
-    @bentoml.api(input_spec=PredictIn)
+    @bentoml.api(input_spec=ExplainIn)
     def explain(self, record: Features) -> Explanation:
         """SHAP values of one record's features (after preprocessing), largest first."""
         m = self.current

@@ -1,0 +1,170 @@
+"""Data layer benchmarks (issue 4): each figure is a ratio against a baseline measured in the same run.
+
+1. validation of 1,000,000 rows x 20 columns with 20 expectations: the Great Expectations gate (mlnb.validate.validate)
+   vs the same rules as vectorized pandas checks computing the same things (pass/fail, unexpected count, the first 20
+   unexpected values and their rows) (target: at most 3x); GX import and context start-up on their own line (fresh process);
+2. ingest of a 5,000,000-row CSV (about 1 GB, generated into /tmp) into a snapshot: peak memory (target: at most 1.5 GB)
+   and wall time vs pyarrow.csv.read_csv + pyarrow.parquet.write_table of the same file (target: at most 1.5x).
+   Each is measured in its own subprocess (its own peak RSS), alternating, best of two.
+
+Run: .venv/bin/python benchmarks/bench_data.py   (appends to benchmarks/RESULTS.md with --write; --rows N for a smaller CSV)
+"""
+import json, os, platform, subprocess, sys, tempfile, time
+from datetime import datetime, timezone
+from pathlib import Path
+import numpy as np, pandas as pd
+
+os.environ.setdefault('BENTOML_DO_NOT_TRACK', 'true'); os.environ.setdefault('GX_ANALYTICS_ENABLED', 'false')
+PY = sys.executable
+GB = 2**30
+
+
+def machine():
+    mem = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB
+    load = os.getloadavg()[0]
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, load {load:.1f} at start"
+
+
+# ---- 1. validation -------------------------------------------------------------------------------------------------
+
+def frame(n=1_000_000, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({f'x{i}': rng.normal(100, 15, n) for i in range(12)})
+    for i in range(4): df[f'k{i}'] = rng.integers(0, 1000, n)
+    for i in range(3): df[f'c{i}'] = rng.choice(['alpha', 'beta', 'gamma', 'delta'], n)
+    df['target'] = rng.integers(0, 2, n)
+    df.loc[::1000, 'x0'] = np.nan                                   # some nulls, allowed by `mostly`
+    df.loc[5, 'x1'] = 1e6; df.loc[7, 'c0'] = 'omega'               # a warning range failure and an unseen category
+    return df
+
+
+def suite(df) -> dict:
+    "20 expectations: the column set, the row count, 6 not-null, 8 ranges, 4 value sets."
+    e = lambda t, sev='critical', **kw: {'type': t, 'kwargs': kw, 'severity': sev, 'meta': {}}
+    exps = [e('expect_table_columns_to_match_set', column_set=list(df.columns), exact_match=True),
+            e('expect_table_row_count_to_be_between', min_value=1000)]
+    exps += [e('expect_column_values_to_not_be_null', column=c, **({'mostly': 0.99} if c == 'x0' else {})) for c in ['x0', 'x2', 'x3', 'k0', 'c1', 'target']]
+    exps += [e('expect_column_values_to_be_between', 'warning', column=c, min_value=0, max_value=200) for c in ['x1', 'x4', 'x5', 'x6', 'x7', 'x8', 'k1', 'k2']]
+    exps += [e('expect_column_values_to_be_in_set', 'warning', column=c, value_set=['alpha', 'beta', 'gamma', 'delta']) for c in ['c0', 'c1', 'c2']]
+    exps += [e('expect_column_values_to_be_in_set', column='target', value_set=[0, 1])]
+    return {'name': 'bench', 'expectations': exps, 'meta': {'target': 'target'}}
+
+
+def pandas_rules(df, suite) -> list:
+    "The same rules, vectorized: (type, column, passed, unexpected count, first 20 values, their rows)."
+    out = []
+    for x in suite['expectations']:
+        t, kw = x['type'], x['kwargs']
+        if t == 'expect_table_columns_to_match_set':
+            out.append((t, None, set(df.columns) == set(kw['column_set']), None, [], [])); continue
+        if t == 'expect_table_row_count_to_be_between':
+            out.append((t, None, len(df) >= kw['min_value'], None, [], [])); continue
+        s = df[kw['column']]; present = s.notna()
+        if t == 'expect_column_values_to_not_be_null': bad = ~present; denom = len(s)
+        elif t == 'expect_column_values_to_be_between': bad = present & ~s.between(kw['min_value'], kw['max_value']); denom = int(present.sum())
+        else: bad = present & ~s.isin(kw['value_set']); denom = int(present.sum())
+        n = int(bad.sum()); idx = np.flatnonzero(bad.to_numpy())[:20]
+        out.append((t, kw['column'], n <= (1 - kw.get('mostly', 1.0)) * denom, n, s.iloc[idx].tolist(), idx.tolist()))
+    return out
+
+
+def best(fn, k=2):
+    times = []
+    for _ in range(k):
+        t = time.perf_counter(); r = fn(); times.append(time.perf_counter() - t)
+    return min(times), r
+
+
+def bench_validation():
+    start = json.loads(subprocess.run([PY, '-c', (
+        "import json, os, time; t = time.perf_counter(); import great_expectations as gx; i = time.perf_counter() - t; "
+        "t = time.perf_counter(); gx.get_context(mode='ephemeral'); print(json.dumps([i, time.perf_counter() - t]))")],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    from mlnb.validate import gate, validate
+    df = frame(); s = suite(df)
+    validate(df.head(1000), s)                                       # import and warm up outside the timings
+    t_pd, rules = best(lambda: pandas_rules(df, s))
+    t_gx, rep = best(lambda: validate(df, s))
+    assert {(f.column, f.severity) for f in rep.failures} == {(r[1], x['severity']) for r, x in zip(rules, s['expectations']) if not r[2]}, (rep.failures, rules)
+    with tempfile.TemporaryDirectory() as d:
+        t_docs, _ = best(lambda: gate(df, s, d), k=1)
+    return start, t_gx, t_pd, t_docs
+
+
+# ---- 2. ingest -----------------------------------------------------------------------------------------------------
+
+def make_csv(path: Path, n: int, chunk=500_000):
+    "`n` rows, 24 columns (ids, a timestamp, 12 floats, 4 ints, 4 short strings, a target): about 200 bytes a row."
+    import pyarrow as pa, pyarrow.csv as pcsv
+    rng = np.random.default_rng(0); cats = np.array(['alpha', 'beta', 'gamma', 'delta', 'epsilon'])
+    with open(path, 'wb') as f:
+        w = None
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start); ids = np.arange(start, start + m)
+            cols = {'id': ids, 'ts': np.datetime64('2024-01-01T00:00:00') + ids.astype('timedelta64[s]')}
+            for i in range(12): cols[f'x{i}'] = rng.normal(100, 15, m).round(4)
+            for i in range(4): cols[f'k{i}'] = rng.integers(0, 100_000, m)
+            for i in range(4): cols[f'c{i}'] = cats[rng.integers(0, 5, m)]
+            cols['note'] = np.char.add('row-', ids.astype(str)); cols['target'] = rng.integers(0, 2, m)
+            t = pa.table(cols)
+            if w is None: w = pcsv.CSVWriter(f, t.schema)
+            w.write_table(t)
+        w.close()
+
+
+CHILD = {
+    'pyarrow': ("import pyarrow.csv as pcsv, pyarrow.parquet as pq\n"
+                "pq.write_table(pcsv.read_csv(SRC), OUT)"),
+    'mlnb': ("from mlnb.ingest import ingest\n"
+             "s = ingest({'source': SRC, 'target': 'target'}, OUT)\n"
+             "assert s.rows == ROWS"),
+}
+
+def child(kind, src, out, rows) -> tuple[float, float]:
+    "Run one ingest in a fresh process; its wall time (work only) and its own peak RSS."
+    code = (f"import json, resource, time\nSRC, OUT, ROWS = {str(src)!r}, {str(out)!r}, {rows}\n"
+            "import pyarrow, pandas\nt = time.perf_counter()\n" + CHILD[kind] +
+            "\nprint(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))")
+    r = subprocess.run([PY, '-c', code], capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(r.stderr)
+    return tuple(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def bench_ingest(rows):
+    d = Path(tempfile.mkdtemp(prefix='mlnb-bench-', dir='/tmp'))
+    try:
+        src = d/'big.csv'
+        t = time.perf_counter(); make_csv(src, rows); gen = time.perf_counter() - t
+        size = src.stat().st_size
+        res = {'pyarrow': [], 'mlnb': []}
+        for _ in range(2):
+            for kind in res:
+                out = d/f'{kind}.parquet' if kind == 'pyarrow' else d/'snap'
+                res[kind].append(child(kind, src, out, rows))
+        ours = min(r[0] for r in res['mlnb']), max(r[1] for r in res['mlnb'])
+        theirs = min(r[0] for r in res['pyarrow']), max(r[1] for r in res['pyarrow'])
+        return size, gen, ours, theirs
+    finally:
+        import shutil; shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    rows = int(sys.argv[sys.argv.index('--rows') + 1]) if '--rows' in sys.argv else 5_000_000
+    header = f"\n## Data layer ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()})\n"
+    (imp, ctx), t_gx, t_pd, t_docs = bench_validation()
+    size, gen, (t_ing, rss_ing), (t_pa, rss_pa) = bench_ingest(rows)
+    lines = [header, "`.venv/bin/python benchmarks/bench_data.py --write`\n",
+             "| measure | mlnb | baseline | ratio | target |", "|---|---|---|---|---|",
+             f"| validate 1,000,000 x 20, 20 expectations: GX (mlnb.validate) / vectorized pandas, same rules and results | {t_gx:.2f} s | {t_pd:.2f} s | {t_gx/t_pd:.2f} | <= 3{' (met)' if t_gx/t_pd <= 3 else ' (MISSED)'} |",
+             f"| the gate with GX Data Docs built (mlnb.validate.gate) / vectorized pandas | {t_docs:.2f} s | {t_pd:.2f} s | {t_docs/t_pd:.2f} | - |",
+             f"| GX import / context start-up (fresh process, once per kernel) | {imp:.2f} s | {ctx:.3f} s | - | - |",
+             f"| ingest {rows:,}-row CSV ({size/1e9:.2f} GB) to a snapshot: wall, mlnb.ingest / pyarrow read_csv + write_table | {t_ing:.2f} s | {t_pa:.2f} s | {t_ing/t_pa:.2f} | <= 1.5{' (met)' if t_ing/t_pa <= 1.5 else ' (MISSED)'} |",
+             f"| same: peak RSS, mlnb.ingest (pyarrow's) | {rss_ing/GB:.2f} GiB | {rss_pa/GB:.2f} GiB | {rss_ing/rss_pa:.2f} | <= 1.5 GB{' (met)' if rss_ing <= 1.5e9 else ' (MISSED)'} |"]
+    text = '\n'.join(lines) + f"\n\n(CSV generated in {gen:.0f} s; times are the best of two alternating runs, each in its own process.)\n"
+    print(text)
+    if '--write' in sys.argv:
+        with open(Path(__file__).parent/'RESULTS.md', 'a') as f: f.write(text)
+
+
+if __name__ == '__main__':
+    main()
