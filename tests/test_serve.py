@@ -268,6 +268,25 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
     st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics))
 
 
+def test_score_a_file_in_chunks_with_the_champion(packaged, tmp_path):
+    root, _ = packaged
+    p = load_project(root/'settings.ini')
+    run = Store(p.store_url).get_run()
+    holdout = pd.read_parquet(Path(run['stages']['train']['out_dir'])/'holdout.parquet')
+    big = pd.concat([holdout] * 20, ignore_index=True)                   # 600 rows, scored 64 at a time
+    big.to_parquet(tmp_path/'in.parquet', index=False)
+    r = py(f"from mlnb.serve import score; r = score('settings.ini', {str(tmp_path/'in.parquet')!r}, {str(tmp_path/'out.parquet')!r}, chunk_rows=64); print(r.rows, r.model)", root)
+    rows, tag = r.stdout.split()[-2:]
+    out = pd.read_parquet(tmp_path/'out.parquet')
+    local = __import__('joblib').load(Path(run['stages']['train']['out_dir'])/'model.joblib')
+    assert int(rows) == len(out) == 600 and tag == Store(p.store_url).alias('champion') and set(out['model_tag']) == {tag}
+    assert out['label'].tolist() == local.predict(big.drop(columns='target')).tolist() and out['target'].tolist() == big['target'].tolist()
+    big.loc[333, 'mean radius'] = 'oops'
+    big.astype({'mean radius': object}).to_csv(tmp_path/'bad.csv', index=False)
+    r = py(f"from mlnb.serve import score; score('settings.ini', {str(tmp_path/'bad.csv')!r}, {str(tmp_path/'bad.parquet')!r}, chunk_rows=64)", root, check=False)
+    assert r.returncode and "column 'mean radius': not a finite number at row(s) 333" in r.stderr and not (tmp_path/'bad.parquet').exists()
+
+
 def test_demo_command_end_to_end(project):
     root, _ = project
     r = mlnb('demo', '-p', root/'settings.ini', '--sample', SAMPLE)
