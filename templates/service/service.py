@@ -444,10 +444,10 @@ class Classifier:
         return ch if u < WEIGHT else self.current
 
     def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
-        "Score with `m`; when it raises, with the fallback model (once)."
+        "Score with `m`; when it raises, with the champion (for a challenger) or the model served before (once)."
         try: return (m, *m.score(records))
         except Exception:
-            fb = self.fallback
+            fb = self.current if m is not self.current else self.fallback
             if fb is None or fb is m: raise
             counters()["mlnb_fallbacks"].labels(m.tag).inc()
             log.exception("mlnb: model %s failed; %s answers instead", m.tag, fb.tag)
