@@ -121,12 +121,13 @@ def _csv_problem(e) -> str:
     msg = str(e).splitlines()[0]
     return 'the file is empty (no header, no rows)' if 'Empty CSV file' in msg else f"cannot read ({msg})"
 
-# %% ../nbs/03_ingest.ipynb #d9dadecb
+# %% ../nbs/03_ingest.ipynb #30f8177c
 def _bad_values(path:str, col:str, type_) -> str:
     "Which rows of CSV column `col` do not parse as `type_`, as a message."
     pa, pcsv = need('pyarrow'), need('pyarrow.csv', 'pyarrow')
     with _open(path) as f:
-        s = pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(include_columns=[col], column_types={col: pa.string()}))[col].to_pandas()
+        s = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip'),
+                          convert_options=pcsv.ConvertOptions(include_columns=[col], column_types={col: pa.string()}))[col].to_pandas()
     bad = _misfits(s, type_)
     return f"column '{col}' must hold {type_} (its type in earlier snapshots), but {_rows(s.index[bad] + 1)} {_hold(s[bad])}"
 

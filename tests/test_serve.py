@@ -327,8 +327,8 @@ def test_score_a_file_in_chunks_with_the_champion(packaged, tmp_path):
     local = __import__('joblib').load(Path(run['stages']['train']['out_dir'])/'model.joblib')
     assert int(rows) == len(out) == 600 and tag == Store(p.store_url).alias('champion') and set(out['model_tag']) == {tag}
     assert out['label'].tolist() == local.predict(big.drop(columns='target')).tolist() and out['target'].tolist() == big['target'].tolist()
-    big.loc[333, 'mean radius'] = 'oops'
-    big.astype({'mean radius': object}).to_csv(tmp_path/'bad.csv', index=False)
+    big = big.astype({'mean radius': object}); big.loc[333, 'mean radius'] = 'oops'
+    big.to_csv(tmp_path/'bad.csv', index=False)
     r = py(f"from mlnb.serve import score; score('settings.ini', {str(tmp_path/'bad.csv')!r}, {str(tmp_path/'bad.parquet')!r}, chunk_rows=64)", root, check=False)
     assert r.returncode and "column 'mean radius': not a finite number at row(s) 333" in r.stderr and not (tmp_path/'bad.parquet').exists()
 

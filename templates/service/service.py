@@ -8,7 +8,7 @@ Environment (all optional; `mlnb serve` sets the first one):
   MLNB_STORE         SQLAlchemy URL of the mlnb store: predictions and feedback are logged there and the
                      service follows the store's `champion` alias. Unset: no log, the packed model only.
   MLNB_API_TOKEN     when set, every endpoint but /healthz /livez /readyz /metrics needs `Authorization: Bearer <token>`.
-  MLNB_POLL_SECONDS  how often the champion alias is read (default 1).
+  MLNB_POLL_SECONDS  how often the champion and challenger aliases are read (default 1).
   MLNB_MAX_BATCH     most records in one /predict_batch call (default 1000).
   MLNB_MAX_BODY      largest request body in bytes (default 10 MiB).
   MLNB_LOG_SPILL     JSON-lines file for log rows the store could not take at shutdown (default ./mlnb-log-spill.jsonl).
@@ -68,7 +68,7 @@ class Body(bentoml.IODescriptor):
     model_config = ConfigDict(extra="forbid")
 
 
-Key = Annotated[Optional[str], Field(None, max_length=200)]    # a user or session id: sticky A/B assignment
+Key = Annotated[Optional[str], Field(max_length=200)]    # a user or session id: sticky A/B assignment
 
 
 class PredictIn(Body):
@@ -135,7 +135,7 @@ def counters() -> dict:
                 ("mlnb_feedback", "True labels received on /feedback", []),
                 ("mlnb_explanations", "Explanations served, by model", ["model"]),
                 ("mlnb_model_switches", "Times the service switched to a new champion, by the model switched to", ["model"]),
-                ("mlnb_model_switch_errors", "Champion changes the service could not follow", []),
+                ("mlnb_model_switch_errors", "Models the service could not load (champion, challenger or fallback)", []),
                 ("mlnb_fallbacks", "Requests the fallback model answered because the serving one raised, by the failed model", ["model"]),
                 ("mlnb_shadow_predictions", "Shadow predictions of the challenger, by model and label", ["model", "label"]),
                 ("mlnb_shadow_dropped", "Requests not shadowed because the shadow queue was full", []),
@@ -248,7 +248,7 @@ class PredictionLog:
         self.thread.join(30)
         if not self.flush():
             with self.lock:
-                self._take(0)
+                while not self.q.empty(): self.pending.append(self.q.get())
                 with open(self.spill, "a") as f:
                     for table, row in self.pending: f.write(json.dumps({"table": table, **row}, default=str) + "\n")
                 log.error("mlnb: the store refused %d log rows; they are in %s", len(self.pending), self.spill)
@@ -405,17 +405,19 @@ class Classifier:
 
     def _follow(self):
         "Every `poll` seconds: follow the champion alias (swapping its model in), the challenger's, and keep a fallback."
+        tried, challenger = set(), None
         while True:
             a = self._aliases()
             champion, previous = a.get("champion", (None, None))
             if champion and champion != self.seen:
                 self.seen = champion
                 if champion != self.current.tag: self.switch(champion)
-            if self.fallback is None and previous and previous != self.current.tag: self.fallback = self._model(previous)
-            if MODE != "single":
-                tag = a.get("challenger", (None, None))[0]
-                if tag != (self.challenger.tag if self.challenger else None):
-                    self.challenger = self._model(tag) if tag and tag != self.current.tag else None
+            if self.fallback is None and previous and previous not in tried and previous != self.current.tag:
+                tried.add(previous); self.fallback = self._model(previous)
+            tag = a.get("challenger", (None, None))[0]
+            if MODE != "single" and tag != challenger:                # each change is tried once
+                challenger = tag
+                self.challenger = self._model(tag) if tag and tag != self.current.tag else None
             if self.stopping.wait(self.poll): return
 
     def switch(self, tag: str):
