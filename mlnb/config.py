@@ -19,7 +19,7 @@ SECTIONS = {  # section -> {key: default}
     'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0',
                  'watermark': None, 'records': None, 'paging': 'auto'},   # incremental column; API records key and paging
     'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
-    'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000'},
+    'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000', 'weight': '0.1', 'cache': '0'},
     'monitor':  {'psi_warn': '0.1', 'psi_critical': '0.2'},
 }
 STAGE_KEYS = {'notebook': None, 'needs': '', 'params': ''}
@@ -156,6 +156,11 @@ def _check_values(p:Project):
         except ValueError: raise ConfigError(f"expected a {kind.__name__}, got '{p.sections[sec][key]}'", p.path, sec, key) from None
     if p.serve['mode'] not in ('single', 'ab', 'shadow'):
         raise ConfigError(f"expected single, ab or shadow, got '{p.serve['mode']}'", p.path, 'serve', 'mode')
+    for key, kind, lo, hi in [('weight', float, 0, 1), ('cache', int, 0, None)]:
+        v = p.serve[key]
+        try: ok = lo <= kind(v) <= (hi if hi is not None else float('inf'))
+        except ValueError: ok = False
+        if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} from {lo}{f' to {hi}' if hi is not None else ' up'}, got '{v}'", p.path, 'serve', key)
 
 # %% ../nbs/01_config.ipynb #c9d60302
 def new_project(folder, source:str='sklearn:breast_cancer', target:str='target', name:str|None=None) -> Path:

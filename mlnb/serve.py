@@ -252,8 +252,9 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:
     import pandas as pd
-    row = pd.read_parquet(run_dir/'holdout.parquet').iloc[0]
-    return {k: (None if pd.isna(v) else v.item() if hasattr(v, 'item') else v) for k,v in row.drop(target).items()}, row[target]
+    df = pd.read_parquet(run_dir/'holdout.parquet')
+    row, truth = df.drop(columns=target).iloc[0], df[target].iloc[0]
+    return {k: (None if pd.isna(v) else v.item() if hasattr(v, 'item') else v) for k,v in row.items()}, truth
 
 def _check_prediction(pred:dict, bento:BentoInfo, local_label):
     probs = pred.get('probabilities', {})
@@ -288,7 +289,7 @@ def demo_summary(r, b:BentoInfo, pred:dict) -> str:
     lines = ["", f"mlnb demo: done", f"  run        {r.run_id} ({r.status})",
              "  holdout    " + ', '.join(f"{k}={m[k]:.4f}" for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc') if k in m),
              f"  notebooks  {r.run_dir}/<stage>.ipynb  (open them in JupyterLab)",
-             f"  model      {b.model.tag}", f"  bento      {b.tag}  (bentoml containerize {b.tag})",
+             f"  model      {b.model.tag}", f"  bento      {b.tag}", f"  container  BENTOML_HOME={b.path.parents[2]} bentoml containerize {b.tag}  (where Docker runs)",
              f"  served     label={pred['label']} probabilities={ {k: round(v, 4) for k,v in pred['probabilities'].items()} }",
              "  next       mlnb runs | mlnb serve | mlnb new myproject"]
     return '\n'.join(lines)
