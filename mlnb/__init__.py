@@ -12,7 +12,8 @@ import importlib as _importlib
 _API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 'pipeline',
         'load_project': 'config', 'new_project': 'config', 'Store': 'store',
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
-        'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core'}
+        'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core',
+        'check_drift': 'monitor', 'health': 'monitor', 'drift_report': 'monitor', 'reference_stats': 'monitor'}
 
 def __getattr__(name):
     "Import the module that defines `name` on first use."

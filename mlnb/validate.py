@@ -12,7 +12,7 @@ from .core import DataError, MlnbError, ValidationFailed, atomic_write, need
 
 # %% auto #0
 __all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'RESULT_FORMAT', 'profile', 'save_suite', 'load_suite', 'Failure', 'ValidationReport',
-           'validate', 'gate', 'batch_suite', 'validate_batch']
+           'validate', 'gate', 'batch_suite', 'validate_batch', 'suite_path', 'expect']
 
 # %% ../nbs/04_validate.ipynb #e01665f0
 NUMERIC_TYPES = ([f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
@@ -204,3 +204,19 @@ def batch_suite(suite:dict) -> dict:
 def validate_batch(df:pd.DataFrame, suite:dict, docs_dir=None) -> ValidationReport:
     "Validate a batch of records sent for scoring against the training suite (without its row count and target)."
     return validate(df, batch_suite(suite), docs_dir)
+
+# %% ../nbs/04_validate.ipynb #e3505431
+def suite_path(p) -> Path:
+    "Where project `p` keeps the suite its validate stage gates on."
+    st = p.stages.get('validate')
+    return p.resolve(st.params.get('suite', 'expectations/suite.json') if st else 'expectations/suite.json')
+
+def expect(settings='settings.ini', force:bool=False) -> tuple[Path, dict]:
+    "Profile the project's data into its expectation suite; returns the suite's path and the suite."
+    from mlnb.config import load_project
+    from mlnb.ingest import read_source
+    p = load_project(settings)
+    path = suite_path(p)
+    if path.exists() and not force: raise MlnbError(f"{path} already exists: edit it, or use --force to profile it again")
+    suite = profile(read_source(p.data, p.root), p.data['target'], p.name)
+    return save_suite(suite, path), suite
