@@ -60,10 +60,13 @@ def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
     assert 'models:' in bento_yaml and 'shop' in bento_yaml      # the declared model is packed
     reqs = (bento_dir/'env'/'python'/'requirements.txt').read_text()
     assert 'scikit-learn==' in reqs
+    import sqlalchemy as sa
+    from mlnb.store import models
+    model_tag, run_id = r.stdout.split()[1], r.stdout.split('(run ')[1].split(')')[0]
     st = Store(load_project(root/'settings.ini').store_url)
-    champion = st.alias('champion')
-    row = st.read(__import__('sqlalchemy').text(f"select * from models where tag = '{champion}'"))[0]
-    assert row['bento'] and row['run_id'] == st.get_run()['id'] or row['run_id']
+    assert st.alias('champion') == model_tag                            # a project's first model is its champion
+    row = st.read(sa.select(models).where(models.c.tag == model_tag))[0]
+    assert row['run_id'] == run_id and row['bento'] == bento_dir.parent.name + ':' + bento_dir.name
 
 
 def test_bentoml_serve_answers_http(served):
