@@ -268,7 +268,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'mlnb.pipeline.find_settings': ('pipeline.html#find_settings', 'mlnb/pipeline.py'),
                                'mlnb.pipeline.param_files': ('pipeline.html#param_files', 'mlnb/pipeline.py'),
                                'mlnb.pipeline.parse_sweep': ('pipeline.html#parse_sweep', 'mlnb/pipeline.py'),
-                               'mlnb.pipeline.print_event': ('pipeline.html#print_event', 'mlnb/pipeline.py'),
                                'mlnb.pipeline.progress_line': ('pipeline.html#progress_line', 'mlnb/pipeline.py'),
                                'mlnb.pipeline.project_inputs': ('pipeline.html#project_inputs', 'mlnb/pipeline.py'),
                                'mlnb.pipeline.run': ('pipeline.html#run', 'mlnb/pipeline.py'),
