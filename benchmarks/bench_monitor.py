@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 os.environ.setdefault('BENTOML_DO_NOT_TRACK', 'true'); os.environ.setdefault('GX_ANALYTICS_ENABLED', 'false')
-from mlnb import monitor
+from mlnb import monitoring as monitor
 from mlnb.config import load_project, new_project
 from mlnb.store import Store
 

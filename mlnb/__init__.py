@@ -13,7 +13,7 @@ _API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 
         'load_project': 'config', 'new_project': 'config', 'Store': 'store',
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
         'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core',
-        'check_drift': 'monitor', 'health': 'monitor', 'drift_report': 'monitor', 'reference_stats': 'monitor'}
+        'check_drift': 'monitoring', 'health': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring'}
 
 def __getattr__(name):
     "Import the module that defines `name` on first use."

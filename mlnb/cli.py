@@ -53,7 +53,7 @@ def cmd_expect(a):
 
 def cmd_monitor(a):
     import json
-    from mlnb.monitor import check_drift, health
+    from mlnb.monitoring import check_drift, health
     rep = check_drift(_settings(a), model_tag=a.model, last=a.last, since=a.since, reference=a.reference)
     print(json.dumps(rep.to_dict(), default=str) if a.json else rep)
     if a.health: print(health(_settings(a), a.window, model_tag=a.model, since=a.since).to_string(index=False))

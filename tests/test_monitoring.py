@@ -7,7 +7,7 @@ import numpy as np, pandas as pd, pytest, sqlalchemy as sa
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from mlnb.config import load_project, new_project
-from mlnb.monitor import (SKETCH, DriftReport, LatencyLog, Thresholds, categorical_drift, categorical_stats, check_drift,
+from mlnb.monitoring import (SKETCH, DriftReport, LatencyLog, Thresholds, categorical_drift, categorical_stats, check_drift,
                           chi2_test, drift_history, drift_report, health, js_distance, ks_test, numeric_drift, numeric_stats,
                           reference_path, reference_stats, save_reference, wasserstein)
 from mlnb.store import Store, predictions
@@ -190,7 +190,7 @@ def test_check_drift_finds_the_reference_in_bentoml_metadata_or_custom_objects(s
     code = textwrap.dedent(f"""
         import json, sqlalchemy as sa
         from mlnb.config import load_project
-        from mlnb.monitor import _bentoml, check_drift, load_reference, read_reference
+        from mlnb.monitoring import _bentoml, check_drift, load_reference, read_reference
         from mlnb.store import Store
         p = load_project({str(p.path)!r}); ref = read_reference({str(ref_file)!r})
         bentoml = _bentoml(p)
