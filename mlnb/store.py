@@ -12,9 +12,9 @@ from .core import MlnbError
 
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
-           'drift_reports', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage', 'finish_stage', 'record',
-           'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias',
-           'alias_info', 'drop_alias', 'get_model']
+           'drift_reports', 'alerts', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage', 'finish_stage',
+           'record', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias',
+           'alias', 'alias_info', 'drop_alias', 'get_model']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -67,6 +67,11 @@ feedback = sa.Table('feedback', meta,
 drift_reports = sa.Table('drift_reports', meta,
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True), sa.Column('model_tag', sa.String(200)),
     sa.Column('created', sa.DateTime), sa.Column('report', J))
+
+alerts = sa.Table('alerts', meta,
+    sa.Column('id', sa.Integer, primary_key=True, autoincrement=True), sa.Column('created', sa.DateTime, index=True),
+    sa.Column('level', sa.String(20)), sa.Column('kind', sa.String(50)),           # level: warning|critical; kind: drift|labels|latency|…
+    sa.Column('message', sa.Text), sa.Column('data', J))
 
 # %% ../nbs/02_store.ipynb #37e8f79a
 def new_run_id() -> str:
