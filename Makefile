@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test check-export export-only nbtest pytest bench docs export
+.PHONY: demo test chromium check-export export-only nbtest pytest bench docs export
 
 $(STAMP): pyproject.toml
 	@echo "== setting up $(VENV) (first run, or pyproject.toml changed)"
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mlnb demo
 
-test: $(STAMP) check-export nbtest pytest
+test: $(STAMP) chromium check-export nbtest pytest
+
+# The browser test (tests/test_browser.py) drives Debian's chromium with Playwright; Playwright never downloads a browser.
+chromium:
+	@test -x /usr/bin/chromium || { echo "== installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # mlnb/ and README.md are generated from nbs/: fail when regenerating them would change them.
 check-export: $(STAMP)

@@ -13,7 +13,9 @@ _API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 
         'load_project': 'config', 'new_project': 'config', 'Store': 'store',
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
         'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core',
-        'check_drift': 'monitoring', 'health': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring'}
+        'check_drift': 'monitoring', 'health': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring',
+        'monitor': 'widgets', 'label': 'widgets', 'abtest': 'widgets',
+        **{name: 'feedback' for name in ['add_label', 'uncertain', 'live_metrics', 'ab_summary', 'alerts', 'should_retrain', 'retrain']}}
 
 def __getattr__(name):
     "Import the module that defines `name` on first use."

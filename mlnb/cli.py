@@ -9,8 +9,9 @@ from pathlib import Path
 from .core import MlnbError, quiet_env
 
 # %% auto #0
-__all__ = ['cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor', 'cmd_dag', 'cmd_package',
-           'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score', 'parser', 'main']
+__all__ = ['cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor', 'monitor_loop', 'cmd_dag',
+           'cmd_package', 'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score', 'cmd_feedback', 'cmd_label',
+           'cmd_ab', 'cmd_retrain', 'parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #cd54dbe4
 def _settings(a):
@@ -54,11 +55,24 @@ def cmd_expect(a):
 def cmd_monitor(a):
     import json
     from mlnb.monitoring import check_drift, health
+    if a.check or a.alerts or a.accuracy: return monitor_loop(a)
     rep = check_drift(_settings(a), model_tag=a.model, last=a.last, since=a.since, reference=a.reference)
     print(json.dumps(rep.to_dict(), default=str) if a.json else rep)
     if a.health: print(health(_settings(a), a.window, model_tag=a.model, since=a.since).to_string(index=False))
     levels = ['none', 'warning', 'critical']
     if a.fail_on and levels.index(rep.severity) >= levels.index(a.fail_on): raise SystemExit(1)
+
+def monitor_loop(a):
+    "The feedback side of `mlnb monitor`: a monitoring pass with alerts, recent alerts, live accuracy."
+    from mlnb import feedback
+    s = _settings(a)
+    if a.check: print(feedback.check_summary(feedback.check(s, auto_retrain=a.auto_retrain, since=a.since or '1h')))
+    if a.alerts:
+        rows = feedback.alerts(s, a.limit)
+        print('\n'.join(f"{str(r['created'])[:19]}  {r['level']:<8} {r['kind']:<10} {r['message']}" for r in rows) or "no alerts")
+    if a.accuracy:
+        df = feedback.live_metrics(s, by='time' if a.by_time else 'model')
+        print(df.to_string(index=False) if len(df) else "no labels yet: mlnb feedback REQUEST_ID LABEL, or mlnb.label() in a notebook")
 
 def cmd_dag(a):
     from mlnb.pipeline import dag
@@ -86,6 +100,34 @@ def cmd_score(a):
     from mlnb.serve import score
     r = score(_settings(a), a.input, a.output, model=a.model, chunk_rows=a.chunk_rows, keep=a.keep or ())
     print(f"{r.rows} rows scored by {r.model} -> {r.output}")
+
+def cmd_feedback(a):
+    from mlnb.feedback import add_label
+    add_label(_settings(a), a.request_id, a.label, source='cli')
+    print(f"label {a.label} recorded for request {a.request_id}")
+
+def cmd_label(a):
+    from mlnb.feedback import uncertain
+    rows = uncertain(_settings(a), a.n, a.model)
+    print('\n'.join(f"{r['request_id']}  {r['model_tag']}  predicted {r['label']}  confidence {r['confidence']:.2f}  {str(r['created'])[:19]}"
+                    for r in rows) or "nothing to label: every logged prediction has a label, or none is logged yet")
+
+def cmd_ab(a):
+    from mlnb.feedback import ab_summary
+    s = ab_summary(_settings(a), metric=a.metric, alpha=a.alpha, min_labels=a.min_labels)
+    print(s)
+    if a.apply: print(s.apply(force=a.force)['message'])
+
+def cmd_retrain(a):
+    from mlnb.feedback import retrain, should_retrain, update_online
+    s = _settings(a)
+    if a.online:
+        r = update_online(s, a.model); return print(f"{r['model_tag']} (from {r['from']}, {r['rows']} labels) is the challenger")
+    reason = should_retrain(s) if a.if_due else 'asked on the command line'
+    if not reason: return print("no retraining due: drift is below [monitor] retrain_drift and too few new labels")
+    r = retrain(s, jobs=a.jobs, bento=a.bento, reason=reason)
+    print(f"run {r['run_id']}: {r['rows_added']} labelled rows added; model {r['model_tag']} is the {r['role']}"
+          + (f" (bento {r['bento']})" if r['bento'] else ''))
 
 # %% ../nbs/14_cli.ipynb #86e979d3
 def parser() -> argparse.ArgumentParser:
@@ -118,6 +160,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument('--reference', help='reference statistics JSON (default: from the model)')
     sp.add_argument('--health', action='store_true', help='also print latency, throughput and errors'); sp.add_argument('--window', default='5min')
     sp.add_argument('--json', action='store_true'); sp.add_argument('--fail-on', choices=['warning', 'critical'], help='exit 1 at this severity')
+    sp.add_argument('--check', action='store_true', help='one monitoring pass: drift, latency and errors, alerts, the retraining trigger')
+    sp.add_argument('--auto-retrain', action='store_true', help='with --check: retrain when the trigger fires')
+    sp.add_argument('--alerts', action='store_true', help='print recent alerts'); sp.add_argument('--limit', type=int, default=20)
+    sp.add_argument('--accuracy', action='store_true', help='live accuracy and F1 per model from labels'); sp.add_argument('--by-time', action='store_true')
+    sp = add('feedback', cmd_feedback, 'record the true label of a logged prediction')
+    sp.add_argument('request_id'); sp.add_argument('label')
+    sp = add('label', cmd_label, 'list the least certain logged predictions that have no label yet')
+    sp.add_argument('-n', type=int, default=20); sp.add_argument('--model', help='model tag (default: all)')
+    sp = add('ab', cmd_ab, 'compare champion and challenger on labelled traffic, with a significance test and a recommendation')
+    sp.add_argument('--metric', choices=['accuracy', 'f1'], default='accuracy'); sp.add_argument('--alpha', type=float, default=0.05)
+    sp.add_argument('--min-labels', type=int, default=30, help='labels per arm before recommending (default %(default)s)')
+    sp.add_argument('--apply', action='store_true', help='carry out the recommendation'); sp.add_argument('--force', action='store_true', help='promote past the holdout gate')
+    sp = add('retrain', cmd_retrain, 'run the pipeline with the labelled rows added; the new model becomes the challenger')
+    sp.add_argument('--if-due', action='store_true', help='only when drift or new labels call for it ([monitor] retrain_drift, retrain_labels)')
+    sp.add_argument('--jobs', type=int); sp.add_argument('--bento', action='store_true', help='also build its bento')
+    sp.add_argument('--online', action='store_true', help='update the model by partial_fit instead of retraining'); sp.add_argument('--model')
     sp = add('data', cmd_data, 'list data snapshots: rows, columns, hash and the runs that used them'); sp.add_argument('--limit', type=int, default=50)
     sp = add('expect', cmd_expect, "profile the project's data into the validate stage's expectation suite")
     sp.add_argument('--force', action='store_true', help='replace an existing suite')

@@ -4,26 +4,26 @@
 
 # %% ../nbs/11_monitoring.ipynb #f3d670e2
 from __future__ import annotations
-import html, json, math, os, time
+import html, json, math, os, threading, time, zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from .core import ConfigError, DataError, MlnbError, atomic_write, need
+from .core import ConfigError, DataError, MlnbError, atomic_write, hash_bytes, need
 from .config import Project, load_project
 from .store import Store, drift_reports, predictions
 
 # %% auto #0
 __all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'LEVELS', 'COLOURS', 'COLUMNS', 'DEFAULT_LAST', 'MINUTE_SQL',
-           'BIN_SQL', 'HEALTH_INDEX', 'NO_BIN', 'KEYS', 'SUMS', 'HEALTH_COLUMNS', 'runs', 'cdfs', 'distances',
-           'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test', 'js_distance', 'quantile_sketch',
+           'BIN_SQL', 'HEALTH_INDEX', 'NO_BIN', 'KEYS', 'SUMS', 'SAVE_EVERY', 'HEALTH_COLUMNS', 'runs', 'cdfs',
+           'distances', 'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test', 'js_distance', 'quantile_sketch',
            'quantile_edges', 'bin_shares', 'numeric_stats', 'categorical_stats', 'prediction_frame', 'reference_stats',
            'save_reference', 'read_reference', 'Thresholds', 'severity', 'numeric_drift', 'categorical_drift',
            'DriftReport', 'drift_report', 'duration', 'reference_path', 'load_reference', 'logged_window',
            'window_frames', 'check_drift', 'drift_history', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine',
-           'LatencyLog', 'latency_log', 'window_quantiles', 'health', 'process_stats']
+           'LatencyLog', 'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
 
 # %% ../nbs/11_monitoring.ipynb #79d8b7be
 def _num(v) -> float|None:
@@ -479,12 +479,14 @@ def combine(h:dict) -> dict:
 
 # %% ../nbs/11_monitoring.ipynb #d2319f60
 class LatencyLog:
-    "Minute latency histograms of a store's prediction log, kept up to date incrementally."
-    def __init__(self, store:Store):
+    "Minute latency histograms of a store's prediction log, kept up to date incrementally (and saved in `cache` for the next process)."
+    def __init__(self, store:Store, cache=None):
         self.store, self.top, self.h, self.models = store, 0, None, []     # top: the last SQLite rowid counted
         self.sqlite = store.engine.dialect.name == 'sqlite'
         self.error = 'error' in {c['name'] for c in sa.inspect(store.engine).get_columns('predictions')}
         self.fast = self.sqlite and self._index()
+        self.cache, self.saved = (Path(cache) if cache and self.sqlite else None), 0.0
+        if self.cache: self._load()
 
     def _index(self) -> bool:
         "Make the health index; False when this SQLite lacks ln() (then rows are binned in numpy)."
@@ -498,7 +500,7 @@ class LatencyLog:
             err = "sum(error IS NOT NULL)" if self.error else "0"
             self.top, rows = self._query(f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, count(*), sum(latency_ms), max(latency_ms), {err} "
                                          "FROM predictions GROUP BY 1, 2, 3")
-            self.h = self._grouped(rows); return self
+            self.h = self._grouped(rows); return self._save()
         err = "error IS NOT NULL" if self.error else "0"
         top, rows = self._query(f"SELECT model_tag, created, latency_ms, {err} FROM predictions WHERE rowid > {int(self.top)}")
         if top < self.top: self.h, self.top = None, 0; return self.refresh()          # the log was emptied: start again
@@ -506,7 +508,7 @@ class LatencyLog:
             new = self._binned(rows)
             self.h = new if self.h is None else combine({k: np.concatenate([self.h[k], new[k]]) for k in new})
         self.top = top
-        return self
+        return self._save() if rows else self
 
 # %% ../nbs/11_monitoring.ipynb #ce1d93cf
 def _log(f):
@@ -523,6 +525,29 @@ def _query(self:LatencyLog, sql:str) -> tuple[int, list]:
         return top, cur.execute(sql).fetchall()
     finally: raw.rollback(); raw.close()
 
+SAVE_EVERY = 60.0             # seconds between two saves of growing histograms (a full read is saved at once)
+
+@_log
+def _save(self:LatencyLog) -> LatencyLog:
+    "Save the histograms to `self.cache` for the next process; at most every `SAVE_EVERY` seconds."
+    if self.cache is None or self.h is None or (self.saved and time.monotonic() - self.saved < SAVE_EVERY): return self
+    self.cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = self.cache.with_name(f'.{self.cache.name}.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as f: np.savez(f, **self.h, models=np.array(self.models, dtype=str), top=self.top, error=self.error)
+    os.replace(tmp, self.cache); self.saved = time.monotonic()
+    return self
+
+@_log
+def _load(self:LatencyLog):
+    "The histograms an earlier process saved, if the log still holds every row they count (none was deleted since)."
+    try:
+        with np.load(self.cache, allow_pickle=False) as z:
+            h, models, top, error = {k: z[k] for k in KEYS + SUMS + ('max',)}, [str(m) for m in z['models']], int(z['top']), bool(z['error'])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile): return
+    if error != self.error: return
+    _, rows = self._query(f"SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM predictions WHERE rowid > {top})")
+    if rows[0][0] - rows[0][1] == int(h['count'].sum()): self.h, self.models, self.top, self.saved = h, models, top, time.monotonic()
+
 @_log
 def _all(self:LatencyLog) -> list:
     "Model, time, latency and error flag of every logged request (any database)."
@@ -538,21 +563,30 @@ def _codes(self:LatencyLog, tags) -> np.ndarray:
         if t not in self.models: self.models.append(t)
     return np.array([self.models.index(t) for t in uniq], np.int64)[codes] if len(codes) else np.zeros(0, np.int64)
 
+def _columns(rows:list, n:int) -> list:
+    "The `n` columns of `rows` (tuples) as object arrays; one 2-D array is 5x faster than `zip(*rows)` on 100,000 rows."
+    a = np.array(rows, dtype=object).reshape(-1, n) if rows else np.empty((0, n), object)
+    return [a[:, i] for i in range(n)]
+
+def _array(col, dtype) -> np.ndarray:
+    "Object column `col` as numbers of `dtype` (None, SQL's NULL, becomes NaN)."
+    return np.array(col.tolist(), dtype)
+
 @_log
 def _binned(self:LatencyLog, rows:list) -> dict:
     "Histograms of rows (model, time, latency, error flag), binned in numpy."
-    tags, times, ms, err = (list(z) for z in zip(*rows)) if rows else ([], [], [], [])
-    ms = np.asarray(ms, float)
+    tags, times, ms, err = _columns(rows, 4)
+    ms = _array(ms, float)
     return combine({'model': self._codes(tags), 'minute': epoch_minutes(times), 'bin': latency_bins(ms), 'count': np.ones(len(ms), np.int64),
-                    'sum': np.nan_to_num(ms), 'errors': np.asarray(err, np.int64), 'max': ms})
+                    'sum': np.nan_to_num(ms), 'errors': _array(err, np.int64), 'max': ms})
 
 @_log
 def _grouped(self:LatencyLog, rows:list) -> dict:
     "Histograms from the rows of SQLite's GROUP BY (already one row per model, minute and bin)."
-    tags, minutes, bins, count, total, mx, err = (list(z) for z in zip(*rows)) if rows else ([],) * 7
+    tags, minutes, bins, count, total, mx, err = _columns(rows, 7)
     return combine({'model': self._codes(tags), 'minute': epoch_minutes(minutes),
-                    'bin': np.nan_to_num(np.array(bins, float), nan=NO_BIN).astype(np.int64), 'count': np.asarray(count, np.int64),
-                    'sum': np.asarray(total, float), 'errors': np.asarray(err, np.int64), 'max': np.asarray(mx, float)})
+                    'bin': np.nan_to_num(_array(bins, float), nan=NO_BIN).astype(np.int64), 'count': _array(count, np.int64),
+                    'sum': _array(total, float), 'errors': _array(err, np.int64), 'max': _array(mx, float)})
 
 def _hist(self:LatencyLog) -> pd.DataFrame:
     "The histograms as a frame: model_tag, minute, bin, count, sum, max, errors."
@@ -564,13 +598,19 @@ def _hist(self:LatencyLog) -> pd.DataFrame:
 LatencyLog.hist = property(_hist)
 
 # %% ../nbs/11_monitoring.ipynb #908cda2b
+_LOGS_LOCK = threading.Lock()
 _LOGS: dict[str, LatencyLog] = {}           # store URL -> its histograms, kept between calls
 HEALTH_COLUMNS = ['model_tag', 'start', 'requests', 'rps', 'p50_ms', 'p95_ms', 'p99_ms', 'mean_ms', 'max_ms', 'errors', 'error_rate']
 
-def latency_log(url:str) -> LatencyLog:
-    "The (cached) latency histograms of the store at `url`, refreshed."
-    if url not in _LOGS: _LOGS[url] = LatencyLog(Store(url))
-    return _LOGS[url].refresh()
+def latency_log(url:str, cache=None) -> LatencyLog:
+    "The latency histograms of the store at `url` (kept in this process, and saved in `cache` for the next one), refreshed."
+    with _LOGS_LOCK:                          # a dashboard's refresh thread and a user's call must not both add new rows
+        if url not in _LOGS: _LOGS[url] = LatencyLog(Store(url), cache)
+        return _LOGS[url].refresh()
+
+def health_cache(p:Project) -> Path:
+    "Where the latency histograms of `p`'s store are saved between processes."
+    return p.workspace/'monitor'/f"latency-{hash_bytes(p.store_url.encode())[:12]}.npz"
 
 def window_quantiles(gid, bins, counts, qs) -> dict:
     "Per group `gid` (0, 1, ...) of histogram rows: the latency at each quantile of `qs` {column: q}, interpolated as numpy's."
@@ -585,21 +625,24 @@ def window_quantiles(gid, bins, counts, qs) -> dict:
     return out
 
 def health(settings='settings.ini', window='5min', model_tag:str|None=None, since=None) -> pd.DataFrame:
-    "Requests, throughput, latency p50/p95/p99, mean and max, and errors per model and `window` of the prediction log."
-    w = duration(window)
-    if w < timedelta(minutes=1) or w % timedelta(minutes=1): raise MlnbError(f"window must be a whole number of minutes, got {window!r}")
-    log, wm = latency_log(_project(settings).store_url), int(w / timedelta(minutes=1))
+    "Requests, throughput, latency p50/p95/p99, mean and max, and errors per model and `window` (None: one row per model) of the prediction log."
+    w = duration(window) if window is not None else None
+    if w is not None and (w < timedelta(minutes=1) or w % timedelta(minutes=1)): raise MlnbError(f"window must be a whole number of minutes, got {window!r}")
+    p = _project(settings)
+    log, wm = latency_log(p.store_url, health_cache(p)), int(w / timedelta(minutes=1)) if w is not None else 0
     h, keep = log.h, np.ones(len(log.h['count']), bool)
     if model_tag is not None: keep &= h['model'] == (log.models.index(model_tag) if model_tag in log.models else -1)
     if since is not None: keep &= h['minute'] >= pd.Timestamp(_utcnow() - duration(since)).value // 60_000_000_000
     h = {k: v[keep] for k, v in h.items()}
     if not len(h['count']): return pd.DataFrame(columns=HEALTH_COLUMNS)
-    start = h['minute'] // wm * wm                                       # rows are sorted by model and minute: groups are runs
+    start = h['minute'] // wm * wm if wm else np.zeros_like(h['minute'])   # rows are sorted by model and minute: groups are runs
     first = np.flatnonzero(np.r_[True, (np.diff(h['model']) != 0) | (np.diff(start) != 0)])
     gid = np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(start)]))
     req = np.add.reduceat(h['count'], first)
-    out = pd.DataFrame({'model_tag': np.array(log.models, dtype=object)[h['model'][first]], 'start': pd.to_datetime(start[first] * 60, unit='s'),
-                        'requests': req, 'rps': req / w.total_seconds(),
+    if wm: start, secs = start[first], w.total_seconds()
+    else: start = h['minute'][first]; secs = duration(since).total_seconds() if since is not None else (np.maximum.reduceat(h['minute'], first) - start + 1) * 60.0
+    out = pd.DataFrame({'model_tag': np.array(log.models, dtype=object)[h['model'][first]], 'start': pd.to_datetime(start * 60, unit='s'),
+                        'requests': req, 'rps': req / secs,
                         **window_quantiles(gid, h['bin'], h['count'], {'p50_ms': .5, 'p95_ms': .95, 'p99_ms': .99}),
                         'mean_ms': np.add.reduceat(h['sum'], first) / req, 'max_ms': np.fmax.reduceat(h['max'], first)})
     errors = np.add.reduceat(h['errors'], first)

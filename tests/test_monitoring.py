@@ -266,3 +266,28 @@ def test_health_error_rate_when_the_log_records_errors(tmp_path):
     with st.engine.begin() as c: c.execute(sa.text("UPDATE predictions SET error = 'boom' WHERE request_id IN ('r1', 'r2')"))
     h = health(p, '1h')
     assert h[['requests', 'errors', 'error_rate']].values.tolist() == [[40, 2, 0.05]]
+
+
+def test_health_histograms_are_saved_for_the_next_process_and_dropped_when_rows_go(tmp_path):
+    from mlnb.monitoring import _LOGS, health_cache
+    st = Store(f"sqlite:///{tmp_path/'c.db'}")
+    p = load_project(new_project(tmp_path/'proj')); p.sections['project']['store'] = st.url
+    rng = np.random.default_rng(9)
+    t0 = pd.Timestamp('2026-03-01 10:00')
+    df = health_rows(st, 5000, t0, rng, 'a')
+    first = health(p, '10min')
+    assert health_cache(p).is_file()
+    df = pd.concat([df, health_rows(st, 500, t0, rng, 'b')])                   # logged after the save
+    _LOGS.clear()                                                               # as in a new process
+    log = LatencyLog(st, health_cache(p))
+    assert log.h is not None and int(log.h['count'].sum()) == 5000              # loaded, not read from the log
+    h, ex = health(p, '10min'), exact_health(df, '10min')
+    assert h[['model_tag', 'start', 'requests']].values.tolist() == ex[['model_tag', 'start', 'requests']].values.tolist()
+    assert first.requests.sum() == 5000 and h.requests.sum() == 5500
+    with st.engine.begin() as c: c.execute(sa.text("DELETE FROM predictions WHERE request_id LIKE 'a1%'"))
+    _LOGS.clear()
+    assert LatencyLog(st, health_cache(p)).h is None                             # rows were deleted: the saved histograms are not used
+    assert health(p, '10min').requests.sum() == 5500 - df.request_id.str.startswith('a1').sum()
+    health_cache(p).write_bytes(b'not a zip')
+    _LOGS.clear()
+    assert health(p, '10min').requests.sum() == 5500 - df.request_id.str.startswith('a1').sum()

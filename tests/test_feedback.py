@@ -1,0 +1,330 @@
+"""The feedback loop (issue 6): labels joined to logged predictions, live accuracy and F1 against scikit-learn's, the A/B test
+against scipy's, alerts through a webhook served here on loopback, the retraining trigger, one real retraining run of a
+project made by `mlnb new`, and online updates by partial_fit."""
+import http.server, json, logging, math, sqlite3, threading, time, uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, sqlalchemy as sa
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score
+from mlnb.config import load_project, new_project
+from mlnb.core import MlnbError
+from mlnb.feedback import (ABSummary, ab_summary, add_label, alert, alerts, check, compare, export_labels, labelled, live_metrics,
+                           new_labels, retrain, should_retrain, uncertain, update_online)
+from mlnb.store import Store, drift_reports, feedback, predictions
+
+CLASSES = ['setosa', 'versicolor', 'virginica']
+
+
+def now(): return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@pytest.fixture
+def proj(tmp_path):
+    "A project made by `mlnb new` with an empty store (no run: these tests write the store directly)."
+    p = load_project(new_project(tmp_path/'shop'))
+    Store(p.store_url)
+    return p
+
+
+def log(p, tag, n, classes=('0', '1'), acc=None, seed=0, start=None, every=10.0, typed=int, shadow_of=None, inputs=None):
+    "Log `n` predictions of `tag` exactly as the service writes them; returns [(request id, true label)]."
+    rng = np.random.default_rng(seed)
+    start = start or now() - timedelta(seconds=every * n)
+    rows, out = [], []
+    for i in range(n):
+        proba = rng.dirichlet(np.ones(len(classes)))
+        k = int(proba.argmax())
+        right = acc is None or rng.uniform() < acc
+        truth = k if right else int(rng.choice([j for j in range(len(classes)) if j != k]))
+        rid = shadow_of[i][0] + '-shadow' if shadow_of else uuid.uuid4().hex
+        rows.append(dict(request_id=rid, model_tag=tag, inputs=inputs[i] if inputs else {'x': float(rng.normal()), 'kind': 'a'},
+                         output={'label': typed(classes[k]), 'probabilities': {str(c): float(v) for c, v in zip(classes, proba)}},
+                         latency_ms=float(rng.lognormal(1, .3)), created=start + timedelta(seconds=every * i)))
+        out.append((rid, typed(classes[truth])))
+    Store(p.store_url).write(predictions.insert(), rows)
+    return out
+
+
+def label_all(p, pairs, source='test'):
+    for rid, y in pairs: add_label(p, rid, y, source=source)
+
+
+# ---- labels ---------------------------------------------------------------------------------------------------------
+
+def test_add_label_checks_request_and_class_and_types_the_label(proj):
+    (rid, y), (rid2, _) = log(proj, 'shop:v1', 2)
+    add_label(proj, rid, str(y))                                       # '1' from a text box is the class 1
+    row = Store(proj.store_url).read(sa.select(feedback))[0]
+    assert row['label'] == y and type(row['label']) is int and row['source'] == 'widget'
+    with pytest.raises(MlnbError, match="'missing-id'"): add_label(proj, 'missing-id', 1)
+    with pytest.raises(MlnbError, match=r"label 7 of request .* not one of the model's classes \['0', '1'\]"): add_label(proj, rid2, 7)
+    s = log(proj, 'iris:v1', 1, classes=CLASSES, typed=str)[0]
+    add_label(proj, s[0], 'virginica')
+    with pytest.raises(MlnbError, match="'rose'"): add_label(proj, s[0], 'rose')
+
+
+def test_uncertain_is_least_confident_unlabelled_recent_first(proj):
+    pairs = log(proj, 'iris:v1', 40, classes=CLASSES, typed=str, seed=3)
+    log(proj, 'iris:v2', 40, classes=CLASSES, typed=str, seed=3, shadow_of=pairs)     # shadow copies: never offered
+    label_all(proj, pairs[:5])
+    u = uncertain(proj, n=10)
+    assert len(u) == 10 and all(r['model_tag'] == 'iris:v1' for r in u)
+    assert not {r['request_id'] for r in u} & {rid for rid, _ in pairs[:5]}
+    conf = [r['confidence'] for r in u]
+    assert conf == sorted(conf)
+    rest = Store(proj.store_url).read(sa.select(predictions.c.request_id, predictions.c.output).where(predictions.c.model_tag == 'iris:v1'))
+    unl = sorted(max(r['output']['probabilities'].values()) for r in rest if r['request_id'] not in {x for x, _ in pairs[:5]})
+    assert conf == unl[:10]                                                       # exactly the 10 least confident
+    r = u[0]
+    assert set(r) == {'request_id', 'model_tag', 'inputs', 'label', 'proba', 'confidence', 'created'}
+    assert r['label'] == max(r['proba'], key=r['proba'].get) and isinstance(r['inputs'], dict)
+    assert uncertain(proj, 5, model_tag='nope') == []
+    proj.sections['monitor']['window'] = '10'                                     # the last 10 requests only
+    assert len(uncertain(proj, 100)) == 10
+    proj.sections['monitor']['window'] = '1min'
+    assert len(uncertain(proj, 100)) <= 6
+    proj.sections['monitor']['window'] = 'lately'
+    with pytest.raises(MlnbError, match=r'\[monitor\], window'): uncertain(proj)
+
+
+# ---- live metrics ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('classes,typed', [(('0', '1'), int), (CLASSES, str)])
+def test_live_metrics_match_sklearn(proj, classes, typed):
+    pairs = log(proj, 'm:v1', 120, classes=classes, acc=0.7, typed=typed, seed=5)
+    label_all(proj, pairs[:100])
+    add_label(proj, pairs[0][0], pairs[0][1])                                     # a second label for one request: counted once
+    m = live_metrics(proj)
+    df = labelled(proj)
+    y, pred = [str(v) for v in df.label], [str(v) for v in df.predicted]
+    kw = dict(average='binary', pos_label=str(classes[1])) if len(classes) == 2 else dict(average='macro')
+    assert list(m.columns) == ['model_tag', 'labels', 'correct', 'accuracy', 'f1'] and m.labels[0] == 100
+    assert m.accuracy[0] == pytest.approx(accuracy_score(y, pred)) and m.f1[0] == pytest.approx(f1_score(y, pred, **kw))
+    t = live_metrics(proj, by='time', freq='5min')
+    assert list(t.columns) == ['model_tag', 'time', 'labels', 'correct', 'accuracy', 'f1'] and t.labels.sum() == 100 and len(t) > 1
+    assert (t.time == t.time.dt.floor('5min')).all()
+    with pytest.raises(MlnbError, match='by must be'): live_metrics(proj, by='day')
+
+
+def test_shadow_predictions_get_their_requests_labels(proj):
+    pairs = log(proj, 'm:v1', 50, seed=1)
+    log(proj, 'm:v2', 50, seed=2, shadow_of=pairs)
+    label_all(proj, pairs[1:])
+    add_label(proj, pairs[0][0] + '-shadow', pairs[0][1])                        # labelled through the shadow copy: the request's label
+    assert Store(proj.store_url).read(sa.select(feedback.c.request_id).where(feedback.c.request_id == pairs[0][0]))
+    m = live_metrics(proj).set_index('model_tag')
+    assert list(m.labels) == [50, 50]
+    df = labelled(proj)
+    assert (df.groupby('model_tag').correct.mean() == m.accuracy).all()
+    assert len(live_metrics(load_project(new_project(proj.root.parent/'empty')))) == 0
+
+
+# ---- A/B ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('c1,n1,c2,n2', [(9, 10, 3, 10), (1, 40, 0, 35), (430, 500, 400, 500), (60, 100, 55, 90)])
+def test_compare_matches_scipy(c1, n1, c2, n2):
+    test, p = compare(c1, n1, c2, n2)
+    if test == 'fisher': assert p == pytest.approx(stats.fisher_exact([[c1, n1 - c1], [c2, n2 - c2]])[1])
+    else:
+        pooled = (c1 + c2) / (n1 + n2)
+        z = (c1 / n1 - c2 / n2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        assert p == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+    assert compare(0, 0, 5, 10) == ('none', compare(0, 0, 5, 10)[1]) and math.isnan(compare(0, 0, 5, 10)[1])
+
+
+def test_ab_summary_recommends_promote_keep_and_rollback(proj):
+    st = Store(proj.store_url)
+    assert ab_summary(proj).recommendation == 'keep' and 'no champion' in ab_summary(proj).reason
+    a, b = log(proj, 'm:v1', 300, acc=0.7, seed=1), log(proj, 'm:v2', 300, acc=0.9, seed=2)
+    label_all(proj, a[:200] + b[:200])
+    st.set_alias('champion', 'm:v1')
+    s = ab_summary(proj)
+    assert s.recommendation == 'keep' and s.reason.startswith('no challenger') and len(s.rows) == 1
+    st.set_alias('challenger', 'm:v2')
+    s = ab_summary(proj)
+    assert isinstance(s, ABSummary) and s.recommendation == 'promote', s.reason
+    assert [(r['arm'], r['model_tag'], r['traffic'], r['labels']) for r in s.rows] == [('champion', 'm:v1', 300, 200), ('challenger', 'm:v2', 300, 200)]
+    ch, ca = s.rows[1]['correct'], s.rows[0]['correct']
+    assert s.p_value == pytest.approx(compare(ch, 200, ca, 200)[1]) and s.p_value < 0.05 and s.test == 'z-test'
+    assert 'promote' in str(s) and 'm:v2' in str(s) and '<table>' in s._repr_html_()
+    assert ab_summary(proj, metric='f1').recommendation == 'promote'
+    assert ab_summary(proj, min_labels=201).recommendation == 'keep'
+    st.set_alias('challenger', 'm:v1'); st.set_alias('champion', 'm:v2')          # the better one is champion: keep
+    assert ab_summary(proj).recommendation == 'keep' and 'worse' in ab_summary(proj).reason
+    st.drop_alias('challenger'); st.set_alias('champion', 'm:v1')                 # v1 replaced v2 and is worse: roll back
+    s = ab_summary(proj)
+    assert s.recommendation == 'rollback' and [r['arm'] for r in s.rows] == ['champion', 'previous']
+    assert s.apply()['champion'] == 'm:v2' and st.alias('champion') == 'm:v2'     # apply: mlnb.registry.rollback
+    assert alerts(proj, 1)[0]['kind'] == 'rollback'
+    assert ab_summary(proj).apply()['action'] == 'keep'
+    with pytest.raises(MlnbError, match='metric'): ab_summary(proj, metric='auc')
+
+
+# ---- alerts ---------------------------------------------------------------------------------------------------------
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    received, delay = [], 0.0
+    def do_POST(self):
+        time.sleep(Hook.delay)
+        Hook.received.append((self.headers.get('Authorization'), json.loads(self.rfile.read(int(self.headers['Content-Length'])))))
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+
+
+@pytest.fixture
+def hook():
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    Hook.received, Hook.delay = [], 0.0
+    yield f'http://127.0.0.1:{srv.server_address[1]}/alerts'
+    srv.shutdown(); srv.server_close()
+
+
+def test_alert_is_stored_logged_and_posted(proj, hook, caplog, monkeypatch):
+    proj.sections['monitor']['webhook'] = hook
+    monkeypatch.setenv('MLNB_WEBHOOK_TOKEN', 's3cret')
+    with caplog.at_level(logging.INFO, logger='mlnb'):
+        a = alert(proj, 'critical', 'drift', 'drift critical: 3 of 30 columns', model_tag='m:v1', drifted=['a', 'b', 'c'])
+    assert a['webhook'] == 204 and caplog.records[-1].levelno == logging.CRITICAL and 'drift critical' in caplog.text
+    auth, body = Hook.received[-1]
+    assert auth == 'Bearer s3cret'
+    assert body['level'] == 'critical' and body['kind'] == 'drift' and body['data']['drifted'] == ['a', 'b', 'c'] and body['project'] == 'shop'
+    assert body['text'] == 'mlnb shop: critical drift: drift critical: 3 of 30 columns' and body['id'] == a['id']
+    alert(proj, 'info', 'retrained', 'second')
+    got = alerts(proj)
+    assert [r['message'] for r in got] == ['second', 'drift critical: 3 of 30 columns'] and got[1]['data']['model_tag'] == 'm:v1'
+    assert len(alerts(proj, limit=1)) == 1
+
+
+def test_a_failing_or_slow_webhook_is_logged_not_raised(proj, hook, caplog):
+    proj.sections['monitor']['webhook'] = 'http://127.0.0.1:9/nothing'
+    with caplog.at_level(logging.WARNING, logger='mlnb'): a = alert(proj, 'warning', 'latency', 'slow')
+    assert 'Error' in a['webhook'] and 'webhook' in caplog.text and alerts(proj, 1)[0]['id'] == a['id']
+    proj.sections['monitor']['webhook'] = hook
+    Hook.delay = 5
+    t = time.perf_counter(); a = alert(proj, 'warning', 'latency', 'slow hook')
+    assert time.perf_counter() - t < 4.5 and 'timed out' in a['webhook']
+    with pytest.raises(MlnbError, match='level'): alert(proj, 'fatal', 'x', 'y')
+
+
+# ---- the retraining trigger and the monitoring pass -----------------------------------------------------------------
+
+def test_should_retrain_on_labels_and_on_drift(proj):
+    st = Store(proj.store_url)
+    assert should_retrain(proj) is None
+    label_all(proj, log(proj, 'm:v1', 30)[:25])
+    assert new_labels(proj) == 25 and should_retrain(proj) is None               # retrain_labels = 0: off
+    proj.sections['monitor']['retrain_labels'] = '20'
+    assert should_retrain(proj).startswith('25 new labels')
+    proj.sections['monitor']['retrain_labels'] = '0'
+    st.set_alias('champion', 'm:v1')
+    report = {'model_tag': 'm:v1', 'created': now().strftime('%Y-%m-%d %H:%M:%S'), 'window': {'rows': 30}, 'severity': 'warning',
+              'drifted': ['x'], 'thresholds': {}, 'rows': [{'feature': 'x', 'part': 'feature', 'severity': 'warning', 'reason': 'PSI 0.15'}]}
+    st.write(drift_reports.insert().values(model_tag='m:v1', created=now(), report=report))
+    assert should_retrain(proj) is None                                          # warning < retrain_drift = critical
+    proj.sections['monitor']['retrain_drift'] = 'warning'
+    assert 'drift warning' in should_retrain(proj)
+    st.set_alias('challenger', 'm:v2')
+    assert should_retrain(proj) is None                                          # a challenger is already waiting
+    proj.sections['monitor']['retrain_drift'] = 'sometimes'
+    with pytest.raises(MlnbError, match='retrain_drift'): should_retrain(proj)
+
+
+def test_check_alerts_on_latency_errors_and_due_retraining_once(proj):
+    con = sqlite3.connect(proj.store_url[10:]); con.execute('ALTER TABLE predictions ADD COLUMN error TEXT'); con.commit()
+    pairs = log(proj, 'm:v1', 100, every=1)
+    con.execute("UPDATE predictions SET error = 'ValueError' WHERE rowid % 10 = 0"); con.commit(); con.close()
+    label_all(proj, pairs[:5])
+    proj.sections['serve']['budget_ms'] = '1'; proj.sections['monitor']['retrain_labels'] = '5'
+    out = check(proj, since='1h')
+    assert sorted(a['kind'] for a in out['alerts']) == ['errors', 'latency', 'retrain']
+    assert out['health'][0]['requests'] == 100 and out['health'][0]['error_rate'] == pytest.approx(0.1)
+    assert out['retrain'].startswith('5 new labels') and out['retrained'] is None
+    assert check(proj)['alerts'] == []                                           # not again within `quiet`
+    assert len(check(proj, quiet='0s')['alerts']) == 3
+
+
+# ---- one real retraining of a project made by `mlnb new` ------------------------------------------------------------
+
+def test_retrain_runs_the_pipeline_with_labels_and_makes_a_challenger(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+    p = load_project(new_project(tmp_path/'shop'))
+    st = Store(p.store_url)
+    data = load_breast_cancer(as_frame=True).frame.sample(60, random_state=0)
+    recs = data.drop(columns='target').to_dict('records')
+    pairs = log(p, 'shop:old', 60, inputs=recs, seed=4)
+    for (rid, _), y in zip(pairs, data.target): add_label(p, rid, int(y))
+    st.set_alias('champion', 'shop:old')                                         # a champion served before: the new model is the challenger
+    with pytest.raises(MlnbError, match='not in BentoML'): update_online(p)
+    path, n = export_labels(p)
+    assert n == 60 and pd.read_parquet(path).shape == (60, 31)
+    r = retrain(p, jobs=2, reason='test')
+    assert r['rows_added'] == 60 and r['role'] == 'challenger' and st.alias('challenger') == r['model_tag'] and r['labels'] == str(path)
+    run = st.get_run(r['run_id'])
+    assert run['status'] == 'succeeded' and run['stages']['ingest']['params']['extra'] == str(path)
+    if 'extra' in (p.root/'pipeline'/'ingest.ipynb').read_text():                # the ingest stage appends them (templates/pipeline)
+        assert run['metrics']['rows'] == 569 + 60, run['metrics']                # all of breast_cancer, and the labelled rows
+    a = alerts(p, 1)[0]
+    assert a['kind'] == 'retrained' and a['data']['model_tag'] == r['model_tag'] and a['data']['rows_added'] == 60
+    assert new_labels(p) == 0                                                    # labels before the run are used up
+
+    with pytest.raises(MlnbError, match='no partial_fit'): update_online(p, r['model_tag'])
+
+    b = log(p, r['model_tag'], 60, inputs=recs, seed=5, acc=1.0)                  # the challenger is right every time
+    label_all(p, b)
+    old = log(p, 'shop:old', 60, inputs=recs, seed=6, acc=0.5)
+    label_all(p, old)
+    s = ab_summary(p)
+    assert s.recommendation == 'promote', s
+    done = s.apply()
+    assert done == {'action': 'promote', 'champion': r['model_tag'], 'message': f"promoted {r['model_tag']} to champion"}
+    assert st.alias('champion') == r['model_tag'] and st.alias('challenger') is None
+
+    import bentoml
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    X, y = data.drop(columns='target'), data.target
+    sgd = make_pipeline(StandardScaler(), SGDClassifier(random_state=0)).fit(X, y)
+    schema = {'features': [{'name': c, 'kind': 'float'} for c in X.columns], 'target': 'target'}
+    m = bentoml.sklearn.save_model('shop-sgd', sgd, metadata={'schema': schema})
+    st.add_model(str(m.tag), 'none', None, {})
+    time.sleep(0.05)
+    label_all(p, log(p, str(m.tag), 20, inputs=recs, seed=7))
+    coef = sgd[-1].coef_.copy()
+    u = update_online(p, str(m.tag))
+    assert u['rows'] == 20 and u['from'] == str(m.tag) and st.alias('challenger') == u['model_tag'] != str(m.tag)
+    new = bentoml.sklearn.load_model(u['model_tag'])
+    assert not np.allclose(new[-1].coef_, coef) and bentoml.models.get(u['model_tag']).info.metadata['online_rows'] == 20
+
+
+def test_importing_feedback_stays_light():
+    "The dashboard and the labeller import mlnb.feedback: no scikit-learn, BentoML, papermill or Great Expectations on import."
+    import subprocess, sys
+    code = ("import sys, mlnb.feedback; heavy = [m for m in ('sklearn', 'bentoml', 'papermill', 'great_expectations', 'scipy') if m in sys.modules]; "
+            "print(heavy)")
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == '[]'
+
+
+# ---- the command line -----------------------------------------------------------------------------------------------
+
+def test_cli_feedback_label_accuracy_and_alerts(proj):
+    from conftest import mlnb
+    pairs = log(proj, 'shop:v1', 5, seed=3)
+    ini = proj.path
+    listed = mlnb('label', '-p', ini, '-n', 3).stdout.splitlines()
+    assert len(listed) == 3
+    conf = [float(l.split('confidence ')[1].split()[0]) for l in listed]
+    assert conf == sorted(conf)                                              # least certain first
+    rid, y = pairs[0]
+    assert 'recorded' in mlnb('feedback', '-p', ini, rid, y).stdout
+    rows = Store(proj.store_url).read(sa.select(feedback))
+    assert [(r['request_id'], r['label'], r['source']) for r in rows] == [(rid, y, 'cli')]
+    bad = mlnb('feedback', '-p', ini, 'no-such-request', 1, check=False)
+    assert bad.returncode == 2 and 'no-such-request' in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert len(Store(proj.store_url).read(sa.select(feedback))) == 1         # nothing written by the mistake
+    acc = mlnb('monitor', '-p', ini, '--accuracy').stdout
+    assert 'shop:v1' in acc
+    alert(proj, 'warning', 'drift', 'feature x drifted')
+    assert 'feature x drifted' in mlnb('monitor', '-p', ini, '--alerts').stdout
