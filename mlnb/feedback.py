@@ -84,7 +84,7 @@ def _confidence(proba) -> float:
     return max(proba.values()) if proba else math.nan
 
 # %% ../nbs/12_feedback.ipynb #e878ad2f
-def uncertain(settings, n:int=20, model_tag:str|None=None) -> list[dict]:
+def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> list[dict]:
     "The `n` least certain recent predictions (of `model_tag`, default all) that have no label yet, least certain first."
     p, st = open_store(settings)
     c, w = predictions.c, window_of(p)
@@ -107,7 +107,7 @@ def latest_labels(st:Store) -> pd.DataFrame:
                       columns=['request_id', 'label', 'labelled'])
     return df.drop_duplicates('request_id', keep='last').reset_index(drop=True)
 
-def labelled(settings, inputs:bool=False) -> pd.DataFrame:
+def labelled(settings='settings.ini', inputs:bool=False) -> pd.DataFrame:
     "Logged predictions joined with their latest label by request id (a shadow prediction gets its request's label)."
     p, st = open_store(settings)
     lab, c = latest_labels(st), predictions.c
@@ -137,7 +137,7 @@ def _scores(g:pd.DataFrame) -> dict:
     cls = next((classes_of(o) for o in g.output if classes_of(o)), None)
     return {'labels': len(g), 'correct': int(g.correct.sum()), 'accuracy': float(g.correct.mean()), 'f1': f1(g.label, g.predicted, cls)}
 
-def live_metrics(settings, by:str='model', freq:str='1h') -> pd.DataFrame:
+def live_metrics(settings='settings.ini', by:str='model', freq:str='1h') -> pd.DataFrame:
     "Accuracy and F1 from labelled predictions, per model (`by='model'`) or per model and `freq` time bucket (`by='time'`)."
     if by not in ('model', 'time'): raise MlnbError(f"by must be 'model' or 'time', got {by!r}")
     keys = ['model_tag'] + (['time'] if by == 'time' else [])
@@ -238,7 +238,7 @@ def _decide(a:dict, b:dict, p:float, metric:str, alpha:float, min_labels:int) ->
         return ('promote', f"the challenger is better: {diff}, p={p:.3g}") if better else ('keep', f"the challenger is worse: {diff}, p={p:.3g}")
     return ('rollback', f"the champion is worse than the model before it: {diff}, p={p:.3g}") if better else ('keep', f"the champion is better: {diff}, p={p:.3g}")
 
-def ab_summary(settings, metric:str='accuracy', alpha:float=0.05, min_labels:int=30) -> ABSummary:
+def ab_summary(settings='settings.ini', metric:str='accuracy', alpha:float=0.05, min_labels:int=30) -> ABSummary:
     "Champion against challenger on live labels: traffic, labels and `metric` per arm, a significance test, and a recommendation."
     if metric not in ('accuracy', 'f1'): raise MlnbError(f"metric must be 'accuracy' or 'f1', got {metric!r}")
     p, st = open_store(settings)
@@ -296,7 +296,7 @@ def alert(settings, level:str, kind:str, message:str, **data) -> dict:
                                             **row, 'created': row['created'].isoformat() + 'Z'})
     return row
 
-def alerts(settings, limit:int=20) -> list[dict]:
+def alerts(settings='settings.ini', limit:int=20) -> list[dict]:
     "The latest `limit` alerts, newest first."
     _, st = open_store(settings)
     return st.read(sa.select(alerts_table).order_by(alerts_table.c.id.desc()).limit(limit))
@@ -324,7 +324,7 @@ def last_trained(st:Store) -> datetime|None:
     rows = rows or st.read(sa.select(r.finished).where(r.status == 'succeeded').order_by(r.finished.desc()).limit(1))
     return rows[0]['finished'] if rows else None
 
-def new_labels(settings) -> int:
+def new_labels(settings='settings.ini') -> int:
     "Requests labelled since the last training run."
     _, st = open_store(settings)
     f, since = feedback_table.c, last_trained(st)
@@ -340,7 +340,7 @@ def champion_drift(settings):
     except MlnbError: return None
 
 # %% ../nbs/12_feedback.ipynb #0c7d44c2
-def should_retrain(settings) -> str|None:
+def should_retrain(settings='settings.ini') -> str|None:
     "Why the model should be retrained now (champion drift at `[monitor] retrain_drift`, or `retrain_labels` new labels), or None."
     p, st = open_store(settings)
     level, wanted = retrain_drift(p), retrain_labels(p)
@@ -373,7 +373,7 @@ def export_labels(settings) -> tuple[Path, int]:
     return path, len(df)
 
 # %% ../nbs/12_feedback.ipynb #2b9e1394
-def retrain(settings, jobs:int|None=None, params:dict|None=None, bento:bool=False, reason:str|None=None, on_event=None) -> dict:
+def retrain(settings='settings.ini', jobs:int|None=None, params:dict|None=None, bento:bool=False, reason:str|None=None, on_event=None) -> dict:
     "Run the pipeline with the labelled rows added to the ingest snapshot, save the model, and make it the challenger."
     import copy
     from mlnb.pipeline import run
@@ -414,7 +414,7 @@ def _health_alerts(out:dict, p:Project, since, max_error_rate:float, quiet):
                    quiet, model_tag=tag, error_rate=r['error_rate'])
 
 # %% ../nbs/12_feedback.ipynb #ed7a3fbb
-def check(settings, auto_retrain:bool=False, since='1h', max_error_rate:float=0.01, quiet='1h', jobs:int|None=None) -> dict:
+def check(settings='settings.ini', auto_retrain:bool=False, since='1h', max_error_rate:float=0.01, quiet='1h', jobs:int|None=None) -> dict:
     "One monitoring pass: the champion's drift, health over `since`, alerts past thresholds, and the retraining trigger."
     p, st = open_store(settings)
     out = {'drift': None, 'health': [], 'alerts': [], 'retrain': None, 'retrained': None, 'notes': []}
@@ -442,7 +442,7 @@ def check_summary(out:dict) -> str:
     return '\n'.join(lines + [f"retraining: {out['retrain'] or 'not due'}" + (f" -> run {done['run_id']}, {done['role']} {done['model_tag']}" if done else '')])
 
 # %% ../nbs/12_feedback.ipynb #35cb92c8
-def update_online(settings, model_tag:str|None=None) -> dict:
+def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
     "Update `model_tag` (default: the champion) with the labels given since it was saved, by `partial_fit`; the result is the challenger."
     from mlnb.registry import bentoml_for
     p, st = open_store(settings)
