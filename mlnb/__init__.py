@@ -14,7 +14,7 @@ _API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
         'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core',
         'check_drift': 'monitoring', 'health': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring',
-        'monitor': 'widgets', 'label': 'widgets', 'abtest': 'widgets',
+        'monitor': 'widgets', 'label': 'widgets', 'abtest': 'widgets', 'FeatureSteps': 'features',
         **{name: 'feedback' for name in ['add_label', 'uncertain', 'live_metrics', 'ab_summary', 'alerts', 'should_retrain', 'retrain']}}
 
 def __getattr__(name):

@@ -4,17 +4,18 @@
 
 # %% ../nbs/05_features.ipynb #3378304a
 from __future__ import annotations
+import pickle
 import numpy as np, pandas as pd
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, RobustScaler, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, OrdinalEncoder, RobustScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from .core import ConfigError, DataError
 
 # %% auto #0
-__all__ = ['IMPUTE', 'SCALERS', 'feature_schema', 'Coerce', 'OutlierClipper', 'preprocessor']
+__all__ = ['IMPUTE', 'SCALERS', 'feature_schema', 'Coerce', 'OutlierClipper', 'preprocessor', 'FeatureSteps']
 
 # %% ../nbs/05_features.ipynb #8c5f19c6
 def _kind(s:pd.Series) -> str:
@@ -23,9 +24,9 @@ def _kind(s:pd.Series) -> str:
     if pd.api.types.is_numeric_dtype(s): return 'float'
     return 'str'
 
-def feature_schema(df:pd.DataFrame, target:str) -> list[dict]:
+def feature_schema(df:pd.DataFrame, target:str|None=None) -> list[dict]:
     "`[{name, kind}]` for every column of `df` but `target`; kind is float, int, bool or str."
-    if target not in df: raise DataError(f"target column '{target}' is not in the data (columns: {', '.join(map(str, df.columns[:12]))})")
+    if target is not None and target not in df: raise DataError(f"target column '{target}' is not in the data (columns: {', '.join(map(str, df.columns[:12]))})")
     return [{'name': str(c), 'kind': _kind(df[c])} for c in df.columns if c != target]
 
 # %% ../nbs/05_features.ipynb #78af8df2
@@ -121,3 +122,60 @@ def preprocessor(schema:list[dict], *, impute:dict|None=None, outliers:str|None=
              'bool': [('coerce', Coerce('number', errors)), ('impute', _imputer('bool', imp['bool']))],
              'cat': [('coerce', Coerce('category')), ('impute', _imputer('cat', imp['cat'])), ('encode', _encoder(encode, max_categories))]}
     return ColumnTransformer([(g, Pipeline(steps[g]), cols[g]) for g in ('num', 'bool', 'cat') if cols[g]], verbose_feature_names_out=False)
+
+# %% ../nbs/05_features.ipynb #a6b7c8d9
+def _cloudpickle():
+    try: import cloudpickle
+    except ImportError: from joblib.externals import cloudpickle   # vendored by joblib, which scikit-learn needs
+    return cloudpickle
+
+def _transformer(step):
+    "A fresh transformer for `step` (a function DataFrame -> DataFrame, or a scikit-learn transformer) with pandas output."
+    if hasattr(step, 'fit') and hasattr(step, 'transform'):
+        t = clone(step)
+        return t.set_output(transform='pandas') if hasattr(t, 'set_output') else t
+    if callable(step): return FunctionTransformer(step, validate=False)
+    raise TypeError(f"a feature step must be a function or a scikit-learn transformer, got {type(step).__name__}")
+
+def _name(step) -> str: return getattr(step, '__name__', type(step).__name__)
+
+class FeatureSteps(TransformerMixin, BaseEstimator):
+    "The user's feature-engineering `steps`, run in order on a DataFrame before the preprocessor; pickled by value."
+    def __init__(self, steps=()):   # functions (DataFrame -> DataFrame) or scikit-learn transformers
+        self.steps = steps
+
+    def fit(self, X, y=None):
+        self.fit_transform(X, y); return self
+
+    def fit_transform(self, X, y=None):
+        X = self._frame(X)
+        self.feature_names_in_, self.n_features_in_ = np.asarray(X.columns, dtype=object), X.shape[1]
+        self.steps_ = []
+        for s in self.steps:
+            t = _transformer(s); X = self._checked(t.fit_transform(X, y), s, X); self.steps_.append(t)
+        self.feature_names_out_ = np.asarray(X.columns, dtype=object)
+        return X
+
+    def transform(self, X):
+        check_is_fitted(self, 'steps_')
+        X = self._frame(X)
+        for s, t in zip(self.steps, self.steps_): X = self._checked(t.transform(X), s, X)
+        return X
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, 'steps_'); return self.feature_names_out_
+
+    def _frame(self, X) -> pd.DataFrame:
+        return X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, columns=getattr(self, 'feature_names_in_', None))
+
+    def _checked(self, out, step, X) -> pd.DataFrame:
+        if not isinstance(out, pd.DataFrame) or len(out) != len(X):
+            raise DataError(f"feature step '{_name(step)}' must return a DataFrame with one row per input row, got "
+                            f"{type(out).__name__}{f' of {len(out)} rows' if hasattr(out, '__len__') else ''} for {len(X)} rows")
+        return out
+
+    def __getstate__(self): return {'cloudpickle': _cloudpickle().dumps(super().__getstate__())}
+    def __setstate__(self, state):
+        super().__setstate__(pickle.loads(state['cloudpickle']) if 'cloudpickle' in state else state)
+
+    def __repr__(self, N_CHAR_MAX=700): return f"FeatureSteps([{', '.join(map(_name, self.steps))}])"

@@ -387,10 +387,11 @@ def parquet_hash(path, batch_size:int=CHUNK_ROWS) -> str:
 class Snapshot:
     "A Parquet snapshot and what identifies it."
     path: Path; hash: str; rows: int; columns: list
-    source: str|None = None; watermark: object = None; appended: int|None = None
+    source: str|None = None; watermark: object = None; appended: int|None = None; extra: int = 0
     def _repr_markdown_(self):
         inc = f", {self.appended} new since the last snapshot (watermark {self.watermark})" if self.appended is not None else ''
-        return f"snapshot `{self.hash[:12]}`: {self.rows} rows x {len(self.columns)} columns{inc} at `{self.path}`"
+        ext = f", {self.extra} of them extra labelled rows" if self.extra else ''
+        return f"snapshot `{self.hash[:12]}`: {self.rows} rows x {len(self.columns)} columns{inc}{ext} at `{self.path}`"
 
 META_KEY = 'mlnb'
 
@@ -511,8 +512,9 @@ def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
         row += n
     return top
 
-def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='snapshot.parquet') -> Snapshot:
-    "Stream `data`'s source into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
+def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='snapshot.parquet',
+           extra=None) -> Snapshot:  # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
+    "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
     pq = need('pyarrow.parquet', 'pyarrow')
     col, src = data.get('watermark'), data['source']
     if col and sample: raise ConfigError("a sample cannot be combined with a watermark (incremental snapshots keep every row)", None, 'data', 'sample')
@@ -525,25 +527,26 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
         try:
             wm = _stream(data, root, w, opts, since, previous)
             if opts.get('bad'): raise DataError(_malformed(_file_path(src, root), opts['bad']))
+            n_extra = _append_extra(w, extra) if extra else 0
             w.flush(); w.wait(); _check(data, w.schema, w.nulls, w.rows, src)
-            meta = {'source': src, 'watermark_column': col, 'watermark': wm}
+            meta = {'source': src, 'watermark_column': col, 'watermark': wm, **({'extra': str(extra), 'extra_rows': n_extra} if extra else {})}
             h, rows = w.close(meta)
             break
         except _Widen as e: w.abort(); opts.setdefault('widened', {})[e.column] = e.type; opts['bad'] = []
         except BaseException: w.abort(); raise
-    if sample and sample < rows: h, rows = _sample(tmp, data.get('target'), sample, meta)
+    if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra)
     os.replace(tmp, path)
     base = pq.ParquetFile(previous).metadata.num_rows if previous is not None else None
-    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - base if base is not None else None)
+    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - base if base is not None else None, n_extra)
 
 # %% ../nbs/03_ingest.ipynb #82f8d476
-def _sample(path:Path, target:str|None, n:int, meta:dict) -> tuple[str, int]:
-    "Keep `n` rows of the snapshot at `path` (stratified by `target` when it has at most 50 values); returns the new hash and rows."
+def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0) -> tuple[str, int]:
+    "Keep `n` rows of the snapshot at `path` (stratified by `target` when it has at most 50 values) and its last `keep_last`; returns the new hash and rows."
     pq, np = need('pyarrow.parquet', 'pyarrow'), need('numpy')
-    f = pq.ParquetFile(path); total = f.metadata.num_rows
-    y = pq.read_table(path, columns=[target])[target].to_pandas() if target else pd.Series(np.zeros(total))
-    pick = (y.groupby(y, group_keys=False).sample(frac=n / total, random_state=0) if y.nunique() <= 50 else y.sample(n=n, random_state=0)).index
-    pick, out = np.sort(pick.to_numpy()), path.with_name(path.name + '.sample')
+    f = pq.ParquetFile(path); total = f.metadata.num_rows; m = total - keep_last
+    y = pq.read_table(path, columns=[target])[target].to_pandas().iloc[:m] if target else pd.Series(np.zeros(m))
+    pick = (y.groupby(y, group_keys=False).sample(frac=n / m, random_state=0) if y.nunique() <= 50 else y.sample(n=n, random_state=0)).index
+    pick, out = np.concatenate([np.sort(pick.to_numpy()), np.arange(m, total)]), path.with_name(path.name + '.sample')
     w, start = _Writer(out, f.schema_arrow.remove_metadata()), 0
     try:
         for b in f.iter_batches(batch_size=CHUNK_ROWS):
@@ -553,6 +556,31 @@ def _sample(path:Path, target:str|None, n:int, meta:dict) -> tuple[str, int]:
         h, rows = w.close({**meta, 'sampled_from': total})
     except BaseException: w.abort(); raise
     os.replace(out, path); return h, rows
+
+# %% ../nbs/03_ingest.ipynb #f2a3b4c5
+def _extra_tables(path, schema):
+    "The rows of file `path` (CSV, Parquet or JSON Lines) as tables with the columns and types of `schema`."
+    p = Path(path); kind = _ext(str(p))
+    if not p.is_file(): raise DataError(f"extra rows file {p} does not exist")
+    if kind not in FILE_READERS: raise DataError(f"extra rows file {p}: unsupported type '{kind}' (expected {', '.join(FILE_READERS)})")
+    opts, row = {'types': {f.name: f.type for f in schema if not f.type.num_fields}}, 1
+    for t in FILE_READERS[kind](str(p), opts):
+        t = _plain(t)
+        if set(t.schema.names) != set(schema.names):
+            gone, new = [c for c in schema.names if c not in t.schema.names], [c for c in t.schema.names if c not in schema.names]
+            raise DataError(f"extra rows file {p} has columns {', '.join(t.schema.names)}; the data has {', '.join(schema.names)}"
+                            + ''.join(f"; {what}: {', '.join(map(repr, cs))}" for what, cs in (('missing', gone), ('not in the data', new)) if cs))
+        try: yield _conform(t, schema, row)
+        except DataError as e: raise DataError(f"extra rows file {p}: {str(e).replace(' in earlier snapshots', ' in the data')}") from None
+        row += t.num_rows
+    if opts.get('bad'): raise DataError(_malformed(str(p), opts['bad']))
+
+def _append_extra(w:_Writer, path) -> int:
+    "Append the rows of file `path` to writer `w`, in the columns and types of what it holds so far; returns how many."
+    w.flush(); n = 0
+    if w.schema is None: raise DataError(f"extra rows file {path}: the source has no columns to append to")
+    for t in _extra_tables(path, w.schema): w.write(t); n += t.num_rows
+    return n
 
 # %% ../nbs/03_ingest.ipynb #699d1087
 def previous_snapshot(store_url:str, data:dict) -> Path|None:

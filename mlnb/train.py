@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
 from sklearn.pipeline import Pipeline
 from .core import ConfigError
-from .features import feature_schema, preprocessor
+from .features import FeatureSteps, feature_schema, preprocessor
 
 # %% auto #0
 __all__ = ['estimator', 'make_pipeline', 'TrainResult', 'train']
@@ -29,25 +29,29 @@ def estimator(name:str, random_state:int=0):
     if name not in ests: raise ConfigError(f"unknown model '{name}' (expected one of: {', '.join(ests)})", None, 'stage:train', 'params')
     return ests[name](random_state)
 
-def make_pipeline(schema:list[dict], model:str='hist_gb', random_state:int=0, **prep) -> Pipeline:
-    "Preprocessing for `schema` (options `prep` go to `preprocessor`) followed by the estimator `model`, as one Pipeline."
-    return Pipeline([('prep', preprocessor(schema, **prep)), ('model', estimator(model, random_state))])
+def make_pipeline(schema:list[dict], model:str='hist_gb', random_state:int=0, steps=None, **prep) -> Pipeline:
+    "The user's feature `steps` (if any), preprocessing for `schema` (the columns after the steps; `prep` options) and the estimator `model`."
+    return Pipeline(([('features', FeatureSteps(list(steps)))] if steps else [])
+                    + [('prep', preprocessor(schema, **prep)), ('model', estimator(model, random_state))])
 
 # %% ../nbs/06_train.ipynb #fa6b0ed8
 @dataclass
 class TrainResult:
-    "A fitted Pipeline, its cross-validation scores and the holdout it never saw."
+    "A fitted Pipeline, its cross-validation scores and the holdout it never saw; `schema` is the raw features a request carries."
     pipeline: Pipeline; schema: list; cv_scores: dict; holdout: pd.DataFrame
     def _repr_markdown_(self):
         rows = '\n'.join(f"| {k} | {np.mean(v):.4f} | {np.std(v):.4f} |" for k,v in self.cv_scores.items())
         return f"**{type(self.pipeline[-1]).__name__}**, {len(self.schema)} features\n\n| cv metric | mean | std |\n|---|---|---|\n{rows}"
 
-def train(df:pd.DataFrame, target:str, model:str='hist_gb', cv:int=5, test_size:float=0.2, random_state:int=0, **prep) -> TrainResult:
+def train(df:pd.DataFrame, target:str, model:str='hist_gb', cv:int=5, test_size:float=0.2, random_state:int=0,
+          steps=None,  # the user's feature steps: functions (DataFrame -> DataFrame) or transformers, saved inside the Pipeline
+          **prep) -> TrainResult:
     "Split off a holdout, cross-validate and fit the Pipeline for `model` on `df`; `prep` configures cleaning (outliers, scaling...)."
     schema = feature_schema(df, target)
     fit_df, holdout = train_test_split(df, test_size=test_size, random_state=random_state, stratify=df[target])
     X, y = fit_df.drop(columns=target), fit_df[target]
-    pipe = make_pipeline(schema, model, random_state, **prep)
+    engineered = feature_schema(FeatureSteps(list(steps)).fit_transform(X, y)) if steps else schema
+    pipe = make_pipeline(engineered, model, random_state, steps, **prep)
     scores = cross_validate(clone(pipe), X, y, cv=StratifiedKFold(cv, shuffle=True, random_state=random_state),
                             scoring=['accuracy', 'f1_macro'])
     cv_scores = {k[5:]: v.tolist() for k,v in scores.items() if k.startswith('test_')}

@@ -4,20 +4,21 @@
 
 # %% ../nbs/04_validate.ipynb #e65225dc
 from __future__ import annotations
-import html, json, os, shutil
+import functools, html, json, os, shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd
 from .core import DataError, MlnbError, ValidationFailed, atomic_write, need
 
 # %% auto #0
-__all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'RESULT_FORMAT', 'profile', 'save_suite', 'load_suite', 'Failure', 'ValidationReport',
-           'validate', 'gate', 'batch_suite', 'validate_batch', 'suite_path', 'expect']
+__all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'TEXT_TYPES', 'RESULT_FORMAT', 'profile', 'save_suite', 'load_suite', 'Failure',
+           'ValidationReport', 'validate', 'gate', 'batch_suite', 'validate_batch', 'suite_path', 'expect']
 
 # %% ../nbs/04_validate.ipynb #e01665f0
 NUMERIC_TYPES = ([f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
                  + ['int', 'float'])          # Python types: what GX checks value by value in an object column
 BOOL_TYPES = ['bool', 'boolean']
+TEXT_TYPES = ['str']           # checked value by value: text columns reach GX as object columns (see `_for_gx`)
 
 def _expectation(kind:str, severity:str='critical', **kwargs) -> dict:
     return {'type': kind, 'kwargs': kwargs, 'severity': severity, 'meta': {}}
@@ -25,6 +26,7 @@ def _expectation(kind:str, severity:str='critical', **kwargs) -> dict:
 def _type_expectation(s:pd.Series, col:str) -> list[dict]:
     if pd.api.types.is_bool_dtype(s): return [_expectation('expect_column_values_to_be_in_type_list', column=col, type_list=BOOL_TYPES)]
     if pd.api.types.is_numeric_dtype(s): return [_expectation('expect_column_values_to_be_in_type_list', column=col, type_list=NUMERIC_TYPES)]
+    if pd.api.types.is_string_dtype(s) or pd.api.types.infer_dtype(s, skipna=True) == 'string': return [_expectation('expect_column_values_to_be_in_type_list', column=col, type_list=TEXT_TYPES)]
     return []
 
 def _column_expectations(df:pd.DataFrame, col:str, target:str) -> list[dict]:
@@ -97,14 +99,30 @@ class ValidationReport:
                 (f"<table><tr><th>severity</th><th>expectation</th><th>column</th><th>unexpected</th><th>examples</th><th>rows</th></tr>{rows}</table>" if rows else ''))
 
 # %% ../nbs/04_validate.ipynb #cfc42cf4
-def _gx_suite(gx, suite:dict):
+_INDEX = 'mlnb_index'     # meta key carrying an expectation's position in the suite through GX (which groups results by column)
+
+def _gx_suite(gx, suite:dict, only:set|None=None):
+    "The GX `ExpectationSuite` of `suite` (just the expectations at positions `only`, when given)."
     s = gx.ExpectationSuite(name=suite.get('name', 'suite'))
-    for e in suite['expectations']:
+    for i, e in enumerate(suite['expectations']):
+        if only is not None and i not in only: continue
         cls = ''.join(w.title() for w in e['type'].split('_'))
         if not hasattr(gx.expectations, cls): raise MlnbError(f"suite {suite.get('name')}: unknown expectation type '{e['type']}'")
-        try: s.add_expectation(getattr(gx.expectations, cls)(**e['kwargs'], severity=e.get('severity', 'critical'), meta=e.get('meta') or {}))
+        try: s.add_expectation(getattr(gx.expectations, cls)(**e['kwargs'], severity=e.get('severity', 'critical'), meta={**(e.get('meta') or {}), _INDEX: i}))
         except Exception as err: raise MlnbError(f"suite {suite.get('name')}: {e['type']} {e['kwargs'].get('column', '')}: {str(err).splitlines()[0]}") from None
     return s
+
+def _cache_templates():
+    "Give GX's Data Docs views a jinja2 bytecode cache (in the user's temp folder): they compile some 50 templates on every build otherwise."
+    from jinja2 import FileSystemBytecodeCache
+    from great_expectations.render.view.view import DefaultJinjaView
+    init = DefaultJinjaView.__init__
+    if getattr(init, 'mlnb_cache', None) is not None: return
+    try: cache = FileSystemBytecodeCache()
+    except (OSError, RuntimeError): return                  # no safe temp folder: build without a cache
+    def __init__(self, *args, **kwargs): init(self, *args, **kwargs); self.env.bytecode_cache = cache
+    __init__.mlnb_cache = cache
+    DefaultJinjaView.__init__ = __init__
 
 def _context(docs_dir=None):
     "An ephemeral GX context, progress bars off, with a Data Docs site in `docs_dir` when given."
@@ -118,10 +136,19 @@ def _context(docs_dir=None):
         ctx.delete_data_docs_site(name)
         if base and Path(base).is_dir() and not any(Path(base).iterdir()): Path(base).rmdir()
     if docs_dir is not None:
+        _cache_templates()
         ctx.add_data_docs_site('mlnb', {'class_name': 'SiteBuilder', 'show_how_to_buttons': False,
                                         'store_backend': {'class_name': 'TupleFilesystemStoreBackend', 'base_directory': str(docs_dir)},
                                         'site_index_builder': {'class_name': 'DefaultSiteIndexBuilder'}})
     return gx, ctx
+
+@functools.cache
+def _shared():
+    "One ephemeral context and pandas batch definition per process, for validations without Data Docs (scoring batches)."
+    gx, ctx = _context()
+    return gx, ctx, _batch_definition(ctx)
+
+def _batch_definition(ctx): return ctx.data_sources.add_pandas('mlnb').add_dataframe_asset('data').add_batch_definition_whole_dataframe('all')
 
 # %% ../nbs/04_validate.ipynb #1a586690
 RESULT_FORMAT = {'result_format': 'SUMMARY', 'partial_unexpected_count': 20, 'return_unexpected_index_query': False}
@@ -136,15 +163,21 @@ def _failures(res) -> list[Failure]:
                            [int(i) if isinstance(i, (int, float)) else i for i in r.result.get('partial_unexpected_index_list') or []]))
     return out
 
+def _in_order(results, n:int) -> list:
+    "GX's `results` put back in suite order (it groups them by column), the position marker dropped."
+    out = [None] * n
+    for r in results: out[r.expectation_config.meta.pop(_INDEX)] = r
+    return out
+
 def _run(gx, batch, suite:dict, s):
     "Validate in two passes: pass/fail for every expectation, then details (counts, values, rows) for the failed ones only."
     res = batch.validate(s, result_format='BOOLEAN_ONLY')
-    failed = [i for i, r in enumerate(res.results) if not r.success]
-    if not failed: return res
-    if [r.expectation_config.type for r in res.results] != [e['type'] for e in suite['expectations']]:
-        return batch.validate(s, result_format=RESULT_FORMAT)       # results not in suite order: details for all
-    det = batch.validate(_gx_suite(gx, {**suite, 'expectations': [suite['expectations'][i] for i in failed]}), result_format=RESULT_FORMAT)
-    for i, r in zip(failed, det.results): res.results[i] = r
+    results = _in_order(res.results, len(suite['expectations']))
+    failed = {i for i, r in enumerate(results) if not r.success}
+    if failed:
+        for i, r in enumerate(_in_order(batch.validate(_gx_suite(gx, suite, failed), result_format=RESULT_FORMAT).results, len(results))):
+            if r is not None: results[i] = r
+    res.results = results
     return res
 
 def _build_docs(ctx, s, res):
@@ -155,13 +188,19 @@ def _build_docs(ctx, s, res):
     ctx.validation_results_store.set(key, res)
     ctx.build_data_docs(site_names=['mlnb'], resource_identifiers=[key, ExpectationSuiteIdentifier(name=s.name)])
 
+def _for_gx(df:pd.DataFrame, suite:dict) -> pd.DataFrame:
+    "`df` with the type-checked columns GX cannot judge by dtype (pandas' string dtypes, all-null columns) as `object` columns."
+    typed = {e['kwargs'].get('column') for e in suite['expectations'] if e['type'] == 'expect_column_values_to_be_in_type_list'}
+    conv = [c for c in df.columns if c in typed and (isinstance(df[c].dtype, pd.StringDtype) or df[c].isna().all())]
+    return df.astype({c: object for c in conv}) if conv else df
+
 def validate(df:pd.DataFrame, suite:dict, docs_dir=None) -> ValidationReport:
     "Validate `df` against `suite` with Great Expectations; with `docs_dir`, build Data Docs there."
-    gx, ctx = _context(docs_dir)
-    bd = ctx.data_sources.add_pandas('mlnb').add_dataframe_asset('data').add_batch_definition_whole_dataframe('all')
+    if docs_dir is None: gx, ctx, bd = _shared()
+    else: gx, ctx = _context(docs_dir); bd = _batch_definition(ctx)
     s = _gx_suite(gx, suite)
     if docs_dir is not None: s = ctx.suites.add(s)
-    res = _run(gx, bd.get_batch(batch_parameters={'dataframe': df}), suite, s)
+    res = _run(gx, bd.get_batch(batch_parameters={'dataframe': _for_gx(df, suite)}), suite, s)
     if docs_dir is not None: _build_docs(ctx, s, res)
     return ValidationReport(suite.get('name', 'suite'), len(res.results), _failures(res), _docs_page(docs_dir) if docs_dir else None)
 

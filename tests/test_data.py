@@ -1,6 +1,6 @@
 """The data layer against real sources: files and fsspec URLs, SQLite and a PostgreSQL server, an HTTP API served here,
 incremental ingestion across runs, every kind of bad input, both gate severities with Data Docs, and no training/serving skew."""
-import gzip, json, os, threading, uuid
+import gzip, json, os, subprocess, sys, textwrap, threading, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -213,6 +213,53 @@ def test_type_and_schema_changes_between_runs(tmp_path):
     assert not (tmp_path/'r2'/'snapshot.parquet').exists() and not (tmp_path/'r3'/'snapshot.parquet').exists()
 
 
+# ---- extra labelled rows (the feedback loop) ------------------------------------------------------------------------
+
+def test_extra_labelled_rows_are_appended_validated_and_hashed(tmp_path):
+    df = customers(40).drop(columns='id')
+    df.to_csv(tmp_path/'c.csv', index=False)
+    data = {'source': 'c.csv', 'target': 'churned'}
+    labels = customers(5, seed=7).drop(columns='id')[['churned', 'region', 'plan', 'income', 'age']]   # any column order
+    labels.to_parquet(tmp_path/'labels.parquet', index=False); labels.to_csv(tmp_path/'labels.csv', index=False)
+    base = ingest(data, tmp_path/'base', tmp_path)
+    for f in ['labels.parquet', 'labels.csv']:
+        s = ingest(data, tmp_path/f'with_{f}', tmp_path, extra=tmp_path/f)
+        got = pd.read_parquet(s.path)
+        assert (s.rows, s.extra) == (45, 5) and s.hash != base.hash and s.hash == parquet_hash(s.path), f
+        pd.testing.assert_frame_equal(got.tail(5).reset_index(drop=True), labels[list(df.columns)].reset_index(drop=True), check_dtype=False)
+        assert snapshot_meta(s.path)['extra_rows'] == 5
+    assert ingest(data, tmp_path/'again', tmp_path, extra=tmp_path/'labels.csv').hash == s.hash
+    sampled = ingest(data, tmp_path/'sampled', tmp_path, sample=10, extra=tmp_path/'labels.csv')
+    assert sampled.rows == 15 and pd.read_parquet(sampled.path).tail(5)['income'].round(2).tolist() == labels['income'].round(2).tolist()
+    with pytest.raises(DataError, match=r"extra rows file .*nowhere.csv does not exist"):
+        ingest(data, tmp_path/'o1', tmp_path, extra=tmp_path/'nowhere.csv')
+    labels.drop(columns='plan').assign(score=1).to_csv(tmp_path/'other.csv', index=False)
+    with pytest.raises(DataError, match=r"other.csv has columns churned, region, income, age, score; the data has age, income, plan, region, churned; missing: 'plan'; not in the data: 'score'"):
+        ingest(data, tmp_path/'o2', tmp_path, extra=tmp_path/'other.csv')
+    labels.assign(income=labels['income'].astype(object).where(labels.index != 2, 'lots')).to_csv(tmp_path/'typo.csv', index=False)
+    with pytest.raises(DataError, match=r"typo.csv: column 'income' must hold double.*row 3 holds \['lots'\]"):
+        ingest(data, tmp_path/'o3', tmp_path, extra=tmp_path/'typo.csv')
+    assert not any((tmp_path/d/'snapshot.parquet').exists() for d in ['o1', 'o2', 'o3'])   # a failed read writes no snapshot
+
+
+@pytest.mark.slow
+def test_extra_rows_param_reaches_the_ingest_stage_and_its_cache_key(tmp_path):
+    "What retraining calls: mlnb.pipeline.run(..., params={'ingest.extra': path}); new labels in the file mean a new snapshot."
+    from mlnb.pipeline import run
+    root = tmp_path/'shop'
+    mlnb('new', root, '--source', 'data/customers.csv', '--target', 'churned')
+    (root/'data').mkdir(); customers(30).drop(columns='id').to_csv(root/'data'/'customers.csv', index=False)
+    labels = root/'feedback'/'labels.csv'; labels.parent.mkdir()
+    customers(4, seed=3).drop(columns='id').to_csv(labels, index=False)
+    r1 = run(root/'settings.ini', stage='ingest', params={'ingest.extra': str(labels)}, on_event=lambda *a, **k: None)
+    r2 = run(root/'settings.ini', stage='ingest', params={'ingest.extra': str(labels)}, on_event=lambda *a, **k: None)
+    customers(6, seed=4).drop(columns='id').to_csv(labels, index=False)
+    r3 = run(root/'settings.ini', stage='ingest', params={'ingest.extra': str(labels)}, on_event=lambda *a, **k: None)
+    assert [r.stages['ingest'].status for r in (r1, r2, r3)] == ['done', 'cached', 'done']
+    assert (r1.metrics['rows'], r1.metrics['extra_rows'], r3.metrics['rows'], r3.metrics['extra_rows']) == (34, 4, 36, 6)
+    assert len(pd.read_parquet(Path(r3.stages['ingest'].out_dir)/'snapshot.parquet')) == 36
+
+
 # ---- the gate ------------------------------------------------------------------------------------------------------
 
 def test_gate_severities_data_docs_and_scoring_batches(tmp_path):
@@ -243,6 +290,42 @@ def test_gate_severities_data_docs_and_scoring_batches(tmp_path):
     assert {f.column for f in rep.critical} == {None, 'income'} and ('region', ['moon']) in [(f.column, f.examples) for f in rep.warnings]
 
 
+def test_type_expectations_pass_on_pandas3_str_and_object_columns():
+    from mlnb.validate import profile, validate
+    df = customers(60).drop(columns='id')
+    as_str, as_object = df.astype({'plan': 'str', 'region': 'str'}), df.astype({'plan': object, 'region': object})
+    assert str(as_str['plan'].dtype) == 'str' and as_object['plan'].dtype == object
+    for ref in (as_str, as_object):
+        suite = profile(ref, 'churned')
+        types = {e['kwargs']['column']: e['kwargs']['type_list'] for e in suite['expectations'] if e['type'] == 'expect_column_values_to_be_in_type_list'}
+        assert types['plan'] == types['region'] == ['str'] and 'int' in types['income'], types
+        for batch in (as_str, as_object):
+            rep = validate(batch, suite)
+            assert rep.passed and not rep.failures, rep.failures
+        wrong = as_object.assign(region=as_object['region'].where(as_object.index != 4, 12))           # a number in a text column
+        assert [(f.column, f.examples) for f in validate(wrong, suite).critical] == [('region', [12])]
+        text = as_str.assign(income=as_str['income'].astype(str))                                         # numbers arriving as text
+        assert 'income' in {f.column for f in validate(text, suite).critical}
+
+
+def test_gate_is_not_slowed_by_result_order_or_details(tmp_path):
+    "GX returns results grouped by column: details come back to the right expectation, and only failed ones are detailed."
+    from mlnb.validate import gate, profile, validate
+    ref = customers(200).drop(columns='id')
+    suite = profile(ref, 'churned', 'shop')
+    bad = ref.copy(); bad.loc[3, 'region'] = 'moon'; bad.loc[[5, 9], 'churned'] = 7
+    rep = validate(bad, suite)
+    assert [(f.column, f.severity, f.unexpected, f.examples, f.rows) for f in rep.failures] == [
+        ('region', 'warning', 1, ['moon'], [3]), ('churned', 'critical', 2, [7, 7], [5, 9])]
+    assert rep.evaluated == len(suite['expectations'])
+    big = pd.concat([ref] * 50, ignore_index=True); big.loc[::7, 'region'] = 'moon'
+    rep = validate(big, suite)
+    assert rep.warnings[0].unexpected == len(big[::7]) and len(rep.warnings[0].examples) == 20    # bounded lists
+    with pytest.raises(ValidationFailed): gate(bad, suite, tmp_path/'g')
+    page = json.loads((tmp_path/'g'/'validation.json').read_text())['docs']
+    assert 'moon' in (tmp_path/'g'/page).read_text() and 'mlnb_index' not in (tmp_path/'g'/page).read_text()
+
+
 # ---- features: no training/serving skew ----------------------------------------------------------------------------
 
 def test_served_pipeline_holds_the_trained_transformer(tmp_path):
@@ -262,26 +345,76 @@ def test_served_pipeline_holds_the_trained_transformer(tmp_path):
         served.predict(req.assign(income=req['income'].astype(object).where(req.index != 0, 'lots')))
 
 
+TRAIN_WITH_STEP = """
+import joblib, json, sys, pandas as pd
+sys.path.insert(0, {tests!r})
+from test_data import customers
+from mlnb.train import train
+
+def ratio(X):                                   # defined in __main__, like a function in the train notebook
+    return X.assign(income_per_age=pd.to_numeric(X['income']) / pd.to_numeric(X['age']))
+
+res = train(customers(120).drop(columns='id'), 'churned', 'logreg', cv=2, steps=[ratio])
+joblib.dump(res.pipeline, {model!r})
+X = res.holdout.drop(columns='churned'); X.to_parquet({X!r})
+json.dump(res.pipeline.predict_proba(X).tolist(), open({proba!r}, 'w'))
+"""
+
+LOAD = """
+import joblib, json, pandas as pd
+model = joblib.load({model!r})                  # a fresh process: no `ratio` anywhere but inside the model file
+steps = model.named_steps['features']
+assert [s.__name__ for s in steps.steps] == ['ratio'] and 'income_per_age' in model[:-1].get_feature_names_out()
+print(json.dumps(model.predict_proba(pd.read_parquet({X!r})).tolist()))
+joblib.dump(model, {again!r})                   # saved again after loading, as the registry does into BentoML's store
+"""
+
+
+def test_user_feature_step_is_in_the_saved_pipeline_and_loads_in_a_fresh_process(tmp_path):
+    f = {k: str(tmp_path/v) for k, v in dict(model='model.joblib', X='X.parquet', proba='proba.json', again='again.joblib').items()}
+    env = {**os.environ, 'PYTHONPATH': str(Path(__file__).parent)}
+    run = lambda code: subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = run(TRAIN_WITH_STEP.format(tests=str(Path(__file__).parent), **f)); assert r.returncode == 0, r.stderr
+    trained = json.loads(Path(f['proba']).read_text())
+    for model in (f['model'], f['again']):
+        r = run(LOAD.format(**{**f, 'model': model})); assert r.returncode == 0, r.stderr
+        np.testing.assert_allclose(json.loads(r.stdout.strip().splitlines()[-1]), trained, rtol=0, atol=1e-12)
+
+
 # ---- end to end: the user's own CSV ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_own_csv_trains_and_corrupted_copy_is_stopped_at_the_gate(tmp_path):
-    "A project on a user's CSV (missing values, categories) runs end to end; a corrupted copy fails the suite that run profiled."
-    from mlnb.validate import gate, load_suite
+    """Done when: a project on a user's CSV (missing values, categories; settings.ini edits only) runs ingest -> validate -> train
+    -> evaluate, and a corrupted copy of the CSV is stopped at the gate with a Data Docs report."""
     root = tmp_path/'churn'
     mlnb('new', root, '--source', 'data/customers.csv', '--target', 'churned')
     (root/'data').mkdir()
-    customers(200).drop(columns='id').to_csv(root/'data'/'customers.csv', index=False)
+    good = customers(200).drop(columns='id')
+    good.to_csv(root/'data'/'customers.csv', index=False)
     r = mlnb('run', '--params', 'train.cv=2', 'evaluate.shap_rows=20', cwd=root)
     assert 'succeeded' in r.stdout and (root/'expectations'/'suite.json').is_file()
-    # the corrupted copy, through the same ingest and gate the stages call (test_pipeline runs a failing gate in kernels)
-    bad = customers(200).drop(columns='id')
-    bad['churned'] = bad['churned'].where(bad.index % 10 != 0, 9)        # labels nobody has seen
+    train_dir = next((root/'.mlnb'/'runs').glob('*/train'))
+    # the template's example feature step is inside the saved model, which loads and predicts in a fresh process
+    code = ("import joblib, pandas as pd; m = joblib.load('model.joblib'); print(m.named_steps['features'].steps[0].__name__, "
+            "len(m.predict(pd.read_parquet('holdout.parquet').drop(columns='churned'))))")
+    out = subprocess.run([sys.executable, '-c', code], cwd=train_dir, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ['ratio', '40'], out.stderr
+    # reference statistics for drift: the raw features of the schema and the model's answers on the training rows
+    ref, schema = json.loads((train_dir/'reference.json').read_text()), json.loads((train_dir/'schema.json').read_text())
+    assert set(ref['features']) == {f['name'] for f in schema['features']} == {'age', 'income', 'plan', 'region'}
+    assert ref['rows'] == 160 and 'prediction' in ref['prediction'] and any(k.startswith('proba[') for k in ref['prediction'])
+    # the corrupted copy, by editing settings.ini only: labels nobody has seen and text in a numeric column
+    bad = good.copy()
+    bad['churned'] = bad['churned'].where(bad.index % 10 != 0, 9)
     bad['income'] = bad['income'].astype(object).where(bad.index != 3, 'unknown')
     bad.to_csv(root/'data'/'bad.csv', index=False)
-    snap = ingest({'source': 'data/bad.csv', 'target': 'churned'}, tmp_path/'ingest', root)
-    with pytest.raises(ValidationFailed, match="churned.*Data Docs"):
-        gate(pd.read_parquet(snap.path), load_suite(root/'expectations'/'suite.json'), tmp_path/'validate')
-    report = json.loads((tmp_path/'validate'/'validation.json').read_text())
-    assert {'churned', 'income'} <= {f['column'] for f in report['failures'] if f['severity'] == 'critical'}
-    assert (tmp_path/'validate'/report['docs']).is_file()
+    ini = root/'settings.ini'; ini.write_text(ini.read_text().replace('data/customers.csv', 'data/bad.csv'))
+    r = mlnb('run', '--params', 'train.cv=2', cwd=root, check=False)
+    assert r.returncode != 0 and 'validate' in r.stdout + r.stderr and 'critical' in r.stdout + r.stderr, (r.stdout, r.stderr)
+    run_dir = max((root/'.mlnb'/'runs').iterdir(), key=lambda d: d.stat().st_mtime)
+    assert (run_dir/'ingest').is_dir() and not (run_dir/'train').exists()          # stopped before training
+    report = json.loads((run_dir/'validate.failed'/'validation.json').read_text())
+    assert not report['passed'] and {'churned', 'income'} <= {f['column'] for f in report['failures'] if f['severity'] == 'critical'}
+    page = run_dir/'validate.failed'/report['docs']
+    assert page.is_file() and 'churned' in page.read_text() and (run_dir/'validate.failed'/'data_docs'/'index.html').is_file()
