@@ -75,44 +75,80 @@ class Bare:
     def stop(self): self.proc.terminate(); self.proc.wait(10)
 
 
-async def load(url: str, path: str, body: dict, seconds: float, concurrency: int, headers=None) -> dict:
-    "Requests from `concurrency` workers for `seconds` (after a 2 s warm-up): throughput, latency percentiles, errors."
+async def load(url: str, path: str, body, seconds: float, concurrency: int, headers=None, verify=True, warmup: float = 2) -> dict:
+    """Requests from `concurrency` workers for `seconds` (after `warmup` seconds): throughput, latency percentiles, errors.
+
+    `body` is one JSON body, or a function of the request's number that makes one."""
     import httpx, numpy as np
-    lat, errors, ids = [], 0, []
+    from collections import Counter
+    import itertools
+    lat, errors, ids, why, count = [], 0, [], Counter(), itertools.count()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, headers=headers) as client:
-        async def worker(end, record):
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers, verify=verify) as client:
+        async def worker(begin, end):
             nonlocal errors
             while time.perf_counter() < end:
                 t = time.perf_counter()
+                record = t >= begin
                 try:
-                    r = await client.post(path, json=body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError: ok = False
+                    r = await client.post(path, json=body(next(count)) if callable(body) else body)
+                    ok, err = r.status_code == 200, f'HTTP {r.status_code}'
+                except httpx.HTTPError as e: ok, err = False, type(e).__name__
                 if record:
                     lat.append(time.perf_counter() - t)
                     if ok:
                         out = r.json()
                         ids.extend(o.get('request_id') for o in (out if isinstance(out, list) else [out]))
-                    else: errors += 1
-        await asyncio.gather(*(worker(time.perf_counter() + 2, False) for _ in range(concurrency)))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(start + seconds, True) for _ in range(concurrency)))
+                    else: errors += 1; why[err] += 1
+        # one run of each worker, warm-up included: a pause between the two would leave connections idle long enough
+        # for the server to close them (uvicorn's keep-alive timeout) just as the client reuses them
+        start = time.perf_counter() + warmup
+        await asyncio.gather(*(worker(start, start + seconds) for _ in range(concurrency)))
         took = time.perf_counter() - start
     ms = np.array(lat) * 1000
     return {'requests': len(lat), 'rps': len(lat) / took, 'p50': float(np.percentile(ms, 50)), 'p95': float(np.percentile(ms, 95)),
-            'p99': float(np.percentile(ms, 99)), 'errors': errors, 'ids': [i for i in ids if i]}
+            'p99': float(np.percentile(ms, 99)), 'errors': errors, 'why': dict(why), 'ids': [i for i in ids if i]}
+
+
+async def paced(url: str, path: str, body: dict, rate: float, seconds: float, warmup: float = 2) -> dict:
+    """An open-loop load: one request every 1/`rate` s whatever the answers (at most 256 in flight), for `seconds`.
+
+    Latency counts from the moment a request was due, so a stalled server cannot hide its queue (no coordinated omission)."""
+    import httpx, numpy as np
+    lat, errors = [], 0
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=256), timeout=60) as client:
+        async def one(due, record):
+            nonlocal errors
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try: ok = (await client.post(path, json=body)).status_code == 200
+            except httpx.HTTPError: ok = False
+            if record: lat.append(time.perf_counter() - due); errors += not ok
+        start, n = time.perf_counter(), int((warmup + seconds) * rate)
+        await asyncio.gather(*(one(start + i / rate, i >= warmup * rate) for i in range(n)))
+    ms = np.array(lat) * 1000
+    return {'requests': len(lat), 'rps': rate, 'p50': float(np.percentile(ms, 50)), 'p95': float(np.percentile(ms, 95)),
+            'p99': float(np.percentile(ms, 99)), 'errors': errors}
+
+
+def merged(url: str) -> tuple[float, float]:
+    "BentoML's adaptive batching so far: (model calls of /predict_batch, requests merged into them), from /metrics."
+    import urllib.request
+    text = urllib.request.urlopen(url + '/metrics', timeout=30).read().decode()
+    get = lambda name: sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name) and 'predict_batch' in l)
+    return get('bentoml_service_adaptive_batch_size_count'), get('bentoml_service_adaptive_batch_size_sum')
 
 
 def fmt(r: dict) -> str:
-    return f"{r['rps']:8.1f} req/s  p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  p99 {r['p99']:6.1f} ms  errors {r['errors']}"
+    return (f"{r['rps']:8.1f} req/s  p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  p99 {r['p99']:6.1f} ms  errors {r['errors']}"
+            + (f" {r['why']}" if r.get('why') else ''))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--seconds', type=float, default=15, help='length of each measurement (default %(default)s)')
     ap.add_argument('--concurrency', type=int, nargs='+', default=[1, 8], help='concurrent clients (default %(default)s)')
-    ap.add_argument('--batch', type=int, default=32, help='records per /predict_batch call (default %(default)s)')
+    ap.add_argument('--batch', type=int, default=8, help='records per /predict_batch call (default %(default)s)')
+    ap.add_argument('--batch-concurrency', type=int, default=64, help='concurrent clients of /predict_batch and the /predict it is compared with (default %(default)s)')
     ap.add_argument('--project', help="an mlnb project's settings.ini whose champion to serve (default: a throwaway one)")
     ap.add_argument('--no-results', action='store_true', help='do not append to benchmarks/RESULTS.md')
     a = ap.parse_args(argv)
@@ -137,7 +173,7 @@ def main(argv=None):
     bare = Bare(train_dir/'model.joblib', tmp)
     srv, nolog = Server(p, champion_bento(p)), Server(p, champion_bento(p), env={'MLNB_STORE': None})
     try:
-        srv.start(); nolog.start()
+        nolog.start(); srv.start()     # srv last: each `bentoml serve` of a project empties its (shared) Prometheus folder
         for c in a.concurrency:
             results[('bare', c)] = asyncio.run(load(bare.url, '/predict', {'record': rec}, a.seconds, c))
             say(f"bare Starlette   /predict        c={c:<3} {fmt(results[('bare', c)])}")
@@ -146,12 +182,21 @@ def main(argv=None):
             if c == 1:
                 results['nolog'] = asyncio.run(load(nolog.url, '/predict', {'record': rec}, a.seconds, 1))
                 say(f"mlnb, log off    /predict        c=1   {fmt(results['nolog'])}")
-        c = max(a.concurrency)
+        c = a.batch_concurrency
+        results['single'] = asyncio.run(load(srv.url, '/predict', {'record': rec}, a.seconds, c))
+        say(f"mlnb (bentoml)   /predict        c={c:<3} {fmt(results['single'])}")
+        calls0, reqs0 = merged(srv.url)
         results['batch'] = asyncio.run(load(srv.url, '/predict_batch', {'records': batch}, a.seconds, c))
+        calls, reqs = (x - x0 for x, x0 in zip(merged(srv.url), (calls0, reqs0)))
         say(f"mlnb (bentoml)   /predict_batch  c={c:<3} {fmt(results['batch'])}  = {results['batch']['rps'] * a.batch:.0f} records/s ({a.batch} per call)")
+        say(f"adaptive batching: {reqs:.0f} /predict_batch requests merged into {calls:.0f} model calls ({reqs / max(calls, 1):.1f} requests, "
+            f"{a.batch * reqs / max(calls, 1):.0f} records a call on average; at most {os.environ.get('MLNB_BATCH_SIZE', '64')} records)")
+        sat = max(r['rps'] for k, r in results.items() if k == 'single' or k[0] == 'mlnb')
+        results['half'] = asyncio.run(paced(srv.url, '/predict', {'record': rec}, sat / 2, a.seconds))
+        say(f"mlnb (bentoml)   /predict at half saturation ({sat / 2:.1f} req/s open loop, saturation {sat:.1f}) {fmt(results['half'])}")
     finally:
         bare.stop(); srv.stop(); nolog.stop()
-    ids = [i for k, r in results.items() if k == 'batch' or k[0] == 'mlnb' for i in r['ids']]
+    ids = [i for k, r in results.items() if k in ('batch', 'single') or k[0] == 'mlnb' for i in r['ids']]
     found = sum(st.read(sa.select(sa.func.count().label('n')).select_from(predictions).where(predictions.c.request_id.in_(ids[j:j+500])))[0]['n']
                 for j in range(0, len(ids), 500))
     say(f"prediction log: {found} of {len(ids)} measured predictions are in the store after SIGTERM")
@@ -161,20 +206,24 @@ def main(argv=None):
         say(f"ratio mlnb/bare requests/s at c={c}: {results[('mlnb', c)]['rps'] / results[('bare', c)]['rps']:.2f}x")
     if 'nolog' in results:
         say(f"prediction log cost on median latency (c=1): {100 * (results[('mlnb', 1)]['p50'] / results['nolog']['p50'] - 1):+.1f}%")
-    say(f"/predict_batch records/s vs /predict requests/s at c={max(a.concurrency)}: "
-        f"{results['batch']['rps'] * a.batch / results[('mlnb', max(a.concurrency))]['rps']:.1f}x")
+    c = a.batch_concurrency
+    say(f"/predict_batch records/s vs /predict records/s at c={c} (target >= 2x): {results['batch']['rps'] * a.batch / results['single']['rps']:.1f}x")
+    say(f"p99 of /predict at half saturation (target <= 20 ms): {results['half']['p99']:.1f} ms")
     if not a.no_results: append_results(lines, a, p)
 
 
-def append_results(lines: list[str], a, p):
-    "Append one dated section (machine, Python, figures) to benchmarks/RESULTS.md."
+def append_section(title: str, setup: str, lines: list[str]):
+    "Append one dated section (machine, Python, `setup`, figures) to benchmarks/RESULTS.md."
     free = subprocess.run(['free', '-g'], capture_output=True, text=True).stdout.strip()
-    head = (f"\n## bench_serve: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+    head = (f"\n## {title}: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
             f"machine: nproc {os.cpu_count()}, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared), "
-            f"Python {platform.python_version()}, {platform.platform()}; "
-            f"{a.seconds:.0f} s per measurement, loopback, one worker per server, one httpx.AsyncClient in the same run; "
-            f"model: {'throwaway breast-cancer hist_gb' if not a.project else a.project}\n\n```\n{free}\n```\n\n")
+            f"Python {platform.python_version()}, {platform.platform()}; {setup}\n\n```\n{free}\n```\n\n")
     with open(HERE/'RESULTS.md', 'a') as f: f.write(head + '```\n' + '\n'.join(lines) + '\n```\n')
+
+
+def append_results(lines: list[str], a, p):
+    append_section('bench_serve', f"{a.seconds:.0f} s per measurement, loopback, one worker per server, one httpx.AsyncClient in the same run; "
+                   f"model: {'throwaway breast-cancer hist_gb' if not a.project else a.project}", lines)
 
 
 if __name__ == '__main__': main()

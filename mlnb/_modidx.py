@@ -392,6 +392,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mlnb.serve.build_bento': ('serve.html#build_bento', 'mlnb/serve.py'),
                             'mlnb.serve.champion_bento': ('serve.html#champion_bento', 'mlnb/serve.py'),
                             'mlnb.serve.check_frame': ('serve.html#check_frame', 'mlnb/serve.py'),
+                            'mlnb.serve.copy_package': ('serve.html#copy_package', 'mlnb/serve.py'),
                             'mlnb.serve.demo': ('serve.html#demo', 'mlnb/serve.py'),
                             'mlnb.serve.demo_summary': ('serve.html#demo_summary', 'mlnb/serve.py'),
                             'mlnb.serve.field_name': ('serve.html#field_name', 'mlnb/serve.py'),

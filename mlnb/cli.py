@@ -86,7 +86,7 @@ def cmd_package(a):
 
 def cmd_serve(a):
     from mlnb.serve import serve
-    serve(_settings(a), a.bento, a.port, a.host)
+    serve(_settings(a), a.bento, a.port, a.host, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile)
 
 def cmd_promote(a):
     from mlnb.registry import promote
@@ -98,7 +98,8 @@ def cmd_rollback(a):
 
 def cmd_score(a):
     from mlnb.serve import score
-    r = score(_settings(a), a.input, a.output, model=a.model, chunk_rows=a.chunk_rows, keep=a.keep or ())
+    r = score(_settings(a), a.input, a.output, model=a.model, chunk_rows=a.chunk_rows, keep=a.keep or (),
+              table=a.table, query=a.query, output_table=a.output_table)
     print(f"{r.rows} rows scored by {r.model} -> {r.output}")
 
 def cmd_feedback(a):
@@ -182,12 +183,15 @@ def parser() -> argparse.ArgumentParser:
     sp = add('package', cmd_package, "save a run's model in BentoML and build its bento"); sp.add_argument('--run', help='run id (default: latest succeeded)')
     sp = add('serve', cmd_serve, 'serve the champion model with bentoml serve (set MLNB_API_TOKEN to require a bearer token)')
     sp.add_argument('--bento', help='bento tag (default: the champion)'); sp.add_argument('--port', type=int); sp.add_argument('--host')
+    sp.add_argument('--ssl-certfile', metavar='PEM', help='serve HTTPS with this certificate'); sp.add_argument('--ssl-keyfile', metavar='PEM', help='and its private key')
     sp = add('promote', cmd_promote, 'make a model (default: the challenger) the champion, through the promotion gate')
     sp.add_argument('tag', nargs='?'); sp.add_argument('--force', action='store_true', help='promote even if its holdout metrics are worse')
     sp.add_argument('--tolerance', type=float, default=0.01, help='allowed drop in any holdout metric (default %(default)s)')
     add('rollback', cmd_rollback, 'make the previous champion the champion again')
-    sp = add('score', cmd_score, 'score a .parquet/.csv/.jsonl file with the champion, in chunks')
-    sp.add_argument('input'); sp.add_argument('output', help='.parquet or .csv'); sp.add_argument('--model', help='model tag (default: the champion)')
+    sp = add('score', cmd_score, 'score a .parquet/.csv/.jsonl file or a SQL table or query with the champion, in chunks')
+    sp.add_argument('input', help='a file, or a database URL with --table or --query'); sp.add_argument('output', help='.parquet, .csv, or a database URL with --output-table')
+    g = sp.add_mutually_exclusive_group(); g.add_argument('--table'); g.add_argument('--query', metavar='SQL')
+    sp.add_argument('--output-table', metavar='NAME', help='table written (replaced) in the output database'); sp.add_argument('--model', help='model tag (default: the champion)')
     sp.add_argument('--chunk-rows', type=int, default=10000); sp.add_argument('--keep', nargs='+', metavar='COLUMN', help='columns copied to the output')
     return ap
 

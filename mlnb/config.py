@@ -20,7 +20,7 @@ SECTIONS = {  # section -> {key: default}
                  'watermark': None, 'records': None, 'paging': 'auto'},   # incremental column; API records key and paging
     'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
     'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000', 'weight': '0.1', 'cache': '0',
-                 'budget_ms': '0', 'fallback_after': '3', 'batch_size': '64', 'batch_wait_ms': '10'},   # latency budget; batching
+                 'budget_ms': '0', 'fallback_after': '3', 'batch_size': '64'},   # latency budget and fallback; adaptive batching
     'monitor':  {'psi_warn': '0.1', 'psi_critical': '0.2', 'wasserstein_warn': '0.1', 'wasserstein_critical': '0.2',
                  'js_warn': '0.1', 'js_critical': '0.2', 'alpha': '0.01', 'window': '1000',
                  'webhook': None, 'retrain_labels': '0', 'retrain_drift': 'critical'},   # alerts and the retraining trigger

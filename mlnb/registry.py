@@ -13,7 +13,7 @@ from .store import Store
 
 # %% auto #0
 __all__ = ['HIGHER_BETTER', 'LOWER_BETTER', 'bentoml_home', 'bentoml_for', 'training_frame', 'background_sample',
-           'reference_stats', 'ModelInfo', 'run_outputs', 'save_model', 'gate', 'promote_tag', 'rollback_store',
+           'train_reference', 'ModelInfo', 'run_outputs', 'save_model', 'gate', 'promote_tag', 'rollback_store',
            'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
@@ -43,20 +43,14 @@ def background_sample(X, rows:int=100, seed:int=0):
     "At most `rows` rows of `X` for SHAP's background, the same on every call."
     return X.sample(min(len(X), rows), random_state=seed).reset_index(drop=True)
 
-def _num(v): return None if v != v else round(float(v), 6)      # NaN -> None: metadata is YAML
-
-def reference_stats(X, schema:list[dict], top:int=20) -> dict:
-    "Per feature: missing fraction, and deciles, mean and std (numbers) or the `top` value frequencies (strings)."
-    out = {}
-    for f in schema:
-        s = X[f['name']]
-        st = {'missing': _num(s.isna().mean())}
-        if f['kind'] == 'str': st['freq'] = {str(k): _num(v) for k,v in s.value_counts(normalize=True).head(top).items()}
-        else:
-            s = s.dropna().astype(float)
-            st.update(mean=_num(s.mean()), std=_num(s.std()), deciles=[_num(q) for q in s.quantile([i/10 for i in range(11)])])
-        out[f['name']] = st
-    return out
+def train_reference(train_dir:Path) -> dict|None:
+    "The reference statistics the train stage wrote (`reference.json` in its output folder), or None without one."
+    f = Path(train_dir)/'reference.json'
+    if not f.is_file(): return None
+    try: ref = json.loads(f.read_text())
+    except ValueError as e: raise MlnbError(f"{f}: not a JSON file of reference statistics ({e})") from None
+    if not isinstance(ref, dict): raise MlnbError(f"{f}: expected a JSON object of reference statistics")
+    return ref
 
 # %% ../nbs/09_registry.ipynb #e12dd53f
 @dataclass
@@ -85,12 +79,12 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     schema = json.loads((out/'schema.json').read_text())
     metrics = {k: float(v) for k,v in run['metrics'].items()}
     X = training_frame(run, schema['target'], out)
+    packed = {'shap_background': background_sample(X, background_rows)}
+    if (ref := train_reference(out)) is not None: packed['reference_stats'] = ref
     model = bentoml.sklearn.save_model(p.serve['name'] or p.name, joblib.load(out/'model.joblib'),
         signatures={'predict': {'batchable': True}, 'predict_proba': {'batchable': True}},
-        labels={'run': run['id'], 'project': p.name},
-        custom_objects={'shap_background': background_sample(X, background_rows)},
-        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
-                  'reference': reference_stats(X, schema['features'])})
+        labels={'run': run['id'], 'project': p.name}, custom_objects=packed,
+        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema})
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)

@@ -4,18 +4,19 @@
 
 # %% ../nbs/10_serve.ipynb #55cef21c
 from __future__ import annotations
-import json, keyword, os, re, shutil, signal, subprocess, sys, time, urllib.error, urllib.request
+import json, keyword, os, re, shutil, signal, ssl, subprocess, sys, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from .core import DataError, MlnbError, ServeError, free_port, need, templates_dir
+from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, templates_dir
 from .config import Project, load_project
 from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
 from .store import Store, models as models_table
 
 # %% auto #0
-__all__ = ['PY_TYPES', 'field_name', 'schema_fields', 'render_service', 'BentoInfo', 'build_bento', 'package', 'post_json',
-           'Server', 'champion_bento', 'serve', 'check_frame', 'score_frame', 'read_chunks', 'write_chunks',
+__all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'copy_package', 'BentoInfo', 'build_bento',
+           'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'serve', 'check_frame', 'score_frame',
+           'sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks', 'write_chunks',
            'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #60775e20
@@ -43,7 +44,14 @@ def render_service(info:ModelInfo, name:str, folder) -> Path:
     (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, fields=schema_fields(feats),
                                                     columns=repr([f['name'] for f in feats]), kinds=repr([f['kind'] for f in feats])))
     shutil.copy(templates_dir()/'service'/'.bentoignore', folder/'.bentoignore')
+    copy_package(folder/'mlnb')
     return folder
+
+def copy_package(dest:Path):
+    "Copy mlnb's own modules to `dest`: a pickled Pipeline refers to mlnb's transformers, and mlnb is not on PyPI for the container."
+    shutil.rmtree(dest, ignore_errors=True); dest.mkdir(parents=True)
+    import mlnb
+    for f in Path(mlnb.__file__).parent.glob('*.py'): shutil.copy(f, dest/f.name)
 
 # %% ../nbs/10_serve.ipynb #8a7061d0
 def _pins() -> list[str]:
@@ -63,7 +71,7 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
     bentoml = bentoml_for(p)
     name = p.serve['name'] or p.name
     ctx = render_service(info, name, p.workspace/'build'/name)
-    b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py'],
+    b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'],
                              labels={'run': info.run_id, 'model': info.tag.replace(':', '-')},
                              python={'packages': _pins()}, docker={'python_version': '3.11'})
     Store(p.store_url).add_model(info.tag, info.run_id, info.data_hash, info.metrics, bento=str(b.tag))
@@ -75,37 +83,64 @@ def package(settings='settings.ini', run_id:str|None=None) -> BentoInfo:
     return build_bento(p, save_model(p, run_id))
 
 # %% ../nbs/10_serve.ipynb #3e051a29
-def post_json(url:str, body, timeout:float=30) -> tuple[int, dict]:
+def post_json(url:str, body, timeout:float=30, context:ssl.SSLContext|None=None) -> tuple[int, dict]:
     "POST `body` as JSON to `url`; returns (status, decoded JSON body)."
     req = urllib.request.Request(url, json.dumps(body).encode(), {'Content-Type': 'application/json'})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read() or b'null')
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r: return r.status, json.loads(r.read() or b'null')
     except urllib.error.HTTPError as e:
         raw = e.read()
         try: return e.code, json.loads(raw)
         except ValueError: return e.code, {'error': raw.decode(errors='replace')}
 
+SERVE_ENV = [  # settings.ini [serve] key -> the service's variable, the kind of value and its least value
+    ('weight', 'MLNB_WEIGHT', float, 0), ('cache', 'MLNB_CACHE_SIZE', int, 0), ('budget_ms', 'MLNB_BUDGET_MS', float, 0),
+    ('fallback_after', 'MLNB_FALLBACK_AFTER', int, 1), ('batch_size', 'MLNB_BATCH_SIZE', int, 2)]
+
+def serve_setting(p:Project, key:str, kind, least) -> str|None:
+    "`[serve] key` of `p` checked to be a `kind` of at least `least`; None when settings.ini has no value."
+    v = p.serve.get(key)
+    if v is None: return None
+    try: ok = kind(v) >= least
+    except (TypeError, ValueError): ok = False
+    if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} of at least {least}, got '{v}'", p.path, 'serve', key)
+    return str(v)
+
 class Server:
-    "A `bentoml serve` process for `bento` on 127.0.0.1."
-    def __init__(self, p:Project, bento:str, port:int|None=None, host:str='127.0.0.1', env:dict|None=None):
+    "A `bentoml serve` process for `bento` on 127.0.0.1; HTTPS when given a certificate and its key."
+    def __init__(self, p:Project, bento:str, port:int|None=None, host:str='127.0.0.1', env:dict|None=None,
+                 ssl_certfile=None,  # a PEM certificate (chain): serve HTTPS
+                 ssl_keyfile=None):  # its PEM private key
         self.p, self.bento, self.host, self.port = p, bento, host, port or free_port(host)
-        self.url, self.proc, self.extra_env = f"http://{host}:{self.port}", None, env or {}
+        if bool(ssl_certfile) != bool(ssl_keyfile): raise MlnbError("HTTPS needs both a certificate and its key (ssl_certfile and ssl_keyfile)")
+        for f in (ssl_certfile, ssl_keyfile):
+            if f and not Path(f).is_file(): raise MlnbError(f"{f}: no such certificate or key file")
+        self.ssl = (str(ssl_certfile), str(ssl_keyfile)) if ssl_certfile else None
+        self.url = f"{'https' if self.ssl else 'http'}://{host}:{self.port}"
+        self.proc, self.extra_env = None, env or {}
         self.log = p.workspace/'logs'/f"serve-{self.port}.log"
 
     def environ(self) -> dict:
-        "The server's environment: ours, BentoML's home, the store to log to, and `env`."
+        "The server's environment: ours, BentoML's home, the store to log to, `[serve]`'s settings, and `env`."
         env = {**os.environ, 'BENTOML_HOME': str(bentoml_home(self.p)), 'BENTOML_DO_NOT_TRACK': 'true',
                'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl')),
                'MLNB_MODE': self.p.serve.get('mode') or 'single'}
-        for key, var in [('weight', 'MLNB_WEIGHT'), ('cache', 'MLNB_CACHE_SIZE')]:     # when settings.ini's [serve] has them
-            if self.p.serve.get(key) is not None: env[var] = str(self.p.serve[key])
+        for key, var, kind, least in SERVE_ENV:                  # when settings.ini's [serve] has them
+            if (v := serve_setting(self.p, key, kind, least)) is not None: env[var] = v
         env.update({k: v for k,v in self.extra_env.items() if v is not None})
         return {k: v for k,v in env.items() if self.extra_env.get(k, '') is not None}
+
+    def context(self) -> ssl.SSLContext|None:
+        "For HTTPS, a client context that accepts this server's certificate: it is our own child process on loopback."
+        if not self.ssl: return None
+        ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     def start(self, timeout:float=120) -> 'Server':
         "Start the server and wait until it is ready."
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(Path(sys.executable).parent/'bentoml'), 'serve', self.bento, '--host', self.host, '--port', str(self.port)]
+        if self.ssl: cmd += ['--ssl-certfile', self.ssl[0], '--ssl-keyfile', self.ssl[1]]
         self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(timeout); return self
 
@@ -115,7 +150,7 @@ class Server:
             if self.proc.poll() is not None or 'Application startup failed' in self.tail(200):
                 self.stop(); raise ServeError(f"bentoml serve of {self.bento} failed to start; log: {self.log}\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2, context=self.context()) as r:
                     if r.status == 200: return
             except OSError: pass
             time.sleep(0.5)
@@ -127,7 +162,7 @@ class Server:
 
     def predict(self, record:dict) -> dict:
         "POST one record to /predict; raises `ServeError` unless it answers 200."
-        status, body = post_json(f"{self.url}/predict", {'record': record})
+        status, body = post_json(f"{self.url}/predict", {'record': record}, context=self.context())
         if status != 200: raise ServeError(f"/predict answered {status}: {body}")
         return body
 
@@ -151,10 +186,13 @@ def champion_bento(p:Project) -> str:
     if not rows or not rows[0]['bento']: raise MlnbError(f"no packaged model in {p.store_url}: run `mlnb package` first")
     return rows[0]['bento']
 
-def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host:str|None=None):
+def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host:str|None=None,
+          ssl_certfile=None,  # a PEM certificate: serve HTTPS
+          ssl_keyfile=None):  # its PEM private key
     "Serve `bento` (default: the champion's) until Ctrl-C."
     p = settings if isinstance(settings, Project) else load_project(settings)
-    srv = Server(p, bento or champion_bento(p), port or int(p.serve['port']), host or p.serve['host'])
+    srv = Server(p, bento or champion_bento(p), port or int(p.serve['port']), host or p.serve['host'],
+                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     print(f"serving {srv.bento} at {srv.url} (log: {srv.log}); Ctrl-C stops", flush=True)
     try:
         srv.start()
@@ -193,9 +231,35 @@ def score_frame(pipeline, features:list[dict], df, tag:str, first_row:int=0, kee
     return out
 
 # %% ../nbs/10_serve.ipynb #fbb49b1b
-def read_chunks(path, rows:int):
-    "DataFrames of at most `rows` rows from a Parquet, CSV or JSON-lines file."
+def sql_url(s) -> bool:
+    "Whether `s` is a SQLAlchemy database URL (`sqlite:///f.db`, `postgresql://…`) rather than a file."
+    if not isinstance(s, str) or '://' not in s: return False
+    import sqlalchemy as sa
+    try: sa.engine.make_url(s).get_dialect(); return True
+    except Exception: return False
+
+def _sql_table(engine, name:str, url:str):
+    import sqlalchemy as sa
+    try: return sa.Table(name, sa.MetaData(), autoload_with=engine)
+    except sa.exc.NoSuchTableError: raise DataError(f"{url}: no table '{name}' to score") from None
+
+def read_sql_chunks(url:str, rows:int, table:str|None=None, query:str|None=None):
+    "DataFrames of at most `rows` rows of `table` (or the rows of `query`) in database `url`, streamed with a server-side cursor."
+    import pandas as pd, sqlalchemy as sa
+    if bool(table) == bool(query): raise DataError(f"{url}: name a table or give a query to score (one of them)")
+    engine = sa.create_engine(url)
+    try:
+        sel = sa.select(_sql_table(engine, table, url)) if table else sa.text(query)
+        with engine.connect() as c:
+            try: yield from pd.read_sql(sel, c.execution_options(stream_results=True), chunksize=rows)
+            except sa.exc.DBAPIError as e: raise DataError(f"{url}: the query failed: {str(e.orig).splitlines()[0]}") from None
+    finally: engine.dispose()
+
+def read_chunks(path, rows:int, table:str|None=None, query:str|None=None):
+    "DataFrames of at most `rows` rows from a Parquet, CSV or JSON-lines file, or from a SQL table or query."
     import pandas as pd
+    if sql_url(path): yield from read_sql_chunks(path, rows, table, query); return
+    if table or query: raise DataError(f"{path}: a table or query needs a database URL as input (sqlite:///file.db, postgresql://…)")
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: no such file to score")
     kind = path.suffix.lower()
@@ -206,8 +270,33 @@ def read_chunks(path, rows:int):
     elif kind in ('.jsonl', '.ndjson'): yield from pd.read_json(path, lines=True, chunksize=rows)
     else: raise DataError(f"{path}: cannot score a {kind or 'suffix-less'} file (use .parquet, .csv or .jsonl)")
 
-def write_chunks(frames, path) -> int:
-    "Write DataFrames to one Parquet or CSV file through a temporary name; returns the rows written."
+def transactional_engine(url:str):
+    "An engine whose transactions hold DDL too: SQLite's Python driver otherwise commits `CREATE`/`DROP TABLE` at once."
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    if engine.dialect.name == 'sqlite':
+        @sa.event.listens_for(engine, 'connect')
+        def _manual(dbapi_conn, _): dbapi_conn.isolation_level = None      # the driver stops opening transactions itself
+        @sa.event.listens_for(engine, 'begin')
+        def _begin(conn): conn.exec_driver_sql('BEGIN')                       # and SQLAlchemy opens them
+    return engine
+
+def write_sql_chunks(frames, url:str, table:str) -> int:
+    "Write DataFrames to `table` of database `url` (replacing it) in one transaction; returns the rows written."
+    if not table: raise DataError(f"{url}: name the table to write the scores to (output_table)")
+    engine, n = transactional_engine(url), 0
+    try:
+        with engine.begin() as c:
+            for df in frames:
+                df.to_sql(table, c, if_exists='append' if n else 'replace', index=False); n += len(df)
+            if not n: raise DataError("nothing to score: the input has no rows")
+        return n
+    finally: engine.dispose()
+
+def write_chunks(frames, path, table:str|None=None) -> int:
+    "Write DataFrames to one Parquet or CSV file through a temporary name, or to a SQL table; returns the rows written."
+    if sql_url(path): return write_sql_chunks(frames, path, table)
+    if table: raise DataError(f"{path}: an output table needs a database URL as output (sqlite:///file.db, postgresql://…)")
     path = Path(path); kind = path.suffix.lower()
     if kind not in ('.parquet', '.csv'): raise DataError(f"{path}: write scores to a .parquet or .csv file")
     tmp, n, writer = path.with_name(f'.{path.name}.tmp'), 0, None
@@ -230,11 +319,15 @@ def write_chunks(frames, path) -> int:
 @dataclass
 class ScoreResult:
     "What `score` wrote."
-    output: Path; rows: int; model: str
+    output: Path|str; rows: int; model: str
     def _repr_markdown_(self): return f"{self.rows} rows scored by `{self.model}` into `{self.output}`"
 
-def score(settings='settings.ini', input=None, output=None, model:str|None=None, chunk_rows:int=10_000, keep=()) -> ScoreResult:
-    "Score file `input` with the champion (or `model`) in chunks of `chunk_rows` into `output` (.parquet or .csv)."
+def score(settings='settings.ini', input=None, output=None, model:str|None=None, chunk_rows:int=10_000, keep=(),
+          table:str|None=None,         # with a database URL as `input`: the table to score ...
+          query:str|None=None,         # ... or the query whose rows to score
+          output_table:str|None=None   # with a database URL as `output`: the table to write (replaced)
+         ) -> ScoreResult:
+    "Score file or database `input` with the champion (or `model`) in chunks of `chunk_rows` into `output` (.parquet, .csv or a database table)."
     p = settings if isinstance(settings, Project) else load_project(settings)
     tag = model or Store(p.store_url).alias('champion')
     if not tag: raise MlnbError(f"no champion in {p.store_url}: run `mlnb package` first")
@@ -245,9 +338,10 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
     keep = (*keep, m.info.metadata['schema'].get('target') or p.data['target'])
     def frames():
         start = 0
-        for chunk in read_chunks(input, chunk_rows):
+        for chunk in read_chunks(input, chunk_rows, table, query):
             yield score_frame(pipe, feats, chunk, str(m.tag), start, keep); start += len(chunk)
-    return ScoreResult(Path(output), write_chunks(frames(), output), str(m.tag))
+    rows = write_chunks(frames(), output, output_table)
+    return ScoreResult(f"{output} table {output_table}" if sql_url(output) else Path(output), rows, str(m.tag))
 
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:

@@ -69,6 +69,20 @@ def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
     assert row['run_id'] == run_id and row['bento'] == bento_dir.parent.name + ':' + bento_dir.name
 
 
+def test_bento_carries_mlnb_so_a_container_can_load_the_model(packaged):
+    "mlnb is not on PyPI: the bento holds its modules, and the packed Pipeline loads with that copy first on the path."
+    root, r = packaged
+    bento_dir = Path(r.stdout.split('\n  at ')[1].split('\n')[0])
+    src = bento_dir/'src'
+    assert (src/'mlnb'/'features.py').is_file() and (src/'mlnb'/'__init__.py').is_file()
+    name, version = r.stdout.split()[1].split(':')                  # the model, packed into the image at containerize time
+    pkl = root/'.mlnb'/'bentoml'/'models'/name/version/'saved_model.pkl'
+    code = (f"import sys; sys.path.insert(0, {str(src)!r}); import joblib, mlnb; assert mlnb.__file__.startswith({str(src)!r}), mlnb.__file__; "
+            f"m = joblib.load({str(pkl)!r}); print(type(m).__name__, sorted(k for k in sys.modules if k.startswith('mlnb.')))")
+    out = py(code, src).stdout
+    assert out.startswith('Pipeline') and 'mlnb.features' in out
+
+
 def test_bentoml_serve_answers_http(served):
     p, srv = served
     run = Store(p.store_url).get_run()
@@ -108,7 +122,7 @@ def test_explain_feedback_and_metrics(served):
     start = time.perf_counter()
     ex = requests.post(f'{srv.url}/explain', json={'record': rec}, timeout=30).json()
     assert time.perf_counter() - start < 2                                 # the explainer is built once
-    assert set(ex['values']) == set(rec) and ex['model'].startswith('shop:') and ex['label'] in (0, 1)
+    assert set(rec) <= set(ex['values']) and ex['model'].startswith('shop:') and ex['label'] in (0, 1)   # and any derived features
     magnitudes = [abs(v) for v in ex['values'].values()]
     assert magnitudes == sorted(magnitudes, reverse=True)                 # largest first
     rid = srv.predict(rec)['request_id']
@@ -162,7 +176,9 @@ def service_module(packaged):
     p = load_project(root/'settings.ini')
     os.environ.setdefault('BENTOML_HOME', str(p.workspace/'bentoml'))
     spec = importlib.util.spec_from_file_location('mlnb_rendered_service', p.workspace/'build'/'shop'/'service.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod                 # pydantic resolves the annotations through the module
+    spec.loader.exec_module(mod)
     return mod
 
 
@@ -317,6 +333,97 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
     st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics))
 
 
+class FakeModel:
+    "A stand-in for a served model: each call takes the next of `ms` milliseconds (the last one repeats), or raises."
+    def __init__(self, tag, ms=(1,), fail=False): self.tag, self.ms, self.fail, self.classes, self.calls = tag, list(ms), fail, [0, 1], 0
+    def score(self, records):
+        ms = self.ms[min(self.calls, len(self.ms) - 1)]; self.calls += 1
+        if self.fail: raise RuntimeError('broken on purpose')
+        return __import__('numpy').tile([0.25, 0.75], (len(records), 1)), float(ms)
+
+
+def test_latency_budget_and_errors_hand_over_to_the_previous_model(service_module, monkeypatch):
+    "Calls over budget or raising count as failures; FALLBACK_AFTER in a row bench the model, logged, alerted and counted."
+    from prometheus_client import REGISTRY
+    svc = service_module
+    monkeypatch.setattr(svc, 'BUDGET_MS', 50.0); monkeypatch.setattr(svc, 'FALLBACK_AFTER', 3)
+    class Log:
+        rows = []
+        def put(self, table, row): self.rows.append((table, row))
+    def service(current, fallback):
+        c = object.__new__(svc.Classifier.inner)
+        c.current, c.fallback, c.challenger, c.log, c.cache, c.loaded = current, fallback, None, Log(), svc.Cache(0), {}
+        c.failures, c.benched, c.bench_lock = {}, set(), threading.Lock()
+        return c
+    ask = lambda c: c._answer([svc.Features()])[0].model
+    slow, before = FakeModel('m:slow', ms=[80, 80, 10, 80, 80, 80]), FakeModel('m:before')
+    c = service(slow, before)
+    assert [ask(c) for _ in range(8)] == ['m:slow'] * 6 + ['m:before'] * 2      # a fast call in between restarts the count
+    assert slow.calls == 6 and c.benched == {'m:slow'}
+    assert REGISTRY.get_sample_value('mlnb_fallback_switches_total', {'model': 'm:slow', 'to': 'm:before'}) == 1
+    assert REGISTRY.get_sample_value('mlnb_over_budget_total', {'model': 'm:slow'}) == 5
+    alert = [r for t, r in c.log.rows if t == 'alerts']
+    assert len(alert) == 1 and alert[0]['kind'] == 'fallback' and 'm:before answers' in alert[0]['message'] and alert[0]['data']['failures'] == 3
+    c.loaded['m:new'] = FakeModel('m:new'); c.switch('m:new')                    # a new champion starts with a clean record
+    assert ask(c) == 'm:new' and not c.benched
+
+    broken = FakeModel('m:broken', fail=True); c = service(broken, before)
+    assert [ask(c) for _ in range(5)] == ['m:before'] * 5 and broken.calls == 3      # every request answered; benched after 3
+    assert REGISTRY.get_sample_value('mlnb_fallbacks_total', {'model': 'm:broken'}) == 5
+    c = service(FakeModel('m:alone', fail=True), None)                              # nothing to fall back to: the error shows
+    with pytest.raises(RuntimeError): ask(c)
+
+
+def tls_pair(folder: Path) -> tuple[Path, Path]:
+    "A self-signed certificate for 127.0.0.1 and its key, as PEM files."
+    import datetime, ipaddress
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, '127.0.0.1')])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    (folder/'cert.pem').write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder/'key.pem').write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return folder/'cert.pem', folder/'key.pem'
+
+
+def test_load_test_over_https_loses_nothing(packaged, tmp_path):
+    "benchmarks/loadtest.py, briefly: a real server over HTTPS, zero errors, every answered request id in the store after SIGTERM."
+    root, _ = packaged
+    cert, key = tls_pair(tmp_path)
+    script = Path(__file__).resolve().parents[1]/'benchmarks'/'loadtest.py'
+    r = subprocess.run([sys.executable, str(script), '--project', str(root/'settings.ini'), '--seconds', '3', '--concurrency', '1', '4',
+                        '--ssl-certfile', str(cert), '--ssl-keyfile', str(key), '--no-results'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'at https://127.0.0.1:' in r.stdout and '(lost 0); errors 0' in r.stdout and 'verdict: PASS' in r.stdout
+    assert all(' errors 0' in l for l in r.stdout.splitlines() if l.startswith('/predict c='))
+
+
+def test_score_a_sql_table_into_a_sql_table(packaged, tmp_path):
+    root, _ = packaged
+    p = load_project(root/'settings.ini')
+    run = Store(p.store_url).get_run()
+    holdout = pd.read_parquet(Path(run['stages']['train']['out_dir'])/'holdout.parquet')
+    url = f'sqlite:///{tmp_path}/shop.db'
+    pd.concat([holdout] * 5, ignore_index=True).to_sql('visits', url, index=False)
+    r = py(f"from mlnb.serve import score; r = score('settings.ini', {url!r}, {url!r}, table='visits', output_table='scores', chunk_rows=40); print(r.rows)", root)
+    out = pd.read_sql('SELECT * FROM scores', url)
+    local = __import__('joblib').load(Path(run['stages']['train']['out_dir'])/'model.joblib')
+    assert int(r.stdout.split()[-1]) == len(out) == 5 * len(holdout) and set(out['model_tag']) == {Store(p.store_url).alias('champion')}
+    assert out['label'].tolist() == local.predict(holdout.drop(columns='target')).tolist() * 5
+    q = 'SELECT * FROM visits WHERE target = 1'
+    out = mlnb('score', url, tmp_path/'ones.csv', '--query', q, cwd=root).stdout         # the command line, with a query
+    assert f"{5 * int(holdout['target'].sum())} rows scored" in out
+    assert len(pd.read_csv(tmp_path/'ones.csv')) == 5 * int(holdout['target'].sum())
+
+
 def test_score_a_file_in_chunks_with_the_champion(packaged, tmp_path):
     root, _ = packaged
     p = load_project(root/'settings.ini')
@@ -342,3 +449,30 @@ def test_demo_command_end_to_end(project):
     out = r.stdout
     for part in ('== 1/3 pipeline', '== 2/3 package', '== 3/3 serve', 'mlnb demo: done', 'holdout    accuracy=', 'bento      shop:', 'served     label='):
         assert part in out, (part, out)
+
+
+def test_save_model_packs_the_train_stage_reference(packaged):
+    "With reference.json in the train stage's folder, the model carries it as custom object `reference_stats` for monitoring."
+    root, _ = packaged
+    code = """
+import json
+from pathlib import Path
+from mlnb.config import load_project
+from mlnb.registry import bentoml_for, run_outputs, save_model
+from mlnb.store import Store
+p = load_project('settings.ini'); st = Store(p.store_url); challenger = st.alias('challenger')
+run, out = run_outputs(st)
+ref = {'features': {'mean radius': {'kind': 'float', 'missing': 0.0}}, 'rows': 1}
+made = not (out/'reference.json').exists()
+if made: (out/'reference.json').write_text(json.dumps(ref))
+try: tag = save_model(p).tag
+finally:
+    if made: (out/'reference.json').unlink()
+if challenger: st.set_alias('challenger', challenger)
+packed = bentoml_for(p).models.get(tag).custom_objects['reference_stats']
+assert packed == json.loads(json.dumps(ref)) if made else isinstance(packed.get('features'), dict), packed
+from mlnb.monitoring import load_reference
+assert load_reference(p, tag) == packed
+print('ok', made)
+"""
+    assert 'ok' in py(code, root).stdout

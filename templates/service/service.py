@@ -17,10 +17,17 @@ Environment (all optional; `mlnb serve` sets the first one):
                      or shadow (the challenger scores every request in the background; only logged).
   MLNB_WEIGHT        the challenger's share in ab mode (default 0.1).
   MLNB_CACHE_SIZE    recent /predict answers kept, keyed by model and record (default 0: no cache).
+  MLNB_BATCH_SIZE    most records BentoML's adaptive batching merges into one /predict_batch model call (default 64).
+  MLNB_BATCH_MAX_LATENCY_MS  BentoML's latency limit for a merged call; requests that would wait longer get a 503
+                     (default 30000, the request timeout: under load requests queue rather than fail).
+  MLNB_BUDGET_MS     a model call slower than this counts as a failed one (default 0: no budget).
+  MLNB_FALLBACK_AFTER  after this many failed (raised or over budget) calls in a row, the model served before answers
+                     until the champion changes (default 3).
 """
 from __future__ import annotations
 
 import atexit
+import gc
 import hashlib
 import hmac
 import json
@@ -51,6 +58,10 @@ MAX_BODY = int(os.environ.get("MLNB_MAX_BODY", str(10 * 1024 * 1024)))
 MODE = os.environ.get("MLNB_MODE", "single")                 # single | ab | shadow
 WEIGHT = float(os.environ.get("MLNB_WEIGHT", "0.1"))          # the challenger's share of requests in ab mode
 CACHE_SIZE = int(os.environ.get("MLNB_CACHE_SIZE", "0"))      # recent /predict answers kept (0: no cache)
+BATCH_SIZE = max(2, int(os.environ.get("MLNB_BATCH_SIZE", "64")))             # BentoML wants at least 2
+BATCH_MAX_LATENCY_MS = int(os.environ.get("MLNB_BATCH_MAX_LATENCY_MS", "30000"))
+BUDGET_MS = float(os.environ.get("MLNB_BUDGET_MS", "0"))      # 0: no latency budget
+FALLBACK_AFTER = max(1, int(os.environ.get("MLNB_FALLBACK_AFTER", "3")))
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 log = logging.getLogger("bentoml.mlnb")
 
@@ -77,8 +88,8 @@ class PredictIn(Body):
 
 
 class PredictBatchIn(Body):
+    """Many records. One input only: BentoML's adaptive batching merges the `records` of concurrent calls."""
     records: Annotated[list[Features], Field(min_length=1, max_length=MAX_BATCH)]
-    key: Key = None
 
 
 class ExplainIn(Body):
@@ -136,7 +147,9 @@ def counters() -> dict:
                 ("mlnb_explanations", "Explanations served, by model", ["model"]),
                 ("mlnb_model_switches", "Times the service switched to a new champion, by the model switched to", ["model"]),
                 ("mlnb_model_switch_errors", "Models the service could not load (champion, challenger or fallback)", []),
-                ("mlnb_fallbacks", "Requests the fallback model answered because the serving one raised, by the failed model", ["model"]),
+                ("mlnb_fallbacks", "Requests the fallback model answered because the serving one failed, by the failed model", ["model"]),
+                ("mlnb_fallback_switches", "Times a model failed (raised or over budget) MLNB_FALLBACK_AFTER calls in a row and the model before it took over", ["model", "to"]),
+                ("mlnb_over_budget", "Model calls slower than MLNB_BUDGET_MS, by model", ["model"]),
                 ("mlnb_shadow_predictions", "Shadow predictions of the challenger, by model and label", ["model", "label"]),
                 ("mlnb_shadow_dropped", "Requests not shadowed because the shadow queue was full", []),
                 ("mlnb_cache", "Prediction cache lookups, by result (hit or miss)", ["result"]),
@@ -162,7 +175,10 @@ def store_tables():
     aliases = sa.Table("aliases", meta,
         sa.Column("name", sa.String(50), primary_key=True), sa.Column("tag", sa.String(200)),
         sa.Column("previous", sa.String(200)), sa.Column("updated", sa.DateTime))
-    return meta, {"predictions": predictions, "feedback": feedback, "aliases": aliases}
+    alerts = sa.Table("alerts", meta,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True), sa.Column("created", sa.DateTime, index=True),
+        sa.Column("level", sa.String(20)), sa.Column("kind", sa.String(50)), sa.Column("message", sa.Text), sa.Column("data", sa.JSON))
+    return meta, {"predictions": predictions, "feedback": feedback, "aliases": aliases, "alerts": alerts}
 
 
 def store_engine(url: str):
@@ -186,7 +202,7 @@ class PredictionLog:
         self.engine, self.every, self.batch = store_engine(url), every, batch
         self.spill = spill or os.environ.get("MLNB_LOG_SPILL", "mlnb-log-spill.jsonl")
         meta, self.tables = store_tables()
-        try: meta.create_all(self.engine, tables=[self.tables["predictions"], self.tables["feedback"]])
+        try: meta.create_all(self.engine, tables=[self.tables[t] for t in ("predictions", "feedback", "alerts")])
         except Exception as e: log.warning("mlnb: cannot create the log tables yet (%s); will retry", e)
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.pending: list[tuple[str, dict]] = []
@@ -286,11 +302,40 @@ class Cache:
 
 # ---- a served model --------------------------------------------------------------------------
 
+def estimators(est):
+    "`est` and every estimator inside it (Pipeline steps, ColumnTransformer parts), depth first."
+    yield est
+    for attr in ("steps", "transformers_", "transformer_list"):      # Pipeline, ColumnTransformer, FeatureUnion
+        parts = getattr(est, attr, None)
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, tuple) and len(part) >= 2 and hasattr(part[1], "transform"): yield from estimators(part[1])
+
+
+def typed_frames_pass(pipeline) -> int:
+    """Let mlnb's number-coercion steps hand float64 columns straight on: the request schema already typed them.
+
+    `Coerce(kind='number')` checks every value of every column one pandas Series at a time (~0.4 ms a column);
+    on float64 columns that check can only return the column itself. Returns the steps changed."""
+    n = 0
+    for est in estimators(pipeline):
+        if type(est).__name__ == "Coerce" and getattr(est, "kind", None) == "number":
+            def transform(X, _slow=est.transform):
+                if isinstance(X, pd.DataFrame) and len(X.columns) and (X.dtypes == np.float64).all(): return X.to_numpy(dtype=float)
+                return _slow(X)
+            est.transform, n = transform, n + 1
+    return n
+
+
+NUMBER_KINDS = ("float", "int")
+FIELDS = list(Features.model_fields)          # the record's attributes, in COLUMNS order
+
+
 class Served:
     """One loaded model: its Pipeline, classes and (built on first use) SHAP explainer."""
     def __init__(self, model):       # a model from BentoML's model store
         self.tag = str(model.tag)
         self.pipeline = bentoml.sklearn.load_model(model)
+        typed_frames_pass(self.pipeline)
         self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
         self.background = model.custom_objects.get("shap_background") if model.custom_objects else None
         self._explainer, self._lock = None, threading.Lock()
@@ -305,7 +350,12 @@ class Served:
         return cls(model)
 
     def frame(self, records: list[Features]) -> pd.DataFrame:
-        return pd.DataFrame([r.model_dump(by_alias=True) for r in records], columns=COLUMNS)
+        "The records as the Pipeline's input: number columns as float64 (missing: NaN), the others as objects."
+        cols = {}
+        for col, kind, f in zip(COLUMNS, KINDS, FIELDS):
+            vals = [getattr(r, f) for r in records]
+            cols[col] = np.array([np.nan if v is None else v for v in vals], dtype=float) if kind in NUMBER_KINDS else np.array(vals, dtype=object)
+        return pd.DataFrame(cols, columns=COLUMNS)
 
     def score(self, records: list[Features]) -> tuple[np.ndarray, float]:
         "Class probabilities of `records` and the milliseconds it took."
@@ -342,7 +392,8 @@ class Served:
 class Classifier:
     """Serves the champion; in ab mode the challenger answers a `MLNB_WEIGHT` share of requests (sticky by `key`),
     in shadow mode it scores every request off the request path and is only logged. When the serving model raises,
-    the model served before it answers instead (a fallback, counted in /metrics)."""
+    the model served before it answers instead (a fallback, counted in /metrics); after MLNB_FALLBACK_AFTER failed
+    calls in a row (raised, or slower than MLNB_BUDGET_MS) it is not asked at all until the champion changes."""
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
@@ -351,6 +402,9 @@ class Classifier:
         self.challenger: Served | None = None   # in ab and shadow modes
         self.loaded = {self.current.tag: self.current}     # recent models by tag: a rollback needs no reload
         self.cache = Cache(CACHE_SIZE)
+        self.failures: dict[str, int] = {}      # failed calls in a row, by model tag
+        self.benched: set[str] = set()          # models that failed FALLBACK_AFTER calls in a row: their fallback answers
+        self.bench_lock = threading.Lock()
         url = os.environ.get("MLNB_STORE")
         self.log = PredictionLog(url) if url else None
         self.engine = self.log.engine if self.log else None
@@ -363,16 +417,21 @@ class Classifier:
         if MODE == "shadow":
             self.shadow_thread = threading.Thread(target=self._shadow, name="mlnb-shadow", daemon=True)
             self.shadow_thread.start()
-        self.warm = self._warm(self.current)
+        self.warm = self._warm(self.current, freeze=True)
         counters()
 
-    def _warm(self, m: Served) -> threading.Event:
-        "Build `m`'s SHAP explainer in the background, so the first /explain is fast too; the event is set when done."
+    def _warm(self, m: Served, freeze: bool = False) -> threading.Event:
+        """Build `m`'s SHAP explainer in the background, so the first /explain is fast too; the event is set when done.
+
+        With `freeze` (at start-up), the objects alive then (libraries, models) are moved out of the garbage collector's
+        sight: its full collections otherwise walk them all, a pause of milliseconds in the middle of some request."""
         done = threading.Event()
         def build():
             try: m.explainer(); m.score([Features()])
             except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", m.tag, e)
-            finally: done.set()
+            finally:
+                if freeze: gc.collect(); gc.freeze()
+                done.set()
         threading.Thread(target=build, name="mlnb-warm", daemon=True).start()
         return done
 
@@ -427,6 +486,7 @@ class Classifier:
             log.error("mlnb: still serving %s", self.current.tag); return
         self.fallback, self.current = self.current, new      # each one assignment: atomic for the requests that follow
         self.cache.clear()
+        with self.bench_lock: self.benched.clear(); self.failures.clear()     # a new champion starts with a clean record
         counters()["mlnb_model_switches"].labels(tag).inc()
         log.info("mlnb: now serving %s", tag)
 
@@ -445,15 +505,42 @@ class Classifier:
         u = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x100000000 if key else random.random()
         return ch if u < WEIGHT else self.current
 
+    def _fallback_for(self, m: Served) -> Served | None:
+        "Who answers when `m` fails: the champion for a challenger, the model served before for the champion."
+        fb = self.current if m is not self.current else self.fallback
+        return None if fb is m else fb
+
+    def _failed(self, m: Served, why: str):
+        "Count a failed call of `m`; at FALLBACK_AFTER in a row, bench it (log, count, alert) until the champion changes."
+        with self.bench_lock:
+            n = self.failures[m.tag] = self.failures.get(m.tag, 0) + 1
+            fb = self._fallback_for(m)
+            if n < FALLBACK_AFTER or m.tag in self.benched or fb is None: return
+            self.benched.add(m.tag)
+        msg = f"model {m.tag} failed {n} calls in a row (last: {why}); {fb.tag} answers its requests until the champion changes"
+        log.error("mlnb: %s", msg)
+        counters()["mlnb_fallback_switches"].labels(m.tag, fb.tag).inc()
+        if self.log: self.log.put("alerts", dict(created=now(), level="critical", kind="fallback", message=msg,
+                                                 data={"model": m.tag, "fallback": fb.tag, "failures": n, "last": why}))
+
     def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
-        "Score with `m`; when it raises, with the champion (for a challenger) or the model served before (once)."
-        try: return (m, *m.score(records))
-        except Exception:
-            fb = self.current if m is not self.current else self.fallback
-            if fb is None or fb is m: raise
+        """Score with `m`, or with its fallback when `m` is benched or raises; a raise or a call over budget counts against `m`."""
+        fb = self._fallback_for(m)
+        if m.tag in self.benched and fb is not None:
+            counters()["mlnb_fallbacks"].labels(m.tag).inc()
+            return (fb, *fb.score(records))
+        try: proba, ms = m.score(records)
+        except Exception as e:
+            self._failed(m, f"raised {type(e).__name__}")
+            if fb is None: raise
             counters()["mlnb_fallbacks"].labels(m.tag).inc()
             log.exception("mlnb: model %s failed; %s answers instead", m.tag, fb.tag)
             return (fb, *fb.score(records))
+        if BUDGET_MS and ms > BUDGET_MS:
+            counters()["mlnb_over_budget"].labels(m.tag).inc()
+            self._failed(m, f"{ms:.0f} ms, over the budget of {BUDGET_MS:g} ms")
+        elif self.failures.get(m.tag): self.failures[m.tag] = 0
+        return m, proba, ms
 
     def _answer(self, records: list[Features], key: str | None = None) -> list[Prediction]:
         m = self._route(key)
@@ -498,10 +585,11 @@ class Classifier:
         """Score one record; `key` (a user or session id) keeps A/B assignment sticky."""
         return self._answer([record], key)[0]
 
-    @bentoml.api(input_spec=PredictBatchIn)
-    def predict_batch(self, records: list[Features], key: Optional[str] = None) -> list[Prediction]:
-        """Score many records in one call (at most MLNB_MAX_BATCH)."""
-        return self._answer(records, key)
+    @bentoml.api(input_spec=PredictBatchIn, batchable=True, max_batch_size=BATCH_SIZE, max_latency_ms=BATCH_MAX_LATENCY_MS)
+    def predict_batch(self, records: list[Features]) -> list[Prediction]:
+        """Score many records (at most MLNB_MAX_BATCH a call); BentoML's adaptive batching merges concurrent calls
+        into model calls of at most MLNB_BATCH_SIZE records. In ab mode each merged call goes to one model."""
+        return self._answer(records)
 
     @bentoml.api(input_spec=ExplainIn)
     def explain(self, record: Features) -> Explanation:
