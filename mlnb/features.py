@@ -50,7 +50,10 @@ class Coerce(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         check_is_fitted(self)
         X = self._frame(X)
-        return np.column_stack([self._number(X[c]) if self.kind == 'number' else self._category(X[c]) for c in X.columns]) if X.shape[1] else np.empty((len(X), 0))
+        if not X.shape[1]: return np.empty((len(X), 0))
+        if self.kind == 'number' and all(pd.api.types.is_numeric_dtype(d) for d in X.dtypes):
+            return X.to_numpy(dtype=float, na_value=np.nan)     # numbers already (a served request): one conversion, not one per column
+        return np.column_stack([self._number(X[c]) if self.kind == 'number' else self._category(X[c]) for c in X.columns])
 
     def _number(self, s:pd.Series) -> np.ndarray:
         if pd.api.types.is_bool_dtype(s): return s.astype(float).to_numpy()
