@@ -150,7 +150,7 @@ def main(argv=None):
     ap.add_argument('--batch', type=int, default=8, help='records per /predict_batch call (default %(default)s)')
     ap.add_argument('--batch-concurrency', type=int, default=64, help='concurrent clients of /predict_batch and the /predict it is compared with (default %(default)s)')
     ap.add_argument('--project', help="an mlnb project's settings.ini whose champion to serve (default: a throwaway one)")
-    ap.add_argument('--no-results', action='store_true', help='do not append to benchmarks/RESULTS.md')
+    ap.add_argument('--write', action='store_true', help='append the results to benchmarks/RESULTS.md')
     a = ap.parse_args(argv)
     import pandas as pd, sqlalchemy as sa
     from mlnb.config import load_project
@@ -209,7 +209,7 @@ def main(argv=None):
     c = a.batch_concurrency
     say(f"/predict_batch records/s vs /predict records/s at c={c} (target >= 2x): {results['batch']['rps'] * a.batch / results['single']['rps']:.1f}x")
     say(f"p99 of /predict at half saturation (target <= 20 ms): {results['half']['p99']:.1f} ms")
-    if not a.no_results: append_results(lines, a, p)
+    if a.write: append_results(lines, a, p)
 
 
 def append_section(title: str, setup: str, lines: list[str]):

@@ -6,7 +6,7 @@ latency and errors, which must be zero. Then the server gets SIGTERM, and every 
 in the store's prediction log: the log is flushed on shutdown and nothing may be lost. Exit status 1 otherwise.
 
     .venv/bin/python benchmarks/loadtest.py [--seconds 60] [--concurrency 1 8 32] [--project path/settings.ini]
-                                            [--ssl-certfile cert.pem --ssl-keyfile key.pem] [--no-results]
+                                            [--ssl-certfile cert.pem --ssl-keyfile key.pem] [--write]
 
 Without --project, a throwaway project is made and packaged as in bench_serve.py (breast-cancer data, hist_gb).
 With a certificate and key the server speaks HTTPS and the client verifies it against the certificate.
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument('--project', help="an mlnb project's settings.ini whose champion to serve (default: a throwaway one)")
     ap.add_argument('--ssl-certfile', help='serve HTTPS with this PEM certificate (the client trusts it)')
     ap.add_argument('--ssl-keyfile', help='the PEM key of --ssl-certfile')
-    ap.add_argument('--no-results', action='store_true', help='do not append to benchmarks/RESULTS.md')
+    ap.add_argument('--write', action='store_true', help='append the results to benchmarks/RESULTS.md')
     a = ap.parse_args(argv)
     from mlnb.config import load_project
     from mlnb.serve import package
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     r = run(p, a.seconds, a.concurrency, a.ssl_certfile, a.ssl_keyfile, say)
     ok = r['errors'] == 0 and r['logged'] == r['answered'] > 0
     say(f"verdict: {'PASS' if ok else 'FAIL'} (zero errors and zero lost log rows required)")
-    if not a.no_results: append_results(lines, a, p)
+    if a.write: append_results(lines, a, p)
     return 0 if ok else 1
 
 

@@ -15,9 +15,9 @@ from .store import Store, models as models_table
 
 # %% auto #0
 __all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'copy_package', 'BentoInfo', 'build_bento',
-           'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'serve', 'check_frame', 'score_frame',
-           'sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks', 'write_chunks',
-           'ScoreResult', 'score', 'demo', 'demo_summary']
+           'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
+           'check_frame', 'score_frame', 'sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
+           'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #60775e20
 PY_TYPES = {'float': 'float', 'int': 'int', 'bool': 'bool', 'str': 'str'}
@@ -186,6 +186,13 @@ def champion_bento(p:Project) -> str:
     if not rows or not rows[0]['bento']: raise MlnbError(f"no packaged model in {p.store_url}: run `mlnb package` first")
     return rows[0]['bento']
 
+def _interrupt(signum, frame): raise KeyboardInterrupt
+
+def stop_on_sigterm():
+    "Let SIGTERM (a supervisor, `kill`) stop `mlnb serve` like Ctrl-C does: the server is stopped and its log flushed, never orphaned."
+    import threading
+    if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGTERM, _interrupt)
+
 def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host:str|None=None,
           ssl_certfile=None,  # a PEM certificate: serve HTTPS
           ssl_keyfile=None):  # its PEM private key
@@ -194,6 +201,7 @@ def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host
     srv = Server(p, bento or champion_bento(p), port or int(p.serve['port']), host or p.serve['host'],
                  ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     print(f"serving {srv.bento} at {srv.url} (log: {srv.log}); Ctrl-C stops", flush=True)
+    stop_on_sigterm()
     try:
         srv.start()
         print(f"ready: POST {srv.url}/predict", flush=True)

@@ -400,7 +400,7 @@ def test_load_test_over_https_loses_nothing(packaged, tmp_path):
     cert, key = tls_pair(tmp_path)
     script = Path(__file__).resolve().parents[1]/'benchmarks'/'loadtest.py'
     r = subprocess.run([sys.executable, str(script), '--project', str(root/'settings.ini'), '--seconds', '3', '--concurrency', '1', '4',
-                        '--ssl-certfile', str(cert), '--ssl-keyfile', str(key), '--no-results'], capture_output=True, text=True, timeout=300)
+                        '--ssl-certfile', str(cert), '--ssl-keyfile', str(key)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert 'at https://127.0.0.1:' in r.stdout and '(lost 0); errors 0' in r.stdout and 'verdict: PASS' in r.stdout
     assert all(' errors 0' in l for l in r.stdout.splitlines() if l.startswith('/predict c='))
@@ -476,3 +476,31 @@ assert load_reference(p, tag) == packed
 print('ok', made)
 """
     assert 'ok' in py(code, root).stdout
+
+
+def test_mlnb_serve_stops_its_server_on_sigterm(packaged):
+    "`mlnb serve` killed by a supervisor (SIGTERM) stops bentoml serve too, after flushing its log: no orphan, no lost row."
+    import psutil, signal
+    from mlnb.core import free_port
+    root, _ = packaged
+    port = free_port()
+    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f'http://127.0.0.1:{port}', time.time() + 180
+        while time.time() < deadline:
+            try:
+                if requests.get(url + '/readyz', timeout=1).status_code == 200: break
+            except requests.RequestException: pass         # not listening yet, or still starting
+            time.sleep(0.5)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "mlnb serve started no server"
+        record = holdout_X(load_project(root/'settings.ini')).iloc[0].to_dict()
+        rid = requests.post(url + '/predict', json={'record': record}, timeout=30).json()['request_id']
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+        st = Store(load_project(root/'settings.ini').store_url)
+        assert st.read(sa.select(predictions).where(predictions.c.request_id == rid))
+    finally:
+        if proc.poll() is None: proc.kill()
