@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, hash_obj
 from .config import Project, load_project
-from .store import Store, alerts as alerts_table, feedback as feedback_table, predictions, runs as runs_table, stage_runs
+from .store import Store, store_at, alerts as alerts_table, feedback as feedback_table, predictions, runs as runs_table, stage_runs
 from .monitoring import DEFAULT_LAST, LEVELS as DRIFT_LEVELS, check_drift, drift_history, duration, health
 
 # %% auto #0
@@ -27,7 +27,6 @@ __all__ = ['logger', 'SHADOW', 'METRIC_COLUMNS', 'AB_COLUMNS', 'ACTIONS', 'ALERT
 # %% ../nbs/12_feedback.ipynb #359afffa
 logger = logging.getLogger('mlnb')
 SHADOW = '-shadow'            # suffix of a challenger's shadow prediction of the same request (see the service)
-_STORES: dict[str, Store] = {}
 
 def _project(settings) -> Project: return settings if isinstance(settings, Project) else load_project(settings)
 def _now() -> datetime: return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -35,8 +34,7 @@ def _now() -> datetime: return datetime.now(timezone.utc).replace(tzinfo=None)
 def open_store(settings) -> tuple[Project, Store]:
     "The project and its store (one `Store` per URL in a process: widgets call this every few seconds)."
     p = _project(settings)
-    if p.store_url not in _STORES: _STORES[p.store_url] = Store(p.store_url)
-    return p, _STORES[p.store_url]
+    return p, store_at(p.store_url)
 
 # %% ../nbs/12_feedback.ipynb #cab2cb5e
 def classes_of(output) -> list[str]|None:
@@ -234,6 +232,8 @@ def _decide(a:dict, b:dict, p:float, metric:str, alpha:float, min_labels:int) ->
     diff = f"{metric} {b[metric]:.3f} ({b['model_tag']}) vs {a[metric]:.3f} ({a['model_tag']})"
     if not p < alpha: return 'keep', f"no significant difference: {diff}, p={p:.3g} >= {alpha:g}"
     better = b[metric] > a[metric]
+    if better != (b['accuracy'] > a['accuracy']):        # the test is on accuracy counts: it cannot back a metric that disagrees
+        return 'keep', f"{metric} and accuracy disagree ({diff}; accuracy {b['accuracy']:.3f} vs {a['accuracy']:.3f}): the significance test is on accuracy"
     if b['arm'] == 'challenger':
         return ('promote', f"the challenger is better: {diff}, p={p:.3g}") if better else ('keep', f"the challenger is worse: {diff}, p={p:.3g}")
     return ('rollback', f"the champion is worse than the model before it: {diff}, p={p:.3g}") if better else ('keep', f"the champion is better: {diff}, p={p:.3g}")
@@ -387,7 +387,7 @@ def retrain(settings='settings.ini', jobs:int|None=None, params:dict|None=None, 
     if bento:
         from mlnb.serve import build_bento
         built = build_bento(p, info).tag
-    st = Store(p.store_url)
+    st = store_at(p.store_url)
     if st.alias('champion') != info.tag: st.set_alias('challenger', info.tag)
     role = 'champion' if st.alias('champion') == info.tag else 'challenger'
     alert(p, 'info', 'retrained', f"retrained with {n} labelled rows: run {res.run_id}, model {info.tag} is the {role}",

@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, atomic_write, hash_bytes, need
 from .config import Project, load_project
-from .store import Store, drift_reports, predictions
+from .store import Store, drift_reports, predictions, store_at
 
 # %% auto #0
 __all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'LEVELS', 'COLOURS', 'COLUMNS', 'DEFAULT_LAST', 'MINUTE_SQL',
@@ -424,7 +424,7 @@ def window_frames(rows:list[dict]) -> tuple[pd.DataFrame, list, pd.DataFrame]:
 def check_drift(settings='settings.ini', model_tag:str|None=None, last:int|None=None, since=None, reference=None,
                 thresholds:Thresholds|None=None, save:bool=True) -> DriftReport:
     "Drift of a window of logged requests to `model_tag` (default: the champion) against its reference statistics; stored unless not `save`."
-    p = _project(settings); st = Store(p.store_url)
+    p = _project(settings); st = store_at(p.store_url)
     tag = model_tag or st.alias('champion')
     if not tag: raise MlnbError(f"no model to check: no champion in {st.url}; give a model tag (mlnb monitor --model TAG)")
     ref = load_reference(p, tag, reference)
@@ -441,7 +441,7 @@ def check_drift(settings='settings.ini', model_tag:str|None=None, last:int|None=
 
 def drift_history(settings='settings.ini', model_tag:str|None=None, limit:int=20) -> list[DriftReport]:
     "The latest `limit` stored drift reports (of `model_tag`, or of every model), newest first."
-    st, c = Store(_project(settings).store_url), drift_reports.c
+    st, c = store_at(_project(settings).store_url), drift_reports.c
     q = sa.select(c.report).order_by(c.id.desc()).limit(limit)
     return [DriftReport.from_dict(r['report']) for r in st.read(q.where(c.model_tag == model_tag) if model_tag else q)]
 

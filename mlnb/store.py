@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_store.ipynb #bbb63a00
 from __future__ import annotations
-import json, secrets, time
+import json, secrets, threading, time
 from datetime import datetime, timezone
 from pathlib import Path
 import sqlalchemy as sa
@@ -14,7 +14,7 @@ from .core import MlnbError
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
            'drift_reports', 'alerts', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage', 'finish_stage',
            'record', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias',
-           'alias', 'alias_info', 'drop_alias', 'get_model']
+           'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -222,3 +222,13 @@ def get_model(self:Store, tag:str) -> dict|None:
     "The recorded model `tag` (run, data hash, metrics, bento), or None."
     rows = self.read(sa.select(models).where(models.c.tag == tag))
     return rows[0] if rows else None
+
+# %% ../nbs/02_store.ipynb #84fb0f99
+_SHARED: dict[str, Store] = {}
+_SHARED_LOCK = threading.Lock()
+
+def store_at(url:str) -> Store:
+    "The `Store` for `url`, made once per process and shared between threads."
+    with _SHARED_LOCK:
+        if url not in _SHARED: _SHARED[url] = Store(url)
+        return _SHARED[url]

@@ -63,8 +63,8 @@ class RunsView:
     def rows(self) -> list[dict]:
         "Runs with their stages, newest first."
         from mlnb.config import load_project
-        from mlnb.store import Store
-        st = Store(load_project(self.settings).store_url)
+        from mlnb.store import store_at
+        st = store_at(load_project(self.settings).store_url)
         return [st.get_run(r['id']) for r in st.list_runs(self.limit)]
 
     def html(self) -> str:
@@ -293,8 +293,9 @@ def _monitor_widget(self:Monitor):
 
 def _check(self:Monitor):
     "Check the latest requests for drift now (the report is stored, so the drift panel shows it)."
+    from mlnb.feedback import open_store, window_of
     from mlnb.monitoring import check_drift
-    try: check_drift(self.settings, self.model_tag); self.refresh()
+    try: check_drift(self.settings, self.model_tag, **window_of(open_store(self.settings)[0])); self.refresh()   # the window mlnb monitor --check uses
     except Exception as e:
         if self.status is None: raise
         self.status.value = f"<span style='color:#cf222e'>check drift: {html.escape(str(e))}</span>"
