@@ -407,6 +407,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mlnb.serve.score_frame': ('serve.html#score_frame', 'mlnb/serve.py'),
                             'mlnb.serve.serve': ('serve.html#serve', 'mlnb/serve.py'),
                             'mlnb.serve.serve_setting': ('serve.html#serve_setting', 'mlnb/serve.py'),
+                            'mlnb.serve.shown': ('serve.html#shown', 'mlnb/serve.py'),
                             'mlnb.serve.sql_url': ('serve.html#sql_url', 'mlnb/serve.py'),
                             'mlnb.serve.stop_on_sigterm': ('serve.html#stop_on_sigterm', 'mlnb/serve.py'),
                             'mlnb.serve.transactional_engine': ('serve.html#transactional_engine', 'mlnb/serve.py'),

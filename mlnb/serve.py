@@ -16,7 +16,7 @@ from .store import Store, models as models_table
 # %% auto #0
 __all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'copy_package', 'BentoInfo', 'build_bento',
            'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
-           'check_frame', 'score_frame', 'sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
+           'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
            'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #60775e20
@@ -246,21 +246,26 @@ def sql_url(s) -> bool:
     try: sa.engine.make_url(s).get_dialect(); return True
     except Exception: return False
 
+def shown(url:str) -> str:
+    "`url` with its password hidden, for messages and results."
+    import sqlalchemy as sa
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
 def _sql_table(engine, name:str, url:str):
     import sqlalchemy as sa
     try: return sa.Table(name, sa.MetaData(), autoload_with=engine)
-    except sa.exc.NoSuchTableError: raise DataError(f"{url}: no table '{name}' to score") from None
+    except sa.exc.NoSuchTableError: raise DataError(f"{shown(url)}: no table '{name}' to score") from None
 
 def read_sql_chunks(url:str, rows:int, table:str|None=None, query:str|None=None):
     "DataFrames of at most `rows` rows of `table` (or the rows of `query`) in database `url`, streamed with a server-side cursor."
     import pandas as pd, sqlalchemy as sa
-    if bool(table) == bool(query): raise DataError(f"{url}: name a table or give a query to score (one of them)")
+    if bool(table) == bool(query): raise DataError(f"{shown(url)}: name a table or give a query to score (one of them)")
     engine = sa.create_engine(url)
     try:
         sel = sa.select(_sql_table(engine, table, url)) if table else sa.text(query)
         with engine.connect() as c:
             try: yield from pd.read_sql(sel, c.execution_options(stream_results=True), chunksize=rows)
-            except sa.exc.DBAPIError as e: raise DataError(f"{url}: the query failed: {str(e.orig).splitlines()[0]}") from None
+            except sa.exc.DBAPIError as e: raise DataError(f"{shown(url)}: the query failed: {str(e.orig).splitlines()[0]}") from None
     finally: engine.dispose()
 
 def read_chunks(path, rows:int, table:str|None=None, query:str|None=None):
@@ -291,7 +296,7 @@ def transactional_engine(url:str):
 
 def write_sql_chunks(frames, url:str, table:str) -> int:
     "Write DataFrames to `table` of database `url` (replacing it) in one transaction; returns the rows written."
-    if not table: raise DataError(f"{url}: name the table to write the scores to (output_table)")
+    if not table: raise DataError(f"{shown(url)}: name the table to write the scores to (output_table)")
     engine, n = transactional_engine(url), 0
     try:
         with engine.begin() as c:
@@ -349,7 +354,7 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
         for chunk in read_chunks(input, chunk_rows, table, query):
             yield score_frame(pipe, feats, chunk, str(m.tag), start, keep); start += len(chunk)
     rows = write_chunks(frames(), output, output_table)
-    return ScoreResult(f"{output} table {output_table}" if sql_url(output) else Path(output), rows, str(m.tag))
+    return ScoreResult(f"{shown(output)} table {output_table}" if sql_url(output) else Path(output), rows, str(m.tag))
 
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:

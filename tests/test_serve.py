@@ -372,6 +372,8 @@ def test_latency_budget_and_errors_hand_over_to_the_previous_model(service_modul
     assert REGISTRY.get_sample_value('mlnb_fallbacks_total', {'model': 'm:broken'}) == 5
     c = service(FakeModel('m:alone', fail=True), None)                              # nothing to fall back to: the error shows
     with pytest.raises(RuntimeError): ask(c)
+    batched = FakeModel('m:batched', ms=[400]); c = service(batched, before)       # 400 ms for 10 merged records: 40 ms a record
+    assert {p.model for _ in range(4) for p in c._answer([svc.Features()] * 10)} == {'m:batched'} and not c.benched
 
 
 def tls_pair(folder: Path) -> tuple[Path, Path]:
