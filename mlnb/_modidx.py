@@ -211,6 +211,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'mlnb.ingest.snapshot_meta': ('ingest.html#snapshot_meta', 'mlnb/ingest.py'),
                              'mlnb.ingest.source_batches': ('ingest.html#source_batches', 'mlnb/ingest.py'),
                              'mlnb.ingest.source_kind': ('ingest.html#source_kind', 'mlnb/ingest.py'),
+                             'mlnb.ingest.source_rows': ('ingest.html#source_rows', 'mlnb/ingest.py'),
                              'mlnb.ingest.sql_url': ('ingest.html#sql_url', 'mlnb/ingest.py'),
                              'mlnb.ingest.table_hash': ('ingest.html#table_hash', 'mlnb/ingest.py'),
                              'mlnb.ingest.write_snapshot': ('ingest.html#write_snapshot', 'mlnb/ingest.py')},

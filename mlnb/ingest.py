@@ -14,8 +14,8 @@ from .core import ConfigError, DataError, hash_bytes, need
 # %% auto #0
 __all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'FILE_READERS', 'MAX_PAGES',
            'META_KEY', 'source_kind', 'sql_url', 'source_batches', 'read_source', 'check_source', 'TableHash',
-           'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta', 'write_snapshot', 'ingest',
-           'previous_snapshot', 'list_snapshots']
+           'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta', 'write_snapshot', 'source_rows',
+           'ingest', 'previous_snapshot', 'list_snapshots']
 
 # %% ../nbs/03_ingest.ipynb #586c9643
 SKLEARN_SETS = {'breast_cancer': 'load_breast_cancer', 'iris': 'load_iris', 'wine': 'load_wine',
@@ -471,12 +471,17 @@ def write_snapshot(df:pd.DataFrame, folder, name='snapshot.parquet') -> Snapshot
     return Snapshot(path, h, rows, list(df.columns))
 
 # %% ../nbs/03_ingest.ipynb #d0ee07ce
+def source_rows(previous) -> int:
+    "Rows of the `previous` snapshot read from the source: its `extra` rows come last and are not carried on (the next run adds its own)."
+    pq = need('pyarrow.parquet', 'pyarrow')
+    return pq.ParquetFile(previous).metadata.num_rows - int(snapshot_meta(previous).get('extra_rows') or 0)
+
 def _since(previous, col:str):
-    "The largest watermark in the `previous` snapshot (an Arrow scalar), or None."
+    "The largest watermark of the `previous` snapshot's source rows (an Arrow scalar), or None."
     pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
     if previous is None: return None
     if col not in pq.read_schema(previous).names: raise DataError(f"watermark column '{col}' is not in the previous snapshot {previous}")
-    return pc.max(pq.read_table(previous, columns=[col])[col])
+    return pc.max(pq.read_table(previous, columns=[col])[col].slice(0, source_rows(previous)))
 
 def _newer(t, col:str, since, first_row:int, src:str):
     "Rows of `t` past the watermark; every row must have one."
@@ -503,7 +508,10 @@ def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
     pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
     col, row, top = data.get('watermark'), 1, since.as_py() if since is not None and since.is_valid else None
     if previous is not None:
-        for b in pq.ParquetFile(previous).iter_batches(batch_size=CHUNK_ROWS): w.write(_table([b]))
+        left = source_rows(previous)
+        for b in pq.ParquetFile(previous).iter_batches(batch_size=CHUNK_ROWS):
+            if left <= 0: break
+            b = b.slice(0, left); left -= b.num_rows; w.write(_table([b]))
     for t in source_batches(data, root, opts, since=since):
         t, n = _plain(t), t.num_rows
         if col: t = _newer(t, col, since, row, data['source'])
@@ -536,8 +544,8 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
         except BaseException: w.abort(); raise
     if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra)
     os.replace(tmp, path)
-    base = pq.ParquetFile(previous).metadata.num_rows if previous is not None else None
-    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - base if base is not None else None, n_extra)
+    base = source_rows(previous) if previous is not None else None
+    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - n_extra - base if base is not None else None, n_extra)
 
 # %% ../nbs/03_ingest.ipynb #82f8d476
 def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0) -> tuple[str, int]:

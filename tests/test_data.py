@@ -179,6 +179,22 @@ def test_growing_file_incremental_across_two_runs(tmp_path):
     assert 'new_rows=20' in r.stdout, r.stdout
 
 
+def test_incremental_snapshot_carries_source_rows_not_earlier_extra_rows(tmp_path):
+    "A retraining's labelled rows are not copied into the next incremental snapshot, nor do their ids move the watermark."
+    df = customers(50)
+    df.head(30).to_csv(tmp_path/'c.csv', index=False)
+    labels = customers(5, seed=7).assign(id=range(1001, 1006))            # ids past every source row
+    labels.to_csv(tmp_path/'labels.csv', index=False)
+    data = {'source': 'c.csv', 'target': 'churned', 'watermark': 'id'}
+    first = ingest(data, tmp_path/'one', tmp_path, extra=tmp_path/'labels.csv')
+    assert (first.rows, first.extra) == (35, 5)
+    df.to_csv(tmp_path/'c.csv', index=False)                                # the file grew to 50 rows
+    second = ingest(data, tmp_path/'two', tmp_path, previous=first.path, extra=tmp_path/'labels.csv')
+    got = pd.read_parquet(second.path)
+    assert got['id'].tolist() == list(range(1, 51)) + list(range(1001, 1006))   # 50 source rows once, the labels once
+    assert second.appended == 20 and snapshot_meta(second.path)['watermark'] == 50
+
+
 # ---- bad input -----------------------------------------------------------------------------------------------------
 
 def _fails(tmp_path, text, match, name='bad.csv', **data):
