@@ -542,6 +542,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'mlnb.widgets._labeler_widget': ('widgets.html#_labeler_widget', 'mlnb/widgets.py'),
                               'mlnb.widgets._latency_chart': ('widgets.html#_latency_chart', 'mlnb/widgets.py'),
                               'mlnb.widgets._link': ('widgets.html#_link', 'mlnb/widgets.py'),
+                              'mlnb.widgets._make_buttons': ('widgets.html#_make_buttons', 'mlnb/widgets.py'),
                               'mlnb.widgets._monitor_display': ('widgets.html#_monitor_display', 'mlnb/widgets.py'),
                               'mlnb.widgets._monitor_widget': ('widgets.html#_monitor_widget', 'mlnb/widgets.py'),
                               'mlnb.widgets._note': ('widgets.html#_note', 'mlnb/widgets.py'),

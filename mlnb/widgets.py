@@ -325,13 +325,15 @@ class Labeler:
                  classes:list|None=None):       # the classes, in button order (default: those the model logged)
         self.settings = Path(settings).resolve() if isinstance(settings, (str, Path)) else settings
         self.n, self.model_tag, self.labelled, self.skipped, self.view = n, model_tag, [], 0, None
+        self.given, self.classes = classes is not None, [str(c) for c in classes or []]
         self.more()
-        self.classes = [str(c) for c in classes] if classes else classes_in(self.records)
 
     def more(self) -> Labeler:
         "Fetch the `n` least certain recent predictions that have no label yet, and start on them."
         from mlnb.feedback import uncertain
         self.records, self.i = uncertain(self.settings, self.n, self.model_tag), 0
+        if not self.given:        # classes seen in new predictions join the buttons (none at all before the first one)
+            self.classes += [c for c in classes_in(self.records) if c not in self.classes]
         self._update(); return self
 
     def __repr__(self): return f"Labeler({len(self.labelled)} labelled, {self.skipped} skipped, {self.left} left)"
@@ -404,7 +406,16 @@ def _labeler_widget(self:Labeler):
     "The labeller as a widget: the record, a button per class and skip, a key box, the count."
     import ipywidgets as w
     if self.view is not None: return self.box
-    self.view, self.count = w.HTML(self.card()), w.HTML()
+    self.view, self.count, self.row, self.buttons, self.shown = w.HTML(self.card()), w.HTML(), w.HBox(), [], None
+    self.keys = w.Text(placeholder='keys: click here, then 1-9 label, 0 or s skip', continuous_update=True,
+                       layout=w.Layout(width='22em'))
+    self.keys.observe(self._key, 'value')
+    self.box = w.VBox([self.view, self.row, w.HBox([self.keys, self.count])]); self.box.add_class('mlnb-label')
+    self._update(); return self.box
+
+def _make_buttons(self:Labeler):
+    "A button per class (made again when `more` found new classes), skip, and more."
+    import ipywidgets as w
     self.buttons = [w.Button(description=f'{k + 1}: {c}' if k < 9 else c, tooltip=f'label {c}' + (f' (key {k + 1})' if k < 9 else ''))
                     for k, c in enumerate(self.classes)]
     for b, c in zip(self.buttons, self.classes): b.on_click(lambda _, c=c: self._act(self.label, c))
@@ -412,11 +423,7 @@ def _labeler_widget(self:Labeler):
     more = w.Button(description='more', icon='refresh', tooltip=f'fetch the {self.n} least certain unlabelled predictions again')
     more.on_click(lambda _: self._act(self.more))
     self.buttons.append(skip)
-    self.keys = w.Text(placeholder='keys: click here, then 1-9 label, 0 or s skip', continuous_update=True,
-                       layout=w.Layout(width='22em'))
-    self.keys.observe(self._key, 'value')
-    self.box = w.VBox([self.view, w.HBox(self.buttons + [more]), w.HBox([self.keys, self.count])]); self.box.add_class('mlnb-label')
-    self._update(); return self.box
+    self.row.children, self.shown = self.buttons + [more], list(self.classes)
 
 def _act(self:Labeler, f, *args):
     "Run a button's or key's action, then give the key box the focus for the next key; show a failure in the count line."
@@ -435,6 +442,7 @@ def _key(self:Labeler, change):
 def _update(self:Labeler):
     "Show the current record and the counts; disable the buttons when every record is done."
     if self.view is None: return
+    if self.shown != self.classes: self._make_buttons()
     self.view.value = self.card()
     self.count.value = f"&nbsp;<b>{len(self.labelled)}</b> labelled, {self.skipped} skipped, {self.left} left"
     for b in self.buttons: b.disabled = self.current is None
@@ -444,7 +452,8 @@ def _labeler_display(self:Labeler):
     if not in_notebook(): return display(HTML(self.html()))
     show(self.widget(), self.html())
 
-Labeler.widget, Labeler._act, Labeler._key, Labeler._update, Labeler._ipython_display_ = _labeler_widget, _act, _key, _update, _labeler_display
+Labeler.widget, Labeler._make_buttons, Labeler._act, Labeler._key, Labeler._update, Labeler._ipython_display_ = (
+    _labeler_widget, _make_buttons, _act, _key, _update, _labeler_display)
 
 def label(settings='settings.ini', # the project's settings.ini
           n:int=20,                # records to label

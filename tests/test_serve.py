@@ -95,6 +95,12 @@ def test_bentoml_serve_answers_http(served):
     assert abs(sum(out['probabilities'].values()) - 1) < 1e-9 and out['request_id'] and out['model'].startswith('shop:')
     batch = requests.post(f'{srv.url}/predict_batch', json={'records': X.iloc[:5].to_dict('records')}, timeout=30)
     assert batch.status_code == 200 and [b['label'] for b in batch.json()] == local.predict(X.iloc[:5]).tolist()
+    # the service feeds the ColumnTransformer's transformers directly: its probabilities are the whole Pipeline's
+    gappy = X.iloc[5:9].copy(); gappy.iloc[0, 0] = gappy.iloc[1, 3] = None
+    served_p = [[b['probabilities'][str(c)] for c in local.classes_] for b in
+                requests.post(f'{srv.url}/predict_batch', json={'records': gappy.astype(object).where(gappy.notna(), None).to_dict('records')}, timeout=30).json()]
+    assert abs(pd.DataFrame(served_p).to_numpy() - local.predict_proba(gappy.astype(float))).max() < 1e-9
+    assert abs(out['probabilities'][str(local.classes_[1])] - local.predict_proba(X.iloc[:1])[0, 1]) < 1e-9
     bad = requests.post(f'{srv.url}/predict', json={'record': {'mean radius': 'not a number'}}, timeout=30)
     assert bad.status_code == 400 and 'mean radius' in bad.text
     unknown = requests.post(f'{srv.url}/predict', json={'record': {'no such feature': 1}}, timeout=30)
@@ -374,6 +380,10 @@ def test_latency_budget_and_errors_hand_over_to_the_previous_model(service_modul
     with pytest.raises(RuntimeError): ask(c)
     batched = FakeModel('m:batched', ms=[400]); c = service(batched, before)       # 400 ms for 10 merged records: 40 ms a record
     assert {p.model for _ in range(4) for p in c._answer([svc.Features()] * 10)} == {'m:batched'} and not c.benched
+    c = service(FakeModel('m:broken2', fail=True), before); c.cache = svc.Cache(10)
+    assert [ask(c) for _ in range(3)] == ['m:before'] * 3 and c.benched == {'m:broken2'}
+    calls = before.calls
+    assert [ask(c) for _ in range(2)] == ['m:before'] * 2 and before.calls == calls    # the answering model's cache entry is found
 
 
 def tls_pair(folder: Path) -> tuple[Path, Path]:

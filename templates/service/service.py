@@ -23,6 +23,8 @@ Environment (all optional; `mlnb serve` sets the first one):
   MLNB_BUDGET_MS     a model call slower than this counts as a failed one (default 0: no budget).
   MLNB_FALLBACK_AFTER  after this many failed (raised or over budget) calls in a row, the model served before answers
                      until the champion changes (default 3).
+  MLNB_ACCESS_LOG    false: no BentoML access log line per request (default true, BentoML's own default); every
+                     answered request is in the store's prediction log anyway, and the line costs ~0.5 ms of CPU time.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from datetime import datetime, timezone
 from typing import Annotated, Optional, Union
 
@@ -67,6 +70,7 @@ BATCH_SIZE = max(2, int(os.environ.get("MLNB_BATCH_SIZE", "64")))             # 
 BATCH_MAX_LATENCY_MS = int(os.environ.get("MLNB_BATCH_MAX_LATENCY_MS", "30000"))
 BUDGET_MS = float(os.environ.get("MLNB_BUDGET_MS", "0"))      # 0: no latency budget
 FALLBACK_AFTER = max(1, int(os.environ.get("MLNB_FALLBACK_AFTER", "3")))
+ACCESS_LOG = os.environ.get("MLNB_ACCESS_LOG", "true").lower() not in ("0", "false", "no")
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/metrics")
 log = logging.getLogger("bentoml.mlnb")
 
@@ -314,6 +318,34 @@ NUMBER_KINDS = ("float", "int")
 FIELDS = list(Features.model_fields)          # the record's attributes, in COLUMNS order
 
 
+class Frame:
+    """Makes the DataFrame of some of the request's columns (all by default) that the Pipeline wants: number columns
+    as float64 (missing: NaN), the others as objects. The column Index is made once, not per request."""
+    def __init__(self, names: list[str] = COLUMNS):
+        at = [COLUMNS.index(n) for n in names]
+        self.fields, self.kinds, self.index = [FIELDS[i] for i in at], [KINDS[i] for i in at], pd.Index(names)
+        self.numbers = all(k in NUMBER_KINDS for k in self.kinds)
+
+    def __call__(self, records: list[Features]) -> pd.DataFrame:
+        if self.numbers:    # one float block (None becomes NaN): 0.02 ms for a record, against 0.6 ms column by column
+            return pd.DataFrame(np.array([[getattr(r, f) for f in self.fields] for r in records], dtype=float), columns=self.index)
+        cols = {}
+        for col, kind, f in zip(self.index, self.kinds, self.fields):
+            vals = [getattr(r, f) for r in records]
+            cols[col] = np.array([np.nan if v is None else v for v in vals], dtype=float) if kind in NUMBER_KINDS else np.array(vals, dtype=object)
+        return pd.DataFrame(cols, columns=self.index)
+
+
+FRAME = Frame()
+
+
+def sample_records(background) -> list[Features]:
+    "The rows of a packed background sample as requests (no sample: one record with every feature missing)."
+    if background is None: return [Features()]
+    rows = background[COLUMNS].astype(object).where(background[COLUMNS].notna(), None).to_dict("records")
+    return [Features.model_validate({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
+
+
 class Served:
     """One loaded model: its Pipeline, classes and (built on first use) SHAP explainer."""
     def __init__(self, model):       # a model from BentoML's model store
@@ -322,6 +354,7 @@ class Served:
         self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
         self.background = model.custom_objects.get("shap_background") if model.custom_objects else None
         self._explainer, self._lock = None, threading.Lock()
+        self.groups, self.rest = self._direct()
 
     @classmethod
     def load(cls, tag: str) -> "Served":
@@ -332,13 +365,33 @@ class Served:
             raise ValueError(f"model {tag} has other features than this service: build a new bento for it")
         return cls(model)
 
-    def frame(self, records: list[Features]) -> pd.DataFrame:
-        "The records as the Pipeline's input: number columns as float64 (missing: NaN), the others as objects."
-        cols = {}
-        for col, kind, f in zip(COLUMNS, KINDS, FIELDS):
-            vals = [getattr(r, f) for r in records]
-            cols[col] = np.array([np.nan if v is None else v for v in vals], dtype=float) if kind in NUMBER_KINDS else np.array(vals, dtype=object)
-        return pd.DataFrame(cols, columns=COLUMNS)
+    def _direct(self):
+        """When the Pipeline starts with a ColumnTransformer of named columns, its transformers and the steps after it,
+        so a call can give each transformer its columns directly: the ColumnTransformer's own selecting, checking and
+        stacking take 1.5 of the 4 ms a one-record call of the demo model takes. Used only when it gives the Pipeline's
+        answers on the packed background sample, without a warning; (None, None) otherwise."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+        p = self.pipeline
+        if not (isinstance(p, Pipeline) and len(p) > 1 and isinstance(p[0], ColumnTransformer)) or getattr(p[0], "sparse_output_", True):
+            return None, None
+        try:
+            groups = [(t, Frame(list(cols))) for _, t, cols in p[0].transformers_ if not (isinstance(t, str) and t == "drop") and len(cols)]
+            if any(isinstance(t, str) for t, _ in groups): return None, None        # passthrough columns: not worth a special case
+            rest = p[1:] if len(p) > 2 else p[-1]
+            records = sample_records(self.background)
+            with warnings.catch_warnings(), sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                warnings.simplefilter("error")
+                same = np.allclose(self._direct_proba(records, groups, rest), p.predict_proba(FRAME(records)), rtol=1e-9, atol=1e-12)
+        except Exception as e:       # columns by position or mask, a transformer that warns: the Pipeline as it is
+            log.info("mlnb: %s is scored through its whole Pipeline (%s)", self.tag, e)
+            return None, None
+        return (groups, rest) if same else (None, None)
+
+    @staticmethod
+    def _direct_proba(records, groups, rest) -> np.ndarray:
+        parts = [t.transform(make(records)) for t, make in groups]
+        return rest.predict_proba(parts[0] if len(parts) == 1 else np.hstack(parts))
 
     def score(self, records: list[Features]) -> tuple[np.ndarray, float]:
         "Class probabilities of `records` and the milliseconds it took."
@@ -346,7 +399,8 @@ class Served:
         # The request schema refused NaN and infinity (a null is a missing value, which the Pipeline imputes), so
         # scikit-learn's finiteness and parameter checks can go: a third of the time of a one-row call.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            proba = self.pipeline.predict_proba(self.frame(records))
+            proba = (self.pipeline.predict_proba(FRAME(records)) if self.groups is None
+                     else self._direct_proba(records, self.groups, self.rest))
         return proba, (time.perf_counter() - start) * 1000
 
     def explainer(self):
@@ -363,7 +417,7 @@ class Served:
     def explain(self, record: Features) -> tuple[float, dict[str, float]]:
         "Base value and SHAP value per (preprocessed) feature for one record."
         ex = self.explainer()
-        Xt = pd.DataFrame(self.pipeline[:-1].transform(self.frame([record])), columns=self.names)
+        Xt = pd.DataFrame(self.pipeline[:-1].transform(FRAME([record])), columns=self.names)
         try: sv = ex(Xt, check_additivity=False)
         except TypeError: sv = ex(Xt)
         values, base = sv.values[0], np.ravel(sv.base_values[0])
@@ -374,7 +428,7 @@ class Served:
 
 # ---- the service -----------------------------------------------------------------------------
 
-@bentoml.service(name="$name", traffic={"timeout": 30})
+@bentoml.service(name="$name", traffic={"timeout": 30}, logging={"access": {"enabled": ACCESS_LOG}})
 class Classifier:
     """Serves the champion; in ab mode the challenger answers a `MLNB_WEIGHT` share of requests (sticky by `key`),
     in shadow mode it scores every request off the request path and is only logged. When the serving model raises,
@@ -509,12 +563,16 @@ class Classifier:
         if self.log: self.log.put("alerts", dict(created=now(), level="critical", kind="fallback", message=msg,
                                                  data={"model": m.tag, "fallback": fb.tag, "failures": n, "last": why}))
 
-    def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
-        """Score with `m`, or with its fallback when `m` is benched or raises; a raise or a call over budget counts against `m`."""
-        fb = self._fallback_for(m)
-        if m.tag in self.benched and fb is not None:
+    def _answerer(self, m: Served) -> Served:
+        "`m`, or its fallback while `m` is benched."
+        if m.tag in self.benched and (fb := self._fallback_for(m)) is not None:
             counters()["mlnb_fallbacks"].labels(m.tag).inc()
-            return (fb, *fb.score(records))
+            return fb
+        return m
+
+    def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
+        """Score with `m`, or with its fallback when `m` raises; a raise or a call over budget counts against `m`."""
+        fb = self._fallback_for(m)
         try: proba, ms = m.score(records)
         except Exception as e:
             self._failed(m, f"raised {type(e).__name__}")
@@ -531,7 +589,7 @@ class Classifier:
         return m, proba, ms
 
     def _answer(self, records: list[Features], key: str | None = None) -> list[Prediction]:
-        m = self._route(key)
+        m = self._answerer(self._route(key))      # the cache is looked up under the model that answers
         hit = self.cache.get(m.tag, records[0]) if self.cache.size and len(records) == 1 else None
         if hit is not None: proba, ms = hit[None, :], 0.0
         else:
