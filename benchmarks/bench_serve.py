@@ -236,7 +236,7 @@ def main(argv=None):
     bare = Bare(train_dir/'model.joblib', tmp)
     srv, nolog = Server(p, champion_bento(p)), Server(p, champion_bento(p), env={'MLNB_STORE': None})
     try:
-        nolog.start(); srv.start()     # srv last: each `bentoml serve` of a project empties its (shared) Prometheus folder
+        nolog.start(); srv.start()
         for c in a.concurrency:
             results[('bare', c)] = asyncio.run(load(bare.url, '/predict', {'record': rec}, a.seconds, c))
             say(f"bare Starlette   /predict        c={c:<3} {fmt(results[('bare', c)])}")

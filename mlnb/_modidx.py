@@ -379,6 +379,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mlnb.serve.Server.__exit__': ('serve.html#server.__exit__', 'mlnb/serve.py'),
                             'mlnb.serve.Server.__init__': ('serve.html#server.__init__', 'mlnb/serve.py'),
                             'mlnb.serve.Server.__repr__': ('serve.html#server.__repr__', 'mlnb/serve.py'),
+                            'mlnb.serve.Server._make_home': ('serve.html#server._make_home', 'mlnb/serve.py'),
                             'mlnb.serve.Server._wait_ready': ('serve.html#server._wait_ready', 'mlnb/serve.py'),
                             'mlnb.serve.Server.context': ('serve.html#server.context', 'mlnb/serve.py'),
                             'mlnb.serve.Server.environ': ('serve.html#server.environ', 'mlnb/serve.py'),

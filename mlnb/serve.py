@@ -119,10 +119,11 @@ class Server:
         self.url = f"{'https' if self.ssl else 'http'}://{host}:{self.port}"
         self.proc, self.extra_env = None, env or {}
         self.log = p.workspace/'logs'/f"serve-{self.port}.log"
+        self.home = bentoml_home(p)/'servers'/str(self.port)   # BentoML's home for this server only: see `_make_home`
 
     def environ(self) -> dict:
         "The server's environment: ours, BentoML's home, the store to log to, `[serve]`'s settings, and `env`."
-        env = {**os.environ, 'BENTOML_HOME': str(bentoml_home(self.p)), 'BENTOML_DO_NOT_TRACK': 'true',
+        env = {**os.environ, 'BENTOML_HOME': str(self.home), 'BENTOML_DO_NOT_TRACK': 'true',
                'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl')),
                'MLNB_MODE': self.p.serve.get('mode') or 'single'}
         for key, var, kind, least in SERVE_ENV:                  # when settings.ini's [serve] has them
@@ -138,11 +139,20 @@ class Server:
 
     def start(self, timeout:float=120) -> 'Server':
         "Start the server and wait until it is ready."
-        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True); self._make_home()
         cmd = [str(Path(sys.executable).parent/'bentoml'), 'serve', self.bento, '--host', self.host, '--port', str(self.port)]
         if self.ssl: cmd += ['--ssl-certfile', self.ssl[0], '--ssl-keyfile', self.ssl[1]]
         self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(timeout); return self
+
+    def _make_home(self):
+        """A BentoML home of this server's own, with the project's bentos and models linked in: `bentoml serve` empties
+        its home's Prometheus folder when it starts, so two servers of one project sharing a home wiped each other's /metrics."""
+        shared = bentoml_home(self.p)
+        self.home.mkdir(parents=True, exist_ok=True)
+        for d in ('bentos', 'models'):
+            (shared/d).mkdir(parents=True, exist_ok=True)
+            if not (self.home/d).is_symlink(): (self.home/d).symlink_to(shared/d, target_is_directory=True)
 
     def _wait_ready(self, timeout:float):
         end = time.time() + timeout
@@ -168,10 +178,11 @@ class Server:
 
     def stop(self, grace:float=15):
         "Stop the server: SIGTERM to its process group, SIGKILL after `grace` seconds."
-        if not self.proc or self.proc.poll() is not None: return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try: self.proc.wait(grace)
-        except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try: self.proc.wait(grace)
+            except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        if self.proc: shutil.rmtree(self.home, ignore_errors=True)     # the links and the metrics files; the bentos and models stay
 
     def __enter__(self): return self.start() if self.proc is None else self
     def __exit__(self, *exc): self.stop()

@@ -229,6 +229,24 @@ def test_cache_answers_repeated_records(served):
     assert 'mlnb_cache_total{result="hit"}' in requests.get(f'{srv.url}/metrics', timeout=30).text
 
 
+def metric_sum(url: str, name: str) -> float:
+    return sum(float(l.split()[-1]) for l in requests.get(f'{url}/metrics', timeout=30).text.splitlines() if l.startswith(name + '{'))
+
+
+def test_two_servers_of_one_project_keep_their_own_metrics(served):
+    "Each server has a BentoML home of its own: starting a second one does not empty the first one's metrics folder."
+    from mlnb.serve import Server, champion_bento
+    p, first = served
+    rec = holdout_X(p).iloc[0].to_dict()
+    with Server(p, champion_bento(p), env={'MLNB_STORE': None}) as second:
+        before = metric_sum(first.url, 'mlnb_predictions_total'); first.predict(rec)
+        assert metric_sum(first.url, 'mlnb_predictions_total') == before + 1
+        second.predict(rec); second.predict(rec)
+        assert metric_sum(second.url, 'mlnb_predictions_total') == 2 and second.home != first.home
+        assert (second.home/'models').resolve() == (p.workspace/'bentoml'/'models').resolve()
+    assert not second.home.exists() and (p.workspace/'bentoml'/'models').is_dir()     # its links went, the models stayed
+
+
 def test_prediction_log_is_complete_after_sigterm(served, challenger):
     "Every prediction and label reaches the store, including the ones still queued when SIGTERM arrives."
     p, srv = served
