@@ -142,7 +142,8 @@ def topo_order(stages:dict, path=None) -> list[str]:
 
 # %% ../nbs/01_config.ipynb #607bf106
 def load_project(path='settings.ini') -> Project:
-    "Read and check the project file at `path` (a file, or a folder holding settings.ini)."
+    "Read and check the project file at `path` (a file, or a folder holding settings.ini); a `Project` is returned as it is."
+    if isinstance(path, Project): return path
     path = Path(path)
     if path.is_dir(): path = path/'settings.ini'
     path = path.resolve()

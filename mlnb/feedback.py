@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, hash_obj
 from .config import Project, load_project
-from .store import Store, store_at, alerts as alerts_table, feedback as feedback_table, predictions, runs as runs_table, stage_runs
+from .store import Store, store_at, utcnow, alerts as alerts_table, feedback as feedback_table, predictions, runs as runs_table, stage_runs
 from .monitoring import DEFAULT_LAST, LEVELS as DRIFT_LEVELS, check_drift, drift_history, duration, health
 
 # %% auto #0
@@ -28,12 +28,10 @@ __all__ = ['logger', 'SHADOW', 'METRIC_COLUMNS', 'AB_COLUMNS', 'ACTIONS', 'ALERT
 logger = logging.getLogger('mlnb')
 SHADOW = '-shadow'            # suffix of a challenger's shadow prediction of the same request (see the service)
 
-def _project(settings) -> Project: return settings if isinstance(settings, Project) else load_project(settings)
-def _now() -> datetime: return datetime.now(timezone.utc).replace(tzinfo=None)
 
 def open_store(settings) -> tuple[Project, Store]:
     "The project and its store (one `Store` per URL in a process: widgets call this every few seconds)."
-    p = _project(settings)
+    p = load_project(settings)
     return p, store_at(p.store_url)
 
 # %% ../nbs/12_feedback.ipynb #cab2cb5e
@@ -60,7 +58,7 @@ def add_label(settings, request_id:str, label, source:str='widget') -> None:
     out = rows[0]['output']
     if (cls := classes_of(out)) is not None and str(label) not in cls:
         raise MlnbError(f"label {label!r} of request {request_id} is not one of the model's classes {cls}")
-    st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=as_class(label, out), source=source, created=_now()))
+    st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=as_class(label, out), source=source, created=utcnow()))
 
 # %% ../nbs/12_feedback.ipynb #56010efd
 def window_of(p:Project) -> dict:
@@ -88,7 +86,7 @@ def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> lis
     c, w = predictions.c, window_of(p)
     q = sa.select(c.request_id, c.model_tag, c.inputs, c.output, c.created).where(c.request_id.notlike(f'%{SHADOW}'))
     if model_tag: q = q.where(c.model_tag == model_tag)
-    q = q.where(c.created >= _now() - w['since']) if 'since' in w else q.order_by(c.created.desc()).limit(w['last'])
+    q = q.where(c.created >= utcnow() - w['since']) if 'since' in w else q.order_by(c.created.desc()).limit(w['last'])
     rows = [r for r in st.read(q) if r['output']]
     done = labelled_ids(st, [r['request_id'] for r in rows])
     out = [{'request_id': r['request_id'], 'model_tag': r['model_tag'], 'inputs': r['inputs'] or {}, 'label': r['output'].get('label'),
@@ -288,7 +286,7 @@ def alert(settings, level:str, kind:str, message:str, **data) -> dict:
     "Record an alert in the store, log it (logger 'mlnb'), and POST it to `[monitor] webhook` when one is set."
     if level not in ALERT_LEVELS: raise MlnbError(f"alert level must be one of {', '.join(ALERT_LEVELS)}, got {level!r}")
     p, st = open_store(settings)
-    row = dict(created=_now(), level=level, kind=kind, message=message, data=_jsonable(data))
+    row = dict(created=utcnow(), level=level, kind=kind, message=message, data=_jsonable(data))
     row = {'id': st.write(alerts_table.insert().values(**row)).inserted_primary_key[0], **row}
     logger.log(ALERT_LEVELS[level], "mlnb %s alert (%s): %s", level, kind, message)
     if url := ((p.sections.get('monitor') or {}).get('webhook') or '').strip():
@@ -355,7 +353,7 @@ def should_retrain(settings='settings.ini') -> str|None:
 # %% ../nbs/12_feedback.ipynb #8e774ef5
 def labelled_rows(settings) -> pd.DataFrame:
     "Labelled requests as training rows: the logged inputs, and the label in the target column `[data] target`."
-    p = _project(settings)
+    p = load_project(settings)
     df = labelled(p, inputs=True)
     df = df[~df.request_id.str.endswith(SHADOW)].reset_index(drop=True)
     X = pd.DataFrame([i or {} for i in df.inputs], index=df.index).infer_objects()
@@ -364,7 +362,7 @@ def labelled_rows(settings) -> pd.DataFrame:
 
 def export_labels(settings) -> tuple[Path, int]:
     "Write the labelled rows to a Parquet file in the workspace named by their content; returns (path, rows)."
-    p = _project(settings); df = labelled_rows(p)
+    p = load_project(settings); df = labelled_rows(p)
     if not len(df): raise DataError("no labelled predictions to train on: label some first (mlnb.label(), POST /feedback or mlnb feedback ID LABEL)")
     path = p.workspace/'feedback'/f"labels-{hash_obj(df.to_dict('records'))[:16]}.parquet"
     if not path.is_file():
@@ -378,7 +376,7 @@ def retrain(settings='settings.ini', jobs:int|None=None, params:dict|None=None, 
     import copy
     from mlnb.pipeline import run
     from mlnb.registry import save_model
-    p = copy.deepcopy(_project(settings))               # the run's parameter overrides stay out of the caller's project
+    p = copy.deepcopy(load_project(settings))               # the run's parameter overrides stay out of the caller's project
     if 'ingest' not in p.stages: raise MlnbError(f"{p.path}: retraining adds the labelled rows to the ingest stage, but there is no [stage:ingest]")
     path, n = export_labels(p)
     res = run(p, params={**(params or {}), 'ingest.extra': str(path)}, jobs=jobs, on_event=on_event)
@@ -399,7 +397,7 @@ def retrain(settings='settings.ini', jobs:int|None=None, params:dict|None=None, 
 def _raise(out:dict, p:Project, level:str, kind:str, message:str, quiet, **data):
     "Raise an alert into `out`, unless one of the same kind and level was raised for the same model within `quiet`."
     _, st = open_store(p); a = alerts_table.c
-    recent = st.read(sa.select(a.data).where(a.kind == kind, a.level == level, a.created >= _now() - duration(quiet)))
+    recent = st.read(sa.select(a.data).where(a.kind == kind, a.level == level, a.created >= utcnow() - duration(quiet)))
     if not any((r['data'] or {}).get('model_tag') == data.get('model_tag') for r in recent): out['alerts'].append(alert(p, level, kind, message, **data))
 
 def _health_alerts(out:dict, p:Project, since, max_error_rate:float, quiet):

@@ -606,7 +606,7 @@ def list_snapshots(settings='settings.ini', limit:int=50) -> pd.DataFrame:
     import sqlalchemy as sa
     from mlnb.config import Project, load_project
     from mlnb.store import Store, runs, snapshots
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     st = Store(p.store_url)
     snaps = st.read(sa.select(snapshots).order_by(snapshots.c.created.desc()).limit(limit))
     used = st.read(sa.select(runs.c.id, runs.c.data_hash).where(runs.c.data_hash.in_([s['hash'] for s in snaps])).order_by(runs.c.started))

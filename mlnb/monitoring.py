@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, atomic_write, hash_bytes, need
 from .config import Project, load_project
-from .store import Store, drift_reports, predictions, store_at
+from .store import Store, drift_reports, predictions, store_at, utcnow
 
 # %% auto #0
 __all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'LEVELS', 'COLOURS', 'COLUMNS', 'DEFAULT_LAST', 'MINUTE_SQL',
@@ -368,8 +368,6 @@ def drift_report(reference:dict, current:pd.DataFrame, thresholds:Thresholds|Non
 # %% ../nbs/11_monitoring.ipynb #5c250432
 DEFAULT_LAST = 1000           # requests in a window when neither `last` nor `since` is given
 
-def _project(settings) -> Project: return settings if isinstance(settings, Project) else load_project(settings)
-def _utcnow() -> datetime: return datetime.now(timezone.utc).replace(tzinfo=None)
 
 def duration(v) -> timedelta:
     "`v` (a timedelta, or text such as '15min', '2h', '1d') as a timedelta."
@@ -411,7 +409,7 @@ def logged_window(store:Store, model_tag:str, last:int|None=None, since=None) ->
     "Logged requests to `model_tag`, newest first: the latest `last` (default 1,000), or all of the last `since`."
     c = predictions.c
     q = sa.select(c.inputs, c.output, c.created).where(c.model_tag == model_tag).order_by(c.created.desc())
-    if since is not None: q = q.where(c.created >= _utcnow() - duration(since))
+    if since is not None: q = q.where(c.created >= utcnow() - duration(since))
     if last is not None or since is None: q = q.limit(int(last or DEFAULT_LAST))
     return store.read(q)
 
@@ -424,7 +422,7 @@ def window_frames(rows:list[dict]) -> tuple[pd.DataFrame, list, pd.DataFrame]:
 def check_drift(settings='settings.ini', model_tag:str|None=None, last:int|None=None, since=None, reference=None,
                 thresholds:Thresholds|None=None, save:bool=True) -> DriftReport:
     "Drift of a window of logged requests to `model_tag` (default: the champion) against its reference statistics; stored unless not `save`."
-    p = _project(settings); st = store_at(p.store_url)
+    p = load_project(settings); st = store_at(p.store_url)
     tag = model_tag or st.alias('champion')
     if not tag: raise MlnbError(f"no model to check: no champion in {st.url}; give a model tag (mlnb monitor --model TAG)")
     ref = load_reference(p, tag, reference)
@@ -436,12 +434,12 @@ def check_drift(settings='settings.ini', model_tag:str|None=None, last:int|None=
                        proba if len(proba.columns) else None)
     rep.model_tag = tag
     rep.window = {'rows': len(rows), 'from': str(rows[-1]['created']), 'to': str(rows[0]['created']), **how}
-    if save: st.write(drift_reports.insert().values(model_tag=tag, created=_utcnow(), report=rep.to_dict()))
+    if save: st.write(drift_reports.insert().values(model_tag=tag, created=utcnow(), report=rep.to_dict()))
     return rep
 
 def drift_history(settings='settings.ini', model_tag:str|None=None, limit:int=20) -> list[DriftReport]:
     "The latest `limit` stored drift reports (of `model_tag`, or of every model), newest first."
-    st, c = store_at(_project(settings).store_url), drift_reports.c
+    st, c = store_at(load_project(settings).store_url), drift_reports.c
     q = sa.select(c.report).order_by(c.id.desc()).limit(limit)
     return [DriftReport.from_dict(r['report']) for r in st.read(q.where(c.model_tag == model_tag) if model_tag else q)]
 
@@ -628,11 +626,11 @@ def health(settings='settings.ini', window='5min', model_tag:str|None=None, sinc
     "Requests, throughput, latency p50/p95/p99, mean and max, and errors per model and `window` (None: one row per model) of the prediction log."
     w = duration(window) if window is not None else None
     if w is not None and (w < timedelta(minutes=1) or w % timedelta(minutes=1)): raise MlnbError(f"window must be a whole number of minutes, got {window!r}")
-    p = _project(settings)
+    p = load_project(settings)
     log, wm = latency_log(p.store_url, health_cache(p)), int(w / timedelta(minutes=1)) if w is not None else 0
     h, keep = log.h, np.ones(len(log.h['count']), bool)
     if model_tag is not None: keep &= h['model'] == (log.models.index(model_tag) if model_tag in log.models else -1)
-    if since is not None: keep &= h['minute'] >= pd.Timestamp(_utcnow() - duration(since)).value // 60_000_000_000
+    if since is not None: keep &= h['minute'] >= pd.Timestamp(utcnow() - duration(since)).value // 60_000_000_000
     h = {k: v[keep] for k, v in h.items()}
     if not len(h['count']): return pd.DataFrame(columns=HEALTH_COLUMNS)
     start = h['minute'] // wm * wm if wm else np.zeros_like(h['minute'])   # rows are sorted by model and minute: groups are runs

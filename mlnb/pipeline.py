@@ -378,7 +378,7 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     "Run the project's pipeline (or part of it); raises `StageFailed` (with `.result`) when a stage fails."
     from mlnb.ingest import check_source
     from mlnb.store import Store
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     if resume:
         a = _resume_args(Store(p.store_url), resume)
         stage, from_stage, params, sweep = a['stage'], a['from_stage'], a['params'], a['sweep']
@@ -415,7 +415,7 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
 def runs(settings='settings.ini', limit:int=20):
     "The latest `limit` runs as a DataFrame: id, status, start, duration and the headline metrics."
     import pandas as pd
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     rows = []
     from mlnb.store import Store
     for r in Store(p.store_url).list_runs(limit):
@@ -428,7 +428,7 @@ def runs(settings='settings.ini', limit:int=20):
 
 def dag(settings='settings.ini') -> str:
     "The stage graph as text: each stage, in run order, with what it needs and its parameters."
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     w = max(map(len, p.stages))
     return '\n'.join(f"{s.name:<{w}}  <- {', '.join(s.needs) or '(source)'}" + (f"   {s.params}" if s.params else '')
                      for s in p.stages.values())

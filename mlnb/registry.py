@@ -128,11 +128,9 @@ def rollback_store(store:Store) -> str:
     return a['previous']
 
 # %% ../nbs/09_registry.ipynb #3176b73f
-def _project(settings) -> Project: return settings if isinstance(settings, Project) else load_project(settings)
-
 def promote(settings='settings.ini', tag:str|None=None, force:bool=False, tolerance:float=0.01) -> str:
     "Make model `tag` (default: the challenger) the champion; refuses a worse one unless `force`. Returns the tag."
-    p = _project(settings)
+    p = load_project(settings)
     store = Store(p.store_url)
     tag = tag or store.alias('challenger')
     if tag:
@@ -143,4 +141,4 @@ def promote(settings='settings.ini', tag:str|None=None, force:bool=False, tolera
 
 def rollback(settings='settings.ini') -> str:
     "Make the previous champion the champion again; returns its tag."
-    return rollback_store(Store(_project(settings).store_url))
+    return rollback_store(Store(load_project(settings).store_url))

@@ -79,7 +79,7 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
 
 def package(settings='settings.ini', run_id:str|None=None) -> BentoInfo:
     "Save run `run_id`'s model (default: the latest succeeded run) and build the bento that serves it."
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     return build_bento(p, save_model(p, run_id))
 
 # %% ../nbs/10_serve.ipynb #3e051a29
@@ -208,7 +208,7 @@ def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host
           ssl_certfile=None,  # a PEM certificate: serve HTTPS
           ssl_keyfile=None):  # its PEM private key
     "Serve `bento` (default: the champion's) until Ctrl-C."
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     srv = Server(p, bento or champion_bento(p), port or int(p.serve['port']), host or p.serve['host'],
                  ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     print(f"serving {srv.bento} at {srv.url} (log: {srv.log}); Ctrl-C stops", flush=True)
@@ -352,7 +352,7 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
           output_table:str|None=None   # with a database URL as `output`: the table to write (replaced)
          ) -> ScoreResult:
     "Score file or database `input` with the champion (or `model`) in chunks of `chunk_rows` into `output` (.parquet, .csv or a database table)."
-    p = settings if isinstance(settings, Project) else load_project(settings)
+    p = load_project(settings)
     tag = model or Store(p.store_url).alias('champion')
     if not tag: raise MlnbError(f"no champion in {p.store_url}: run `mlnb package` first")
     bentoml = bentoml_for(p)

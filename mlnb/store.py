@@ -12,14 +12,16 @@ from .core import MlnbError
 
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
-           'drift_reports', 'alerts', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage', 'finish_stage',
-           'record', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias',
-           'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at']
+           'drift_reports', 'alerts', 'utcnow', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage',
+           'finish_stage', 'record', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot',
+           'add_model', 'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
 J = sa.JSON
-def _now(): return datetime.now(timezone.utc).replace(tzinfo=None)
+def utcnow() -> datetime:
+    "Now, in UTC without a time zone: the store's timestamps."
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 runs = sa.Table('runs', meta,
     sa.Column('id', sa.String(40), primary_key=True),
@@ -109,27 +111,27 @@ def _store(method):
 def start_run(self:Store, project:str, params:dict|None=None, run_id:str|None=None) -> str:
     "Record a new run as running; returns its id."
     rid = run_id or new_run_id()
-    self.write(runs.insert().values(id=rid, project=project, status='running', started=_now(), params=params or {}))
+    self.write(runs.insert().values(id=rid, project=project, status='running', started=utcnow(), params=params or {}))
     return rid
 
 @_store
 def finish_run(self:Store, run_id:str, status:str, error:str|None=None, data_hash:str|None=None):
     "Mark a run finished with `status` (succeeded, failed or interrupted)."
-    vals = dict(status=status, finished=_now(), error=error)
+    vals = dict(status=status, finished=utcnow(), error=error)
     if data_hash: vals['data_hash'] = data_hash
     self.write(runs.update().where(runs.c.id == run_id).values(**vals))
 
 @_store
 def start_stage(self:Store, run_id:str, stage:str, cache_key:str, params:dict) -> int:
     "Record a stage as running; returns the stage-run id."
-    r = self.write(stage_runs.insert().values(run_id=run_id, stage=stage, status='running', started=_now(),
+    r = self.write(stage_runs.insert().values(run_id=run_id, stage=stage, status='running', started=utcnow(),
                                               cache_key=cache_key, params=params))
     return r.inserted_primary_key[0]
 
 @_store
 def finish_stage(self:Store, sid:int, status:str, **vals):
     "Mark stage-run `sid` finished with `status` and extra columns (`out_dir`, `error_name`, ...)."
-    self.write(stage_runs.update().where(stage_runs.c.id == sid).values(status=status, finished=_now(), **vals))
+    self.write(stage_runs.update().where(stage_runs.c.id == sid).values(status=status, finished=utcnow(), **vals))
 
 @_store
 def record(self:Store, run_id:str, stage:str, metrics_:dict|None=None, artifacts_:dict|None=None):
@@ -184,20 +186,20 @@ def add_snapshot(self:Store, hash:str, path, source:str, rows:int, columns:list,
     "Record a data snapshot once (snapshots are content-addressed)."
     if not self.read(sa.select(snapshots.c.hash).where(snapshots.c.hash == hash)):
         self.write(snapshots.insert().values(hash=hash, path=str(path), source=source, rows=rows, columns=columns,
-                                             created=_now(), run_id=run_id))
+                                             created=utcnow(), run_id=run_id))
 
 @_store
 def add_model(self:Store, tag:str, run_id:str, data_hash:str|None, metrics_:dict, bento:str|None=None):
     "Record a packaged model (and the bento that serves it)."
     self.write(models.delete().where(models.c.tag == tag))
-    self.write(models.insert().values(tag=tag, run_id=run_id, data_hash=data_hash, metrics=metrics_, bento=bento, created=_now()))
+    self.write(models.insert().values(tag=tag, run_id=run_id, data_hash=data_hash, metrics=metrics_, bento=bento, created=utcnow()))
 
 @_store
 def set_alias(self:Store, name:str, tag:str):
     "Point alias `name` (champion, challenger) at `tag`, remembering the one before."
     old = self.alias(name)
     self.write(aliases.delete().where(aliases.c.name == name))
-    self.write(aliases.insert().values(name=name, tag=tag, previous=old, updated=_now()))
+    self.write(aliases.insert().values(name=name, tag=tag, previous=old, updated=utcnow()))
 
 @_store
 def alias(self:Store, name:str) -> str|None:
