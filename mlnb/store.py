@@ -154,11 +154,15 @@ def get_run(self:Store, run_id:str|None=None) -> dict:
     return run
 
 @_store
-def list_runs(self:Store, limit:int=20) -> list[dict]:
-    "The latest `limit` runs, newest first, each with its metrics."
+def list_runs(self:Store, limit:int=20, stages:bool=False) -> list[dict]:
+    "The latest `limit` runs, newest first, each with its metrics (and with `stages`, its stages as `get_run` gives them)."
     rs = self.read(sa.select(runs).order_by(runs.c.started.desc()).limit(limit))
-    ms = self.read(sa.select(metrics).where(metrics.c.run_id.in_([r['id'] for r in rs])))
-    for r in rs: r['metrics'] = {m['name']: m['value'] for m in ms if m['run_id'] == r['id']}
+    ids = [r['id'] for r in rs]
+    ms = self.read(sa.select(metrics).where(metrics.c.run_id.in_(ids)))
+    ss = self.read(sa.select(stage_runs).where(stage_runs.c.run_id.in_(ids)).order_by(stage_runs.c.id)) if stages else []
+    for r in rs:
+        r['metrics'] = {m['name']: m['value'] for m in ms if m['run_id'] == r['id']}
+        if stages: r['stages'] = {s['stage']: s for s in ss if s['run_id'] == r['id']}
     return rs
 
 @_store

@@ -65,7 +65,7 @@ class RunsView:
         from mlnb.config import load_project
         from mlnb.store import store_at
         st = store_at(load_project(self.settings).store_url)
-        return [st.get_run(r['id']) for r in st.list_runs(self.limit)]
+        return st.list_runs(self.limit, stages=True)
 
     def html(self) -> str:
         "The table as HTML."
