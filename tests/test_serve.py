@@ -534,3 +534,32 @@ def test_mlnb_serve_stops_its_server_on_sigterm(packaged):
         assert st.read(sa.select(predictions).where(predictions.c.request_id == rid))
     finally:
         if proc.poll() is None: proc.kill()
+
+
+def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
+    "The service feeds each ColumnTransformer transformer its columns (numbers, bools, categories, gaps): same probabilities."
+    import importlib.util, numpy as np
+    from mlnb.train import train
+    from mlnb.registry import ModelInfo, background_sample
+    from mlnb.serve import render_service
+    rng = np.random.default_rng(0); n = 300
+    df = pd.DataFrame({'age': rng.integers(18, 80, n), 'income': rng.normal(50, 10, n), 'city': rng.choice(['a', 'b', 'c'], n),
+                       'member': rng.choice([True, False], n)})
+    df.loc[::7, 'income'] = np.nan; df.loc[::11, 'city'] = None
+    df['y'] = ((df['income'].fillna(50) > 50) ^ (df['city'] == 'a')).astype(int)
+    X = df.drop(columns='y')
+    plain, stepped = train(df, 'y', 'hist_gb', cv=2), train(df, 'y', 'hist_gb', cv=2, steps=[lambda d: d.assign(age=d['age'] * 2)])
+    info = ModelInfo.__new__(ModelInfo); info.tag, info.schema = 'mixed:1', {'features': plain.schema}
+    render_service(info, 'mixed', tmp_path)
+    spec = importlib.util.spec_from_file_location('mlnb_mixed_service', tmp_path/'service.py')
+    svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
+    records = svc.sample_records(X.head(60))
+    groups = {}
+    for name, result in [('plain', plain), ('stepped', stepped)]:
+        s = object.__new__(svc.Served)
+        s.tag, s.pipeline, s.background = 'mixed:1', result.pipeline, background_sample(X, 50)
+        s.groups, s.rest = s._direct()
+        groups[name] = s.groups and sorted((list(f.index), f.numbers) for _, f in s.groups)
+        assert np.abs(s.score(records)[0] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
+    assert groups['plain'] == [(['age', 'income'], True), (['city'], False), (['member'], False)]
+    assert groups['stepped'] is None                     # feature steps come first: the whole Pipeline is called
