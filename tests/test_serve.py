@@ -554,12 +554,19 @@ def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
     spec = importlib.util.spec_from_file_location('mlnb_mixed_service', tmp_path/'service.py')
     svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
     records = svc.sample_records(X.head(60))
-    groups = {}
+    plans = {}
     for name, result in [('plain', plain), ('stepped', stepped)]:
         s = object.__new__(svc.Served)
         s.tag, s.pipeline, s.background = 'mixed:1', result.pipeline, background_sample(X, 50)
-        s.groups, s.rest = s._direct()
-        groups[name] = s.groups and sorted((list(f.index), f.numbers) for _, f in s.groups)
+        s.plan = plans[name] = s._plan()
         assert np.abs(s.score(records)[0] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
-    assert groups['plain'] == [(['age', 'income'], True), (['city'], False), (['member'], False)]
-    assert groups['stepped'] is None                     # feature steps come first: the whole Pipeline is called
+    groups, steps = plans['plain']
+    assert sorted((list(f.index), f.numbers) for _, f in groups) == [(['age', 'income'], True), (['city'], False), (['member'], False)]
+    assert [type(t).__name__ for t in steps] == ['HistGradientBoostingClassifier']
+    groups, steps = plans['stepped']                     # feature steps come first: the ColumnTransformer is called as it is
+    assert groups is None and [type(t).__name__ for t in steps] == ['FeatureSteps', 'ColumnTransformer', 'HistGradientBoostingClassifier']
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    def warns(d): __import__('warnings').warn('a step that warns'); return d
+    s.pipeline = make_pipeline(FunctionTransformer(warns), plain.pipeline)
+    assert s._plan() is None                             # a step that warns on the sample: the Pipeline is called as it is

@@ -346,6 +346,20 @@ def sample_records(background) -> list[Features]:
     return [Features.model_validate({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
 
 
+def plain_steps(est) -> list:
+    "The steps of a Pipeline, nested Pipelines opened up and 'passthrough' or None steps left out; any other estimator alone."
+    from sklearn.pipeline import Pipeline
+    if not isinstance(est, Pipeline): return [est]
+    return [s for _, step in est.steps if step is not None and not (isinstance(step, str) and step == "passthrough")
+            for s in plain_steps(step)]
+
+
+def transformed(steps: list, X):
+    "`X` through the `transform` of each of `steps`, in order."
+    for step in steps: X = step.transform(X)
+    return X
+
+
 class Served:
     """One loaded model: its Pipeline, classes and (built on first use) SHAP explainer."""
     def __init__(self, model):       # a model from BentoML's model store
@@ -354,7 +368,7 @@ class Served:
         self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
         self.background = model.custom_objects.get("shap_background") if model.custom_objects else None
         self._explainer, self._lock = None, threading.Lock()
-        self.groups, self.rest = self._direct()
+        self.plan = self._plan()
 
     @classmethod
     def load(cls, tag: str) -> "Served":
@@ -365,33 +379,43 @@ class Served:
             raise ValueError(f"model {tag} has other features than this service: build a new bento for it")
         return cls(model)
 
-    def _direct(self):
-        """When the Pipeline starts with a ColumnTransformer of named columns, its transformers and the steps after it,
-        so a call can give each transformer its columns directly: the ColumnTransformer's own selecting, checking and
-        stacking take 1.5 of the 4 ms a one-record call of the demo model takes. Used only when it gives the Pipeline's
-        answers on the packed background sample, without a warning; (None, None) otherwise."""
+    def _plan(self) -> tuple | None:
+        """How `score` calls the Pipeline: `(groups, steps)`, plain estimators called one after the other.
+
+        `steps` are the Pipeline's steps with nested Pipelines opened up: scikit-learn's `Pipeline` methods define a
+        class on every call (metadata routing's `EmptyRequest`), and classes are costly garbage, collected in pauses of
+        tens of milliseconds in the middle of some request. When the Pipeline starts with a ColumnTransformer of named
+        columns, `groups` are its transformers' steps, each with a `Frame` of just its columns, and `steps` the steps
+        after it: the ColumnTransformer's own selecting, checking and stacking take 1.5 of the 4 ms of a one-record call
+        of the demo model. Used only when it gives the Pipeline's answers on the packed background sample, without a
+        warning; None otherwise (the Pipeline is called as it is)."""
         from sklearn.compose import ColumnTransformer
-        from sklearn.pipeline import Pipeline
         p = self.pipeline
-        if not (isinstance(p, Pipeline) and len(p) > 1 and isinstance(p[0], ColumnTransformer)) or getattr(p[0], "sparse_output_", True):
-            return None, None
         try:
-            groups = [(t, Frame(list(cols))) for _, t, cols in p[0].transformers_ if not (isinstance(t, str) and t == "drop") and len(cols)]
-            if any(isinstance(t, str) for t, _ in groups): return None, None        # passthrough columns: not worth a special case
-            rest = p[1:] if len(p) > 2 else p[-1]
+            groups, steps = None, plain_steps(p)
+            if isinstance(steps[0], ColumnTransformer) and not steps[0].sparse_output_:
+                groups = [(plain_steps(t), Frame(list(cols))) for _, t, cols in steps[0].transformers_
+                          if not (isinstance(t, str) and t == "drop") and len(cols)]
+                if any(isinstance(t[0], str) for t, _ in groups): return None     # passthrough columns: not worth a special case
+                steps = steps[1:]
             records = sample_records(self.background)
             with warnings.catch_warnings(), sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
                 warnings.simplefilter("error")
-                same = np.allclose(self._direct_proba(records, groups, rest), p.predict_proba(FRAME(records)), rtol=1e-9, atol=1e-12)
-        except Exception as e:       # columns by position or mask, a transformer that warns: the Pipeline as it is
+                same = np.allclose(self._call(records, (groups, steps)), p.predict_proba(FRAME(records)), rtol=1e-9, atol=1e-12)
+        except Exception as e:       # columns by position or mask, a step that warns: the Pipeline as it is
             log.info("mlnb: %s is scored through its whole Pipeline (%s)", self.tag, e)
-            return None, None
-        return (groups, rest) if same else (None, None)
+            return None
+        return (groups, steps) if same else None
 
     @staticmethod
-    def _direct_proba(records, groups, rest) -> np.ndarray:
-        parts = [t.transform(make(records)) for t, make in groups]
-        return rest.predict_proba(parts[0] if len(parts) == 1 else np.hstack(parts))
+    def _call(records: list[Features], plan) -> np.ndarray:
+        "Class probabilities of `records` by `plan` (see `_plan`)."
+        groups, steps = plan
+        if groups is None: X = FRAME(records)
+        else:
+            parts = [transformed(ts, make(records)) for ts, make in groups]
+            X = parts[0] if len(parts) == 1 else np.hstack(parts)
+        return steps[-1].predict_proba(transformed(steps[:-1], X))
 
     def score(self, records: list[Features]) -> tuple[np.ndarray, float]:
         "Class probabilities of `records` and the milliseconds it took."
@@ -399,8 +423,7 @@ class Served:
         # The request schema refused NaN and infinity (a null is a missing value, which the Pipeline imputes), so
         # scikit-learn's finiteness and parameter checks can go: a third of the time of a one-row call.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            proba = (self.pipeline.predict_proba(FRAME(records)) if self.groups is None
-                     else self._direct_proba(records, self.groups, self.rest))
+            proba = self.pipeline.predict_proba(FRAME(records)) if self.plan is None else self._call(records, self.plan)
         return proba, (time.perf_counter() - start) * 1000
 
     def explainer(self):
