@@ -1,8 +1,9 @@
 """Serving benchmark: /predict of `bentoml serve` (the mlnb service) against a bare Starlette app calling the same model.
 
 Both servers run as their own process on loopback with one worker; one async httpx client drives both in the same run,
-for a bounded time per measurement; the latency at half saturation is measured with a lean asyncio client (`Lean`), for
-saturation and then an open-loop load, against both servers at the same rate. Reported: requests/s, p50/p95/p99 latency, errors, the ratio of the served model's
+for a bounded time per measurement. The latency measurements (the prediction log's cost, saturation, and an open-loop
+load at half of it against both servers) use a lean asyncio client instead (`Lean`): httpx's own CPU time would be taken
+from the server on this machine. Reported: requests/s, p50/p95/p99 latency, errors, the ratio of the served model's
 requests/s to the bare app's, the prediction log's cost on median latency, /predict_batch records/s, and whether every
 request made it into the store. Results are appended to benchmarks/RESULTS.md.
 
@@ -251,7 +252,7 @@ def main(argv=None):
         say(f"mlnb (bentoml)   /predict_batch  c={c:<3} {fmt(results['batch'])}  = {results['batch']['rps'] * a.batch:.0f} records/s ({a.batch} per call)")
         say(f"adaptive batching: {reqs:.0f} /predict_batch requests merged into {calls:.0f} model calls ({reqs / max(calls, 1):.1f} requests, "
             f"{a.batch * reqs / max(calls, 1):.0f} records a call on average; at most {os.environ.get('MLNB_BATCH_SIZE', '64')} records)")
-        # latency at half saturation, with the lean client (httpx's own CPU would be taken from the server)
+        # latencies, with the lean client: the prediction log's cost, then saturation and an open-loop load at half of it
         results['logged'], results['nolog'] = log_cost(srv.url, nolog.url, {'record': rec}, 2 * a.seconds)
         say(f"mlnb, log on/off /predict        c=1   p50 {results['logged']['p50']:.2f} / {results['nolog']['p50']:.2f} ms "
             f"(lean client, {2 * a.seconds:.0f} s each in 4 alternating rounds)")
