@@ -567,6 +567,6 @@ def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
     assert groups is None and [type(t).__name__ for t in steps] == ['FeatureSteps', 'ColumnTransformer', 'HistGradientBoostingClassifier']
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
-    def warns(d): __import__('warnings').warn('a step that warns'); return d
-    s.pipeline = make_pipeline(FunctionTransformer(warns), plain.pipeline)
-    assert s._plan() is None                             # a step that warns on the sample: the Pipeline is called as it is
+    def fails(d): raise ValueError('a step that fails')
+    s.pipeline = make_pipeline(FunctionTransformer(fails), plain.pipeline)
+    assert s._plan() is None                             # a model that fails on the sample: the Pipeline is called as it is
