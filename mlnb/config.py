@@ -10,14 +10,15 @@ from pathlib import Path
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order', 'load_project',
-           'new_project']
+__all__ = ['SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'TASKS', 'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order',
+           'load_project', 'new_project']
 
 # %% ../nbs/01_config.ipynb #c7a6b9b6
 SECTIONS = {  # section -> {key: default}
     'project':  {'name': None, 'workspace': '.mlnb', 'store': None},
     'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0',
-                 'watermark': None, 'records': None, 'paging': 'auto'},   # incremental column; API records key and paging
+                 'watermark': None, 'records': None, 'paging': 'auto',    # incremental column; API records key and paging
+                 'task': 'auto', 'time': None, 'keep': ''},               # the task, a time column for the holdout, columns never dropped
     'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
     'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000', 'weight': '0.1', 'cache': '0',
                  'budget_ms': '0', 'fallback_after': '3', 'batch_size': '64'},   # latency budget and fallback; adaptive batching
@@ -27,6 +28,7 @@ SECTIONS = {  # section -> {key: default}
 }
 STAGE_KEYS = {'notebook': None, 'needs': '', 'params': ''}
 REQUIRED = [('project', 'name'), ('data', 'source')]
+TASKS = ('auto', 'binary', 'multiclass', 'regression')   # [data] task
 
 # %% ../nbs/01_config.ipynb #b711eb20
 def parse_value(s:str):
@@ -50,6 +52,7 @@ class Stage:
     notebook: Path
     needs: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)   # param -> where its value came from: settings.ini, --params or --sweep
 
 # %% ../nbs/01_config.ipynb #6262d6e3
 @dataclass
@@ -117,7 +120,8 @@ def _stages(path:Path, plain:dict, raw:dict) -> dict[str, Stage]:
         if not r['notebook']: raise ConfigError("required key is missing", path, sec, 'notebook')
         nb = (path.parent/r['notebook']).resolve()
         if not nb.is_file(): raise ConfigError(f"notebook not found: {nb}", path, sec, 'notebook')
-        stages[n] = Stage(n, nb, r['needs'].split(), parse_params(r['params'], (path, sec, 'params')))
+        params = parse_params(r['params'], (path, sec, 'params'))
+        stages[n] = Stage(n, nb, r['needs'].split(), params, dict.fromkeys(params, 'settings.ini'))
     for n in raw:
         if n not in stages: raise ConfigError(f"stage is not listed in [pipeline] stages", path, f'stage:{n}')
     for s in stages.values():
@@ -158,6 +162,8 @@ def _check_values(p:Project):
                            ('monitor','psi_warn',float), ('monitor','psi_critical',float)]:
         try: kind(p.sections[sec][key])
         except ValueError: raise ConfigError(f"expected a {kind.__name__}, got '{p.sections[sec][key]}'", p.path, sec, key) from None
+    if p.data['task'] not in TASKS:
+        raise ConfigError(f"expected one of {', '.join(TASKS)}, got '{p.data['task']}'", p.path, 'data', 'task')
     if p.serve['mode'] not in ('single', 'ab', 'shadow'):
         raise ConfigError(f"expected single, ab or shadow, got '{p.serve['mode']}'", p.path, 'serve', 'mode')
     for key, kind, lo, hi in [('weight', float, 0, 1), ('cache', int, 0, None)]:

@@ -12,10 +12,11 @@ from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash
 from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
-__all__ = ['RECORD', 'ICONS', 'HEARTBEAT', 'StageContext', 'find_settings', 'ancestors', 'descendants', 'select',
-           'apply_overrides', 'parse_sweep', 'expand_sweep', 'project_inputs', 'param_files', 'cache_key',
+__all__ = ['RECORD', 'ICONS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings', 'ancestors', 'descendants', 'select',
+           'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep', 'notebook_params', 'stage_parameters',
+           'check_params', 'params_line', 'content_hash', 'project_inputs', 'param_files', 'cache_key',
            'cached_outputs', 'StageResult', 'execute_stage', 'KernelPool', 'shutdown', 'progress_line',
-           'TerminalProgress', 'RunResult', 'run', 'runs', 'dag']
+           'TerminalProgress', 'columns_lines', 'RunResult', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -95,6 +96,7 @@ def apply_overrides(p:Project, overrides) -> dict:
         if v is None or not dot or not key: raise ConfigError(f"--params: expected stage.key=value, got '{k}'")
         _known(p, stage, '--params')
         p.stages[stage].params[key] = out[k] = parse_value(v) if isinstance(v, str) else v
+        p.stages[stage].origin[key] = '--params'
     return out
 
 # %% ../nbs/08_pipeline.ipynb #10dd7375
@@ -111,6 +113,10 @@ def parse_sweep(p:Project, sweeps) -> tuple[str, list[dict]]:
         stage, axes[key] = st, [parse_value(v) for v in vals.split(',') if v]
     return stage, [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
+def base_name(stage:str) -> str:
+    "The stage a sweep variant (`train@rf`) is a copy of: upstream outputs are found under this name."
+    return stage.split('@', 1)[0]
+
 def expand_sweep(p:Project, sweeps) -> Project:
     "A copy of `p` whose swept stage and its downstream exist once per variant."
     import copy
@@ -122,20 +128,73 @@ def expand_sweep(p:Project, sweeps) -> Project:
         for n in fan:
             s = copy.deepcopy(p.stages[n]); s.name = f'{n}@{label}'
             s.needs = [f'{d}@{label}' if d in fan else d for d in s.needs]
-            if n == stage: s.params.update(v)
+            if n == stage: s.params.update(v); s.origin.update(dict.fromkeys(v, '--sweep'))
             stages[s.name] = s
     q = copy.copy(p); q.stages = {n: stages[n] for n in topo_order(stages, p.path)}
     return q
 
+# %% ../nbs/08_pipeline.ipynb #58bf89d0
+def notebook_params(path) -> dict:
+    "`{name: default}` of the cell tagged `parameters` in notebook `path` (a default that is no literal: its source text); None without one."
+    import ast
+    nb = json.loads(Path(path).read_text())
+    cell = next((c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
+    if cell is None: return None
+    src = ''.join(cell['source'])
+    try: tree = ast.parse(src)
+    except SyntaxError as e: raise ConfigError(f"{path}: the parameters cell is not valid Python (line {e.lineno}: {e.msg})") from None
+    out = {}
+    for node in tree.body:
+        target, value = (node.targets[0], node.value) if isinstance(node, ast.Assign) else (getattr(node, 'target', None), getattr(node, 'value', None))
+        if not isinstance(target, ast.Name) or value is None: continue
+        try: out[target.id] = ast.literal_eval(value)
+        except ValueError: out[target.id] = ast.get_source_segment(src, value)
+    return out
+
+def stage_parameters(p:Project, name:str) -> dict:
+    "Stage `name`'s effective parameters: `{key: {'value', 'from'}}`, from notebook, settings.ini, --params or --sweep."
+    s = p.stages[name]
+    out = {k: {'value': v, 'from': 'notebook'} for k, v in (notebook_params(s.notebook) or {}).items() if k != 'mlnb_context'}
+    out.update({k: {'value': v, 'from': s.origin.get(k, 'settings.ini')} for k, v in s.params.items()})
+    return out
+
+def check_params(p:Project, names) -> None:
+    "`ConfigError` for a parameter of stages `names` that its notebook's parameters cell does not declare."
+    for n in names:
+        s = p.stages[n]; known = notebook_params(s.notebook)
+        for k in s.params:
+            if known is None or k in known: continue
+            where = {'--params': f"--params {base_name(n)}.{k}", '--sweep': f"--sweep {base_name(n)}.{k}"}.get(s.origin.get(k))
+            msg = f"parameter '{k}' is not in the parameters cell of {s.notebook.name} (it has: {', '.join(x for x in known if x != 'mlnb_context')})"
+            raise ConfigError(f"{where}: {msg}" if where else msg, None if where else p.path, None if where else f'stage:{base_name(n)}', None if where else 'params')
+
+def params_line(params:dict) -> str:
+    "`key=value` pairs grouped by where they came from: `model='rf' [--params]; cv=5, test_size=0.2 [notebook]`."
+    by = {}
+    for k, v in params.items(): by.setdefault(v['from'], []).append(f"{k}={v['value']!r}")
+    return '; '.join(f"{', '.join(kv)} [{src}]" for src, kv in by.items())
+
+
 # %% ../nbs/08_pipeline.ipynb #3749aeab
-def _file_fingerprint(path:Path):
-    return [path.name, path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+def content_hash(path:Path, memo:Path) -> str|None:
+    "The content hash of file `path`, hashed again only when its size or modification time changed since the `memo` file saw it."
+    if not path.is_file(): return None
+    st, key = path.stat(), str(path.resolve())
+    try: seen = json.loads(memo.read_text())
+    except (OSError, ValueError): seen = {}
+    size_mtime = [st.st_size, st.st_mtime_ns]
+    if seen.get(key, [None])[:2] == size_mtime: return seen[key][2]
+    seen[key] = size_mtime + [hash_file(path)]
+    memo.parent.mkdir(parents=True, exist_ok=True); tmp = memo.with_name(f'.{memo.name}.{os.getpid()}')
+    tmp.write_text(json.dumps(seen)); os.replace(tmp, memo)
+    return seen[key][2]
 
 def project_inputs(p:Project) -> dict:
-    "What every stage's key includes from the project: the [data] settings and a fingerprint of a data file."
+    "What every stage's key includes from the project: the [data] settings and the content hash of a data file."
     from mlnb.ingest import source_kind
     src, kind = p.data['source'], source_kind(p.data['source'])
-    return {'data': p.data, 'source_file': _file_fingerprint(p.resolve(src)) if kind == 'file' and '://' not in src else None,
+    local = kind == 'file' and '://' not in src
+    return {'data': p.data, 'source_file': content_hash(p.resolve(src), p.workspace/'cache'/'file_hashes.json') if local else None,
             'uncacheable': kind in ('sql', 'api')}
 
 def param_files(p:Project, name:str) -> dict:
@@ -177,7 +236,7 @@ def execute_stage(p:Project, name:str, run_id:str, run_dir:Path, upstream:dict, 
     final, tmp, nb_out = run_dir/name, run_dir/f'.{name}.tmp', run_dir/f'{name}.ipynb'
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     stage = p.stages[name]
-    ctx = dict(run_id=run_id, stage=name, settings=str(p.path), out_dir=str(tmp), upstream={k: str(v) for k,v in upstream.items()})
+    ctx = dict(run_id=run_id, stage=name, settings=str(p.path), out_dir=str(tmp), upstream={base_name(k): str(v) for k,v in upstream.items()})
     t0 = time.time()
     try:
         pm.execute_notebook(str(stage.notebook), str(nb_out), parameters={'mlnb_context': ctx, **stage.params},
@@ -253,6 +312,13 @@ class TerminalProgress:
         self.drawn = len(self.rows)
 
 # %% ../nbs/08_pipeline.ipynb #8dee4976
+def columns_lines(plan, shown:int=4) -> list[str]:
+    "What the raw columns became (the train stage's column plan), one line per outcome: `number: 3 columns (a, b, c)`."
+    rows = plan.get('rows', []) if isinstance(plan, dict) else plan or []
+    by = {}
+    for r in rows: by.setdefault(r['became'], []).append(str(r['column']))
+    return [f"{k}: {len(v)} column{'s' if len(v) > 1 else ''} ({', '.join(v[:shown])}{', ...' if len(v) > shown else ''})" for k, v in by.items()]
+
 @dataclass
 class RunResult:
     "A finished run: its id, status, stages, and the metrics they recorded."
@@ -264,15 +330,20 @@ class RunResult:
     def summary(self) -> str:
         lines = [f"run {self.run_id}: {self.status}"]
         lines += [f"  {s.stage:<12} {s.status:<8} {s.seconds:6.1f}s" + (f"  {s.notebook}" if s.notebook else '') for s in self.stages.values()]
+        lines += [f"  parameters of {s.stage}: {params_line(s.values['parameters'])}" for s in self.stages.values() if s.values.get('parameters')]
+        lines += [f"  columns: {c}" for s in self.stages.values() if '@' not in s.stage for c in columns_lines(s.values.get('columns'))]
         if (t := self.variants()) is not None: lines += ['  sweep:', '    ' + t.round(4).to_string().replace('\n', '\n    ')]
-        elif self.metrics: lines.append('  metrics: ' + ', '.join(f"{k}={v:.4g}" for k,v in self.metrics.items()))
+        elif self.metrics:
+            own, base = [{k: v for k, v in self.metrics.items() if k.startswith('baseline_') == b} for b in (False, True)]
+            lines.append('  metrics: ' + ', '.join(f"{k}={v:.4g}" for k,v in own.items()))
+            if base: lines.append('  baseline (dummy model): ' + ', '.join(f"{k[9:]}={v:.4g}" for k,v in base.items()))
         return '\n'.join(lines)
     def variants(self):
         "For a sweep: one row per variant with the metrics its stages recorded (None when not a sweep)."
         import pandas as pd
         rows = {}
         for s in self.stages.values():
-            if '@' in s.stage: rows.setdefault(s.stage.split('@', 1)[1], {}).update(s.metrics)
+            if '@' in s.stage: rows.setdefault(s.stage.split('@', 1)[1], {}).update({k: v for k, v in s.metrics.items() if not k.startswith('baseline_')})
         return pd.DataFrame.from_dict(rows, orient='index').rename_axis('variant') if rows else None
     def _repr_markdown_(self): return f"```\n{self.summary()}\n```"
     __str__ = summary
@@ -295,18 +366,21 @@ class _Runner:
         if n in self.forced or (self.inputs['uncacheable'] and not self.p.stages[n].needs): return None
         key = self._key(n); hit = cached_outputs(self.store, key)
         if not hit: return None
-        sid = self.store.start_stage(self.run.run_id, n, key, self.p.stages[n].params)
+        params = stage_parameters(self.p, n)
+        sid = self.store.start_stage(self.run.run_id, n, key, params)
         self.store.record(self.run.run_id, n, hit['metrics'], {a['name']: (a['path'], a['sha256'], a['size']) for a in hit['artifacts']})
-        self.store.finish_stage(sid, 'cached', out_dir=hit['out_dir'], notebook=hit['notebook'], cached_from=hit['run_id'], values=hit['values'])
+        values = {**(hit['values'] or {}), 'parameters': params}
+        self.store.finish_stage(sid, 'cached', out_dir=hit['out_dir'], notebook=hit['notebook'], cached_from=hit['run_id'], values=values)
         self.hashes[n], self.keys[n] = {a['name']: a['sha256'] for a in hit['artifacts']}, key
-        return StageResult(n, 'cached', 0.0, hit['out_dir'], hit['notebook'], hit['metrics'], hit['values'] or {})
+        return StageResult(n, 'cached', 0.0, hit['out_dir'], hit['notebook'], hit['metrics'], values)
 
     def execute(self, n, km=None) -> StageResult:
         "Run `n` in a fresh kernel and record how it ended."
-        key, st = self._key(n), self.store
-        sid = st.start_stage(self.run.run_id, n, key, self.p.stages[n].params)
+        key, st, params = self._key(n), self.store, stage_parameters(self.p, n)
+        sid = st.start_stage(self.run.run_id, n, key, params)
         args = (self.p, n, self.run.run_id, self.run.run_dir, self._upstream(n))
         r = self.client.submit(execute_stage, *args, pure=False).result() if self.client else execute_stage(*args, km)
+        r.values['parameters'] = params
         if r.status == 'failed':
             e = r.error
             st.finish_stage(sid, 'failed', notebook=r.notebook, error_cell=e.cell, error_name=e.ename, error_value=e.evalue)
@@ -331,31 +405,37 @@ def _ready(p:Project, pending:list, results:dict) -> list[str]:
 
 HEARTBEAT = 10   # seconds between progress events for a stage still running (unless the printer asks otherwise)
 
+def _start_ready(runner:_Runner, pending:list, running:dict, since:dict, jobs:int, workers) -> bool:
+    "Start ready stages while fewer than `jobs` run; True when one came from the cache (then more may be ready)."
+    for n in _ready(runner.p, pending, runner.run.stages):
+        if len(running) >= jobs: return False
+        pending.remove(n)
+        if (hit := runner.try_cache(n)): runner.finished(hit); return True
+        runner.on_event(n, 'running'); since[n] = time.time()
+        km = runner.pool.take(min(len(pending), jobs)) if runner.pool else None
+        running[workers.submit(runner.execute, n, km)] = n
+    return False
+
 def _schedule(runner:_Runner, order:list[str], jobs:int):
     "Start stages as their needs finish, up to `jobs` at once; stop starting new ones after a failure."
     pending, running, failed, since = list(order), {}, False, {}
     workers = ThreadPoolExecutor(max_workers=jobs)
     try:
         while pending or running:
-            for n in [] if failed else _ready(runner.p, pending, runner.run.stages):
-                pending.remove(n)
-                if (hit := runner.try_cache(n)): runner.finished(hit); break     # look again: more may be ready now
-                runner.on_event(n, 'running'); since[n] = time.time()
-                km = runner.pool.take(len(pending)) if runner.pool else None
-                running[workers.submit(runner.execute, n, km)] = n
-            else:
-                if not running: break
-                done = wait(running, timeout=getattr(runner.on_event, 'heartbeat', HEARTBEAT), return_when=FIRST_COMPLETED)[0]
-                for f in done:
-                    n = running.pop(f); r = f.result(); r.seconds = time.time() - since[n]     # kernel start included
-                    runner.finished(r); failed |= r.status == 'failed'
-                if not done:
-                    for n in running.values(): runner.on_event(n, 'running', time.time() - since[n])
+            if not failed and _start_ready(runner, pending, running, since, jobs, workers): continue
+            if not running: break
+            done = wait(running, timeout=getattr(runner.on_event, 'heartbeat', HEARTBEAT), return_when=FIRST_COMPLETED)[0]
+            for f in done:
+                n = running.pop(f); r = f.result(); r.seconds = time.time() - since[n]     # kernel start included
+                runner.finished(r); failed |= r.status == 'failed'
+            if not done:
+                for n in running.values(): runner.on_event(n, 'running', time.time() - since[n])
         for n in pending: runner.finished(StageResult(n, 'skipped'))
     finally:
         if sys.exc_info()[0] and runner.pool: runner.pool.close()      # Ctrl-C: stop the kernels, so threads end
         workers.shutdown(wait=True, cancel_futures=True)
         if runner.pool: runner.pool.close()
+
 
 # %% ../nbs/08_pipeline.ipynb #a2aa189b
 def _dask_client(address:str):
@@ -387,6 +467,7 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
         if stage or from_stage: raise ConfigError("--sweep runs the whole pipeline: drop --stage/--from")
         p = expand_sweep(p, [sweep] if isinstance(sweep, str) else sweep)
     order, forced = select(p, stage, from_stage)
+    check_params(p, order)
     check_source(p.data, p.root, p.path)
     client = _dask_client(scheduler or p.sections['pipeline'].get('scheduler')) if (scheduler or p.sections['pipeline'].get('scheduler')) else None
     store = Store(p.store_url)
@@ -412,19 +493,23 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     return res
 
 # %% ../nbs/08_pipeline.ipynb #76b5f922
+HEADLINE = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')   # metrics `runs` shows, when a run has them
+
 def runs(settings='settings.ini', limit:int=20):
     "The latest `limit` runs as a DataFrame: id, status, start, duration and the headline metrics."
     import pandas as pd
     p = load_project(settings)
     rows = []
     from mlnb.store import Store
-    for r in Store(p.store_url).list_runs(limit):
+    for r in Store(p.store_url).list_runs(limit, stages=True):
         secs = (r['finished'] - r['started']).total_seconds() if r['finished'] else None
+        train = {k: v for s in r['stages'].values() if base_name(s['stage']) == 'train' for k, v in (s['values'] or {}).items()}
         rows.append({'run': r['id'], 'status': r['status'], 'started': r['started'].strftime('%Y-%m-%d %H:%M:%S'),
-                     'seconds': round(secs, 1) if secs is not None else None,
-                     **{k: round(r['metrics'][k], 4) for k in ('accuracy', 'f1', 'roc_auc') if k in r['metrics']},
+                     'seconds': round(secs, 1) if secs is not None else None, 'task': train.get('task'), 'model': train.get('model'),
+                     **{k: round(r['metrics'][k], 4) for k in HEADLINE if k in r['metrics']},
                      'error': (r['error'] or '')[:80]})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return df.dropna(axis=1, how='all') if len(df) else df
 
 def dag(settings='settings.ini') -> str:
     "The stage graph as text: each stage, in run order, with what it needs and its parameters."
