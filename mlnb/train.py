@@ -187,6 +187,11 @@ def _parallel(client):
     import joblib
     return joblib.parallel_backend('dask', client=client)
 
+def _column(values:list) -> pd.Series:
+    "A parameter's values as a column: numbers stay ints where None is among them (max_depth=None is not NaN)."
+    s = pd.Series(values, dtype=object)
+    return s if s.isna().any() else s.infer_objects()
+
 def _trials(cv_results:dict, metric:str) -> pd.DataFrame:
     "One row per candidate and halving iteration: its parameters, rows used, score (mean, std) and fit seconds."
     params = [{k.removeprefix('model__'): v for k, v in p.items()} for p in cv_results['params']]
@@ -194,7 +199,7 @@ def _trials(cv_results:dict, metric:str) -> pd.DataFrame:
     trial = [ids.setdefault(repr(sorted(p.items())), len(ids)) for p in params]
     sign = -1 if metric in ('rmse',) else 1
     return pd.concat([pd.DataFrame({'trial': trial, 'iter': cv_results['iter'], 'rows': cv_results['n_resources']}),
-                      pd.DataFrame(params),
+                      pd.DataFrame({k: _column([p.get(k) for p in params]) for k in dict.fromkeys(k for p in params for k in p)}),
                       pd.DataFrame({'metric': metric, 'score': sign * cv_results['mean_test_score'],
                                     'score_std': cv_results['std_test_score'], 'fit_s': cv_results['mean_fit_time']})], axis=1)
 
