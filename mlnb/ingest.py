@@ -8,14 +8,13 @@ import hashlib, json, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
-import pandas as pd
 from .core import ConfigError, DataError, hash_bytes, need
 
 # %% auto #0
 __all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'FILE_READERS', 'MAX_PAGES',
-           'META_KEY', 'source_kind', 'sql_url', 'source_batches', 'read_source', 'check_source', 'TableHash',
-           'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta', 'write_snapshot', 'source_rows',
-           'ingest', 'previous_snapshot', 'list_snapshots']
+           'META_KEY', 'source_kind', 'sql_url', 'source_batches', 'read_source', 'source_columns', 'check_source',
+           'TableHash', 'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta', 'write_snapshot',
+           'source_rows', 'ingest', 'previous_snapshot', 'list_snapshots']
 
 # %% ../nbs/03_ingest.ipynb #586c9643
 SKLEARN_SETS = {'breast_cancer': 'load_breast_cancer', 'iris': 'load_iris', 'wine': 'load_wine',
@@ -60,6 +59,7 @@ def _parquet_tables(path:str, opts:dict):
         if empty: yield pf.schema_arrow.empty_table()
 
 def _jsonl_tables(path:str, opts:dict):
+    pd = need('pandas')
     with _open(path) as f:
         try:
             empty = True
@@ -133,6 +133,7 @@ def _bad_values(path:str, col:str, type_) -> str:
 
 def _misfits(s:pd.Series, type_) -> pd.Series:
     "Which values of `s` cannot be converted to Arrow type `type_`."
+    pd = need('pandas')
     pa = need('pyarrow')
     present = s.notna() & (s.astype(str) != '')
     if pa.types.is_integer(type_) or pa.types.is_floating(type_):
@@ -269,6 +270,7 @@ def _next_url(url:str, body, headers, paging:str, recs:list) -> str|None:
     return urljoin(url, nxt) if isinstance(nxt, str) and nxt else None
 
 def _api_tables(data:dict, nrows=None):
+    pd = need('pandas')
     url, rows, pages, seen = data['source'], [], 0, set()
     paging = data.get('paging') or 'auto'
     if paging.partition(':')[0] not in ('auto', 'page', 'offset', 'none'):
@@ -316,13 +318,26 @@ def read_source(data:dict, root='.', nrows:int|None=None) -> pd.DataFrame:
     return t.to_pandas()
 
 # %% ../nbs/03_ingest.ipynb #72e42168
-def check_source(data:dict, root='.', settings=None) -> list[str]:
-    "Columns of the source; raises naming settings.ini when it is missing or lacks the target column."
-    try: cols = list(read_source(data, root, nrows=0).columns)
+def source_columns(data:dict, root='.') -> list[str]:
+    "The source's column names, read as cheaply as it allows: a local CSV's header line, a Parquet schema, else its first rows."
+    src = data['source']
+    if source_kind(src) == 'file' and '://' not in src and _ext(src) in ('.csv', '.parquet') and not src.endswith(COMPRESSED):
+        path = Path(_file_path(src, root))
+        if not path.is_file(): raise ConfigError(f"data source not found: {path}", None, 'data', 'source')
+        if _ext(src) == '.parquet': return need('pyarrow.parquet', 'pyarrow').read_schema(path).names
+        import csv
+        with open(path, newline='', encoding='utf-8', errors='replace') as f: return next(csv.reader(f), [])
+    return list(read_source(data, root, nrows=0).columns)
+
+def check_source(data:dict, root='.', settings=None) -> None:
+    "Check, without reading rows, that the source is there and has the target column; errors name settings.ini."
+    src = data['source']
+    if source_kind(src) == 'sklearn' and src.split(':', 1)[1] in SKLEARN_SETS and data['target'] == 'target': return   # their frames always have it
+    try: cols = source_columns(data, root)
     except ConfigError as e: raise ConfigError(str(e).split(': ', 1)[-1], settings, 'data', e.key or 'source') from None
     if data['target'] not in cols:
         raise DataError(f"target column '{data['target']}' is not in {data['source']} (columns: {', '.join(map(str, cols[:12]))}{', ...' if len(cols) > 12 else ''})")
-    return cols
+
 
 # %% ../nbs/03_ingest.ipynb #ff935dfb
 def _norm_type(t):
@@ -388,9 +403,10 @@ class Snapshot:
     "A Parquet snapshot and what identifies it."
     path: Path; hash: str; rows: int; columns: list
     source: str|None = None; watermark: object = None; appended: int|None = None; extra: int = 0
+    repeated: int = 0   # extra rows identical to a row before them (a label for a row trained on already)
     def _repr_markdown_(self):
         inc = f", {self.appended} new since the last snapshot (watermark {self.watermark})" if self.appended is not None else ''
-        ext = f", {self.extra} of them extra labelled rows" if self.extra else ''
+        ext = f", {self.extra} of them extra labelled rows ({self.repeated} repeating earlier rows)" if self.extra else ''
         return f"snapshot `{self.hash[:12]}`: {self.rows} rows x {len(self.columns)} columns{inc}{ext} at `{self.path}`"
 
 META_KEY = 'mlnb'
@@ -402,6 +418,13 @@ def snapshot_meta(path) -> dict:
     return json.loads(md[META_KEY.encode()]) if META_KEY.encode() in md else {}
 
 # %% ../nbs/03_ingest.ipynb #4005fbea
+def _widen(schema, widen:dict):
+    "`schema` with the columns in `widen` set to their wider types."
+    if schema is None or not widen: return schema
+    for name, type_ in widen.items():
+        if name in schema.names: schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(type_))
+    return schema
+
 def _conform(t, schema, first_row:int):
     "`t` with the columns and types of `schema`, or a DataError naming the column and rows that differ."
     if t.schema.names != schema.names:
@@ -420,8 +443,9 @@ def _conform(t, schema, first_row:int):
 
 class _Writer:
     "Writes tables into one Parquet file in row groups, hashing and counting what it writes (in a thread, while the next chunks are read)."
-    def __init__(self, path:Path, schema=None):
-        self.path, self.schema, self.buf, self.n, self.w, self.h, self.nulls = path, schema, [], 0, None, None, []
+    def __init__(self, path:Path, schema=None, widen:dict|None=None):   # widen: {column: wider type} forced on the file
+        self.widen = widen or {}
+        self.path, self.schema, self.buf, self.n, self.w, self.h, self.nulls = path, _widen(schema, self.widen), [], 0, None, None, []
         self.rows, self.pending, self.pool = 0, None, None
     def write(self, t, first_row:int=1):
         "Append table `t` (its first row is row `first_row` of the source, for messages)."
@@ -435,7 +459,7 @@ class _Writer:
         t = pa.concat_tables(self.buf, promote_options='permissive' if self.schema is None else 'none')
         if self.w is None:
             from concurrent.futures import ThreadPoolExecutor
-            self.schema = (self.schema or t.schema).remove_metadata(); t = t.cast(self.schema)
+            self.schema = _widen(self.schema or t.schema, self.widen).remove_metadata(); t = t.cast(self.schema)
             self.w, self.h, self.nulls = pq.ParquetWriter(self.path, self.schema), TableHash(self.schema), [0] * len(self.schema)
             self.pool = ThreadPoolExecutor(1)
         self.nulls = [k + t[i].null_count for i, k in enumerate(self.nulls)]
@@ -520,6 +544,13 @@ def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
         row += n
     return top
 
+def _repeats(path, n:int) -> int:
+    "How many of the last `n` rows of the Parquet file at `path` repeat one of the rows before them exactly."
+    if not n: return 0
+    pq, np = need('pyarrow.parquet', 'pyarrow'), need('numpy')
+    h = need('pandas').util.hash_pandas_object(pq.read_table(path).to_pandas(), index=False).to_numpy()
+    return int(np.isin(h[-n:], h[:-n]).sum())
+
 def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='snapshot.parquet',
            extra=None) -> Snapshot:  # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
     "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
@@ -531,7 +562,7 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
     tmp, since, opts = path.with_name(f'.{name}.tmp'), _since(previous, col) if col else None, {}
     if previous is not None: opts['types'] = {f.name: f.type for f in pq.read_schema(previous) if not f.type.num_fields}
     while True:
-        w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None)
+        w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None, opts.get('widened'))
         try:
             wm = _stream(data, root, w, opts, since, previous)
             if opts.get('bad'): raise DataError(_malformed(_file_path(src, root), opts['bad']))
@@ -542,14 +573,16 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
             break
         except _Widen as e: w.abort(); opts.setdefault('widened', {})[e.column] = e.type; opts['bad'] = []
         except BaseException: w.abort(); raise
+    repeats = _repeats(tmp, n_extra)
     if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra)
     os.replace(tmp, path)
     base = source_rows(previous) if previous is not None else None
-    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - n_extra - base if base is not None else None, n_extra)
+    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - n_extra - base if base is not None else None, n_extra, repeats)
 
 # %% ../nbs/03_ingest.ipynb #82f8d476
 def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0) -> tuple[str, int]:
     "Keep `n` rows of the snapshot at `path` (stratified by `target` when it has at most 50 values) and its last `keep_last`; returns the new hash and rows."
+    pd = need('pandas')
     pq, np = need('pyarrow.parquet', 'pyarrow'), need('numpy')
     f = pq.ParquetFile(path); total = f.metadata.num_rows; m = total - keep_last
     y = pq.read_table(path, columns=[target])[target].to_pandas().iloc[:m] if target else pd.Series(np.zeros(m))
@@ -566,19 +599,30 @@ def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0) -> tu
     os.replace(out, path); return h, rows
 
 # %% ../nbs/03_ingest.ipynb #f2a3b4c5
+def _integral(t, schema):
+    "`t` with the integer columns of `schema` that arrived as floats cast back, when no value has a fraction; else `_Widen` to float."
+    pa, pc = need('pyarrow'), need('pyarrow.compute', 'pyarrow')
+    for f in schema:
+        if f.name not in t.schema.names or not pa.types.is_integer(f.type) or not pa.types.is_floating(t[f.name].type): continue
+        col = t[f.name]
+        if pc.any(pc.not_equal(col, pc.floor(col))).as_py(): raise _Widen(f.name, pa.float64())
+        t = t.set_column(t.schema.get_field_index(f.name), f.name, col.cast(f.type))
+    return t
+
 def _extra_tables(path, schema):
     "The rows of file `path` (CSV, Parquet or JSON Lines) as tables with the columns and types of `schema`."
     p = Path(path); kind = _ext(str(p))
     if not p.is_file(): raise DataError(f"extra rows file {p} does not exist")
     if kind not in FILE_READERS: raise DataError(f"extra rows file {p}: unsupported type '{kind}' (expected {', '.join(FILE_READERS)})")
-    opts, row = {'types': {f.name: f.type for f in schema if not f.type.num_fields}}, 1
+    pa = need('pyarrow')
+    opts, row = {'types': {f.name: f.type for f in schema if not f.type.num_fields and not pa.types.is_integer(f.type)}}, 1
     for t in FILE_READERS[kind](str(p), opts):
         t = _plain(t)
         if set(t.schema.names) != set(schema.names):
             gone, new = [c for c in schema.names if c not in t.schema.names], [c for c in t.schema.names if c not in schema.names]
             raise DataError(f"extra rows file {p} has columns {', '.join(t.schema.names)}; the data has {', '.join(schema.names)}"
                             + ''.join(f"; {what}: {', '.join(map(repr, cs))}" for what, cs in (('missing', gone), ('not in the data', new)) if cs))
-        try: yield _conform(t, schema, row)
+        try: yield _conform(_integral(t, schema), schema, row)
         except DataError as e: raise DataError(f"extra rows file {p}: {str(e).replace(' in earlier snapshots', ' in the data')}") from None
         row += t.num_rows
     if opts.get('bad'): raise DataError(_malformed(str(p), opts['bad']))
@@ -603,6 +647,7 @@ def previous_snapshot(store_url:str, data:dict) -> Path|None:
 
 def list_snapshots(settings='settings.ini', limit:int=50) -> pd.DataFrame:
     "The project's snapshots, newest first: created, hash, rows, columns, source, the runs that used them, and the file."
+    pd = need('pandas')
     import sqlalchemy as sa
     from mlnb.config import Project, load_project
     from mlnb.store import Store, runs, snapshots

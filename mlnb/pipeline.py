@@ -340,11 +340,12 @@ class RunResult:
         return '\n'.join(lines)
     def variants(self):
         "For a sweep: one row per variant with the metrics its stages recorded (None when not a sweep)."
-        import pandas as pd
         rows = {}
         for s in self.stages.values():
             if '@' in s.stage: rows.setdefault(s.stage.split('@', 1)[1], {}).update({k: v for k, v in s.metrics.items() if not k.startswith('baseline_')})
-        return pd.DataFrame.from_dict(rows, orient='index').rename_axis('variant') if rows else None
+        if not rows: return None
+        import pandas as pd
+        return pd.DataFrame.from_dict(rows, orient='index').rename_axis('variant')
     def _repr_markdown_(self): return f"```\n{self.summary()}\n```"
     __str__ = summary
 

@@ -8,7 +8,7 @@ import joblib, numpy as np, pandas as pd, pyarrow.parquet as pq, pytest, sqlalch
 from conftest import mlnb
 import mlnb.ingest as ing
 from mlnb.core import ConfigError, DataError, ValidationFailed
-from mlnb.ingest import (SKLEARN_SETS, check_source, frame_hash, ingest, list_snapshots, parquet_hash, previous_snapshot,
+from mlnb.ingest import (SKLEARN_SETS, check_source, source_columns, frame_hash, ingest, list_snapshots, parquet_hash, previous_snapshot,
                          read_source, snapshot_meta)
 
 PG_URL = os.environ.get('MLNB_TEST_PG_URL')
@@ -82,7 +82,7 @@ def _incremental_sql(url, tmp_path):
     eng = _sql_table(url, name, df.head(25))
     data = {'source': url, 'query': f'SELECT * FROM {name}', 'target': 'churned', 'watermark': 'id'}
     try:
-        assert check_source(data) == list(df.columns)
+        check_source(data); assert source_columns(data) == list(df.columns)
         s1 = ingest(data, tmp_path/'r1')
         assert (s1.rows, s1.watermark) == (25, 25)
         with eng.begin() as c: df.iloc[25:].to_sql(name, c, index=False, if_exists='append')
@@ -149,7 +149,7 @@ def test_http_api_paging(api, tmp_path):
         df = read_source(data)
         assert df['id'].tolist() == list(range(1, 24)) and 'tag.kind' in df, data     # nested fields flattened
     assert len(read_source({'source': f'{api}/link', 'paging': 'none'})) == 5
-    assert check_source({'source': f'{api}/next', 'target': 'y'}) == ['id', 'score', 'y', 'tag.kind']
+    assert source_columns({"source": f"{api}/next", "target": "y"}) == ['id', 'score', 'y', 'tag.kind']
     s = ingest({'source': f'{api}/next', 'target': 'y', 'records': 'results'}, tmp_path/'api')
     assert s.rows == 23 and s.hash == parquet_hash(s.path)
     with pytest.raises(DataError, match='HTTP 500'): read_source({'source': f'{api}/broken'})
