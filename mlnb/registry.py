@@ -7,14 +7,14 @@ from __future__ import annotations
 import json, os
 from dataclasses import dataclass
 from pathlib import Path
-from .core import MlnbError, need
+from .core import MlnbError, hash_file, need
 from .config import Project, load_project
 from .store import Store
 
 # %% auto #0
-__all__ = ['HIGHER_BETTER', 'LOWER_BETTER', 'bentoml_home', 'bentoml_for', 'training_frame', 'background_sample',
-           'train_reference', 'ModelInfo', 'run_outputs', 'save_model', 'gate', 'promote_tag', 'rollback_store',
-           'promote', 'rollback']
+__all__ = ['GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'training_frame', 'background_sample', 'train_reference',
+           'ModelInfo', 'verified', 'load_pipeline', 'latest_evaluated', 'run_outputs', 'model_task', 'save_model',
+           'gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag', 'rollback_store', 'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -58,54 +58,135 @@ class ModelInfo:
     "A packaged model and where it came from."
     tag: str; run_id: str; data_hash: str|None; metrics: dict; schema: dict
     def _repr_markdown_(self):
-        m = ', '.join(f"{k}={v:.4f}" for k,v in self.metrics.items() if k in ('accuracy', 'f1', 'roc_auc'))
-        return f"model `{self.tag}` from run `{self.run_id}` (data `{(self.data_hash or '')[:12]}`): {m}"
+        m = ', '.join(f"{k}={v:.4f}" for k,v in self.metrics.items() if not k.startswith(('baseline_', 'cv_')) and k in GATED)
+        return f"{self.schema.get('task', '')} model `{self.tag}` from run `{self.run_id}` (data `{(self.data_hash or '')[:12]}`): {m}"
+
+def verified(store:Store, run_id:str, stage:str, name:str) -> Path:
+    "Path of output `name` of `stage` in run `run_id`, once its content hash equals the one recorded; `MlnbError` naming both."
+    import sqlalchemy as sa
+    from mlnb.store import artifacts
+    rows = store.read(sa.select(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.stage == stage, artifacts.c.name == name))
+    if not rows: raise MlnbError(f"run {run_id} recorded no {name} for stage '{stage}'")
+    path, want = Path(rows[0]['path']), rows[0]['sha256']
+    got = hash_file(path) if path.is_file() else 'missing'
+    if got != want: raise MlnbError(f"{path}: content hash {got[:16]} is not the {want[:16]} recorded for run {run_id}: refusing to load a changed file")
+    return path
+
+def load_pipeline(store:Store, run_id:str):
+    "The Pipeline run `run_id` trained, unpickled only after its hash was checked against the store's record."
+    import joblib
+    return joblib.load(verified(store, run_id, 'train', 'model.joblib'))
+
+def _evaluated(run:dict) -> bool:
+    return run['status'] == 'succeeded' and (run['stages'].get('evaluate') or {}).get('status') in ('done', 'cached')
+
+def latest_evaluated(store:Store, look:int=200) -> dict:
+    "The latest succeeded run whose evaluate stage succeeded (so its model has holdout metrics)."
+    rs = store.list_runs(look, stages=True)
+    if (r := next((r for r in rs if _evaluated(r)), None)): return store.get_run(r['id'])
+    last = f"; the latest, {rs[0]['id']}, {rs[0]['status']} with stages {', '.join(rs[0]['stages'])}" if rs else ''
+    raise MlnbError(f"no run with an evaluated model in {store.url}{last}: run the whole pipeline (`mlnb run`), then package it")
 
 def run_outputs(store:Store, run_id:str|None=None) -> tuple[dict, Path]:
-    "The run `run_id` (default: the latest succeeded) and its train stage's output folder."
-    run = store.get_run(run_id)
+    "The run `run_id` (default: the latest whose evaluate stage succeeded) and its train stage's output folder."
+    run = store.get_run(run_id) if run_id else latest_evaluated(store)
     if run['status'] != 'succeeded': raise MlnbError(f"run {run['id']} {run['status']}: only a succeeded run can be packaged")
     train = run['stages'].get('train')
     if not train or not train['out_dir'] or not Path(train['out_dir'], 'model.joblib').is_file():
         raise MlnbError(f"run {run['id']} has no trained model (no train stage output with model.joblib)")
+    if not _evaluated(run): raise MlnbError(f"run {run['id']} has no holdout metrics (its evaluate stage did not run): run `mlnb run --stage evaluate` and package that run")
     return run, Path(train['out_dir'])
 
+def model_task(schema:dict, pipeline) -> str:
+    "The task a model was trained for: recorded in its schema by the train stage, else read from the Pipeline."
+    from mlnb.evaluate import task_of
+    return schema.get('task') or task_of(pipeline)
+
 def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> ModelInfo:
-    "Save the trained Pipeline of run `run_id` (default: the latest succeeded) in BentoML's model store."
-    import joblib
+    "Save the trained Pipeline of run `run_id` (default: the latest evaluated) in BentoML's model store, with its task and lineage."
+    from mlnb.evaluate import PRIMARY
     store = Store(p.store_url)
     run, out = run_outputs(store, run_id)
+    pipeline = load_pipeline(store, run['id'])
     bentoml = bentoml_for(p)
     schema = json.loads((out/'schema.json').read_text())
+    schema['task'] = task = model_task(schema, pipeline)
     metrics = {k: float(v) for k,v in run['metrics'].items()}
     X = training_frame(run, schema['target'], out)
     packed = {'shap_background': background_sample(X, background_rows)}
     if (ref := train_reference(out)) is not None: packed['reference_stats'] = ref
-    model = bentoml.sklearn.save_model(p.serve['name'] or p.name, joblib.load(out/'model.joblib'),
-        signatures={'predict': {'batchable': True}, 'predict_proba': {'batchable': True}},
-        labels={'run': run['id'], 'project': p.name}, custom_objects=packed,
-        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema})
+    methods = ['predict'] + (['predict_proba'] if hasattr(pipeline, 'predict_proba') else [])
+    model = bentoml.sklearn.save_model(p.serve['name'] or p.name, pipeline, signatures={m: {'batchable': True} for m in methods},
+        labels={'run': run['id'], 'project': p.name, 'task': task}, custom_objects=packed,
+        metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
+                  'task': task, 'primary_metric': PRIMARY[task]})
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
     return ModelInfo(tag, run['id'], run['data_hash'], metrics, schema)
 
-# %% ../nbs/09_registry.ipynb #abe387d5
-HIGHER_BETTER = ('accuracy', 'precision', 'recall', 'f1', 'roc_auc', 'r2')
-LOWER_BETTER = ('rmse', 'mae', 'log_loss')
 
-def gate(champion:dict, challenger:dict, tolerance:float=0.01) -> list[str]:
-    "Why `challenger`'s holdout metrics are worse than `champion`'s by more than `tolerance` (empty: not worse)."
+# %% ../nbs/09_registry.ipynb #abe387d5
+GATED = ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'f1_macro', 'f1_weighted', 'roc_auc', 'r2',
+         'rmse', 'mae', 'log_loss', 'brier')   # the metrics the gate compares (lower is better for those in evaluate.LOWER_BETTER)
+
+def gate(champion:dict, challenger:dict, tolerance:float=0.01, metric:str|None=None) -> list[str]:
+    "Why `challenger`'s metrics are worse than `champion`'s by more than `tolerance` on `metric` (default: every metric both have)."
+    from mlnb.evaluate import LOWER_BETTER
     why = []
-    for k in HIGHER_BETTER + LOWER_BETTER:
+    for k in [metric] if metric else GATED:
         if k not in champion or k not in challenger: continue
-        loss = (champion[k] - challenger[k]) * (1 if k in HIGHER_BETTER else -1)
+        loss = (champion[k] - challenger[k]) * (-1 if k in LOWER_BETTER else 1)
         if loss > tolerance: why.append(f"{k} {challenger[k]:.4f} vs {champion[k]:.4f}")
     return why
 
+
+# %% ../nbs/09_registry.ipynb #31e6b844
+MIN_SHARED = 20   # fewest rows neither model trained on for the gate to compare on them
+
+def row_keys(df):
+    "A hash per row of `df` by content, its columns in name order and its numbers as floats (an int column widened to float still matches)."
+    import pandas as pd
+    df = df[sorted(df.columns)]
+    df = df.apply(lambda s: s.astype(float) if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) else s.astype(str))
+    return pd.util.hash_pandas_object(df, index=False).to_numpy()
+
+def run_rows(run:dict) -> tuple:
+    "The run's holdout (a DataFrame) and the keys of the rows it trained on (its snapshot without the holdout)."
+    import numpy as np, pandas as pd
+    train = Path(run['stages']['train']['out_dir'])
+    holdout = pd.read_parquet(train/'holdout.parquet')
+    snap = pd.read_parquet(Path(run['stages']['ingest']['out_dir'])/'snapshot.parquet')[holdout.columns]
+    seen = row_keys(snap)
+    return holdout, seen[~np.isin(seen, row_keys(holdout))]
+
+def shared_scores(store:Store, champion:str, challenger:str) -> dict|None:
+    "Both models' metrics on the rows of their holdouts that neither trained on; None without enough rows or runs to read."
+    import numpy as np, pandas as pd
+    from mlnb.evaluate import holdout_metrics
+    tags, runs = (champion, challenger), []
+    for t in tags:
+        m = store.get_model(t)
+        try: runs.append(store.get_run(m['run_id']) if m and m['run_id'] else None)
+        except MlnbError: runs.append(None)
+    if not all(r and 'ingest' in r['stages'] and 'train' in r['stages'] for r in runs): return None
+    parts = [run_rows(r) for r in runs]
+    cols = sorted(set(parts[0][0].columns) & set(parts[1][0].columns))
+    rows = pd.concat([h[cols] for h, _ in parts], ignore_index=True)
+    keys = row_keys(rows)
+    fresh = rows[~np.isin(keys, np.concatenate([s for _, s in parts])) & ~pd.Series(keys).duplicated().to_numpy()]
+    if len(fresh) < MIN_SHARED: return None
+    schema = json.loads((Path(runs[1]['stages']['train']['out_dir'])/'schema.json').read_text())
+    X, y = fresh.drop(columns=schema['target']), fresh[schema['target']]
+    pipes = [load_pipeline(store, r['id']) for r in runs]
+    task = model_task(schema, pipes[1])
+    return {'rows': len(fresh), 'task': task, **{t: holdout_metrics(pp, X, y, task) for t, pp in zip(('champion', 'challenger'), pipes)}}
+
+
 # %% ../nbs/09_registry.ipynb #0cc215d8
-def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:float=0.01) -> str:
+def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:float=0.01, metric:str|None=None) -> str:
     "Make `tag` (default: the challenger) the champion in `store`, through the promotion gate unless `force`."
+    from mlnb.evaluate import PRIMARY
     tag = tag or store.alias('challenger')
     if not tag: raise MlnbError(f"nothing to promote: no challenger in {store.url}; give a model tag or `mlnb package` a new run")
     new = store.get_model(tag)
@@ -113,9 +194,13 @@ def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:floa
     champ = store.alias('champion')
     if champ == tag: return tag
     old = store.get_model(champ) if champ else None
-    why = gate(old['metrics'] or {}, new['metrics'] or {}, tolerance) if old and not force else []
-    if why: raise MlnbError(f"not promoting {tag}: worse than champion {champ} by more than {tolerance} on holdout "
-                            f"{'; '.join(why)}; promote with force=True (mlnb promote --force) to override")
+    if old and not force:
+        s = shared_scores(store, champ, tag)
+        a, b, on = (s['champion'], s['challenger'], f"the same {s['rows']} rows neither trained on") if s else \
+                   (old['metrics'] or {}, new['metrics'] or {}, "their recorded holdouts (too few rows neither trained on to compare)")
+        why = gate(a, b, tolerance, metric or (PRIMARY[s['task']] if s else None))
+        if why: raise MlnbError(f"not promoting {tag}: worse than champion {champ} by more than {tolerance} on {on}: "
+                                f"{'; '.join(why)}; promote with force=True (mlnb promote --force) to override")
     store.set_alias('champion', tag)
     if store.alias('challenger') == tag: store.drop_alias('challenger')
     return tag
@@ -126,6 +211,7 @@ def rollback_store(store:Store) -> str:
     if not a or not a['previous']: raise MlnbError(f"nothing to roll back to: the champion in {store.url} has no previous model")
     store.set_alias('champion', a['previous'])
     return a['previous']
+
 
 # %% ../nbs/09_registry.ipynb #3176b73f
 def promote(settings='settings.ini', tag:str|None=None, force:bool=False, tolerance:float=0.01) -> str:
