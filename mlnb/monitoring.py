@@ -16,14 +16,15 @@ from .config import Project, load_project
 from .store import Store, drift_reports, predictions, store_at, utcnow
 
 # %% auto #0
-__all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'LEVELS', 'COLOURS', 'COLUMNS', 'DEFAULT_LAST', 'MINUTE_SQL',
-           'BIN_SQL', 'HEALTH_INDEX', 'NO_BIN', 'KEYS', 'SUMS', 'SAVE_EVERY', 'HEALTH_COLUMNS', 'runs', 'cdfs',
-           'distances', 'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test', 'js_distance', 'quantile_sketch',
-           'quantile_edges', 'bin_shares', 'numeric_stats', 'categorical_stats', 'prediction_frame', 'reference_stats',
-           'save_reference', 'read_reference', 'Thresholds', 'severity', 'numeric_drift', 'categorical_drift',
-           'DriftReport', 'drift_report', 'duration', 'reference_path', 'load_reference', 'logged_window',
-           'window_frames', 'check_drift', 'drift_history', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine',
-           'LatencyLog', 'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
+__all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'DERIVED', 'CALENDAR_ATTR', 'LEVELS', 'COLOURS', 'COLUMNS',
+           'DEFAULT_LAST', 'MINUTE_SQL', 'BIN_SQL', 'HEALTH_INDEX', 'NO_BIN', 'KEYS', 'SUMS', 'SAVE_EVERY',
+           'HEALTH_COLUMNS', 'runs', 'cdfs', 'distances', 'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test',
+           'js_distance', 'quantile_sketch', 'quantile_edges', 'bin_shares', 'numeric_stats', 'categorical_stats',
+           'derived', 'derived_stats', 'prediction_frame', 'numeric_labels', 'reference_stats', 'save_reference',
+           'read_reference', 'Thresholds', 'severity', 'numeric_drift', 'categorical_drift', 'DriftReport',
+           'drift_report', 'duration', 'reference_path', 'load_reference', 'logged_window', 'window_frames',
+           'check_drift', 'drift_history', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine', 'LatencyLog',
+           'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
 
 # %% ../nbs/11_monitoring.ipynb #79d8b7be
 def _num(v) -> float|None:
@@ -107,7 +108,9 @@ def js_distance(p, q) -> float:
 BINS = 10                     # quantile bins per numeric feature, for PSI
 SKETCH = 500                  # quantile points kept per numeric feature: KS error at most 1/(2*SKETCH)
 TOP = 100                     # categories kept per categorical feature; rarer ones are pooled
-NUMERIC = ('float', 'int')    # feature kinds compared as numbers; every other kind (str, bool) as categories
+NUMERIC = ('number', 'float', 'int')    # feature kinds compared as numbers (int, float: schemas saved before 'number')
+DERIVED = {'date': ('month', 'dayofweek', 'dayofyear'), 'text': ('length', 'tokens')}   # kinds compared by numbers derived from them
+# every other kind (str, bool) is compared as categories
 
 # %% ../nbs/11_monitoring.ipynb #2808087c
 def quantile_sketch(x:np.ndarray, size:int=SKETCH) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +157,27 @@ def categorical_stats(s, top:int=TOP) -> dict:
     return {'kind': 'categorical', 'n': n, 'missing': _num((len(s) - n) / max(len(s), 1)),
             'counts': {str(k): int(v) for k, v in c.head(top).items()}, 'other': int(c.iloc[top:].sum())}
 
+# %% ../nbs/11_monitoring.ipynb #6950d228
+CALENDAR_ATTR = {'month': 'month', 'dayofweek': 'day_of_week', 'dayofyear': 'day_of_year', 'hour': 'hour'}   # pandas' names
+
+def derived(s, kind:str, names=None) -> dict:
+    "Numeric views of date or text column `s` (`names`: the views to make, default all): calendar parts of a date; length and tokens of a text."
+    if kind == 'text':
+        t = pd.Series(s, dtype=object); ok = t.notna().to_numpy()
+        text = [str(v) if k else '' for v, k in zip(t, ok)]
+        views = {'length': lambda: [len(v) for v in text], 'tokens': lambda: [len(v.split()) for v in text]}
+        return {p: pd.Series(np.where(ok, views[p](), np.nan), index=t.index) for p in (names or DERIVED['text'])}
+    from mlnb.features import has_times, to_dates          # pandas only, in a module that imports scikit-learn: loaded when a schema has dates
+    d = to_dates(pd.Series(s))
+    names = names or DERIVED['date'] + (('hour',) if has_times(d) else ())
+    return {p: getattr(d.dt, CALENDAR_ATTR[p]).astype(float) for p in names}
+
+def derived_stats(s, kind:str, bins:int=BINS, sketch:int=SKETCH) -> dict:
+    "Reference statistics of date or text column `s`: `numeric_stats` of each of its `derived` views, in `parts`."
+    n = int(pd.Series(s).notna().sum())
+    return {'kind': kind, 'n': n, 'missing': _num((len(s) - n) / max(len(s), 1)),
+            'parts': {p: numeric_stats(v, bins, sketch) for p, v in derived(s, kind).items()}}
+
 # %% ../nbs/11_monitoring.ipynb #879fe510
 def prediction_frame(labels=None, proba=None) -> pd.DataFrame:
     "A model's answers as columns: `prediction` (the label), and `proba[c]` per class (the positive class's only, when there are two)."
@@ -164,16 +188,29 @@ def prediction_frame(labels=None, proba=None) -> pd.DataFrame:
         for c in (p.columns[-1:] if p.shape[1] == 2 else p.columns): out[f'proba[{c}]'] = pd.to_numeric(p[c], errors='coerce').to_numpy()
     return pd.DataFrame(out)
 
-def reference_stats(df:pd.DataFrame, schema, bins:int=BINS, sketch:int=SKETCH, top:int=TOP, labels=None, proba=None) -> dict:
+def numeric_labels(labels, task:str|None=None) -> bool:
+    "Whether predicted `labels` are a quantity, compared as numbers: `task` says (regression), else numbers with a fraction or over 20 distinct values."
+    if task is not None: return task == 'regression'
+    v = pd.Series(list(labels), dtype=object).dropna()
+    if not len(v) or any(isinstance(a, (bool, np.bool_, str)) for a in v): return False
+    x = pd.to_numeric(v, errors='coerce')
+    return bool(x.notna().all()) and (not np.all(x == np.round(x)) or x.nunique() > 20)
+
+def reference_stats(df:pd.DataFrame, schema, bins:int=BINS, sketch:int=SKETCH, top:int=TOP, labels=None, proba=None,
+                    task:str|None=None) -> dict:   # regression: `labels` are predicted values (default: the schema's task, else guessed by `numeric_labels`)
     "JSON-able reference statistics of `df`'s features (and of the model's `labels` and class `proba` on it), saved with a model."
     feats = schema['features'] if isinstance(schema, dict) else schema
+    task = task or (schema.get('task') if isinstance(schema, dict) else None)
     if missing := [f['name'] for f in feats if f['name'] not in df]:
         raise DataError(f"reference data lacks feature column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} of the schema")
-    stats = lambda s, kind: numeric_stats(s, bins, sketch) if kind in NUMERIC else categorical_stats(s, top)
+    def stats(s, kind):
+        if kind in NUMERIC: return numeric_stats(s, bins, sketch)
+        return derived_stats(s, kind, bins, sketch) if kind in DERIVED else categorical_stats(s, top)
     pred = prediction_frame(labels, proba)
+    label_kind = 'number' if labels is not None and numeric_labels(labels, task) else 'str'
     return {'version': 1, 'rows': len(df), 'bins': bins, 'sketch': sketch,
             'features': {f['name']: stats(df[f['name']], f['kind']) for f in feats},
-            'prediction': {c: stats(pred[c], 'str' if c == 'prediction' else 'float') for c in pred}}
+            'prediction': {c: stats(pred[c], label_kind if c == 'prediction' else 'number') for c in pred}}
 
 # %% ../nbs/11_monitoring.ipynb #a0ff8400
 def save_reference(stats:dict, path) -> Path:
@@ -361,9 +398,15 @@ def drift_report(reference:dict, current:pd.DataFrame, thresholds:Thresholds|Non
     for part, entries, frame in [('feature', ref['features'], current), ('prediction', ref.get('prediction', {}), pred)]:
         for name, r in entries.items():
             if name not in frame: continue
+            if r['kind'] in DERIVED: rows += _derived_rows(name, part, r, frame[name], th); continue
             fn = numeric_drift if r['kind'] == 'numeric' else categorical_drift
             rows.append({'feature': name, 'part': part, **fn(r, frame[name], th)})
     return DriftReport(rows, th, window={'rows': len(current)})
+
+def _derived_rows(name:str, part:str, ref:dict, s, th:Thresholds) -> list[dict]:
+    "Drift rows of date or text column `s`, one per derived view the reference has (`day.month`, `note.length`)."
+    views = derived(s, ref['kind'], list(ref['parts']))
+    return [{'feature': f'{name}.{p}', 'part': part, **numeric_drift(r, views[p], th), 'kind': ref['kind']} for p, r in ref['parts'].items()]
 
 # %% ../nbs/11_monitoring.ipynb #5c250432
 DEFAULT_LAST = 1000           # requests in a window when neither `last` nor `since` is given
@@ -414,9 +457,9 @@ def logged_window(store:Store, model_tag:str, last:int|None=None, since=None) ->
     return store.read(q)
 
 def window_frames(rows:list[dict]) -> tuple[pd.DataFrame, list, pd.DataFrame]:
-    "Logged requests as the features frame, the predicted labels and the class probabilities."
+    "Logged requests as the features frame, the predicted labels (a regression model's values) and the class probabilities."
     out = [r['output'] or {} for r in rows]
-    return (pd.DataFrame([r['inputs'] or {} for r in rows]), [o.get('label') for o in out],
+    return (pd.DataFrame([r['inputs'] or {} for r in rows]), [o['value'] if 'value' in o else o.get('label') for o in out],
             pd.DataFrame([o.get('probabilities') or {} for o in out]))
 
 def check_drift(settings='settings.ini', model_tag:str|None=None, last:int|None=None, since=None, reference=None,
