@@ -291,3 +291,81 @@ def test_health_histograms_are_saved_for_the_next_process_and_dropped_when_rows_
     health_cache(p).write_bytes(b'not a zip')
     _LOGS.clear()
     assert health(p, '10min').requests.sum() == 5500 - df.request_id.str.startswith('a1').sum()
+
+
+# ---- issue 12: the five feature kinds, and numeric predictions -----------------------------------------------------
+
+def daily(rng, start, days, per_day=4, shift=0.0, words=('cold soup', 'a fine evening out', 'late again')):
+    "A table with a daily date (as the ISO strings a request carries) and a free-text note, `per_day` rows a day."
+    day = pd.date_range(start, periods=days).repeat(per_day)
+    note = rng.choice(list(words), len(day))
+    return pd.DataFrame({'day': day.strftime('%Y-%m-%d'), 'note': note, 'x': rng.normal(shift, 1, len(day))})
+
+KINDS12 = {'features': [{'name': 'day', 'kind': 'date'}, {'name': 'note', 'kind': 'text'}, {'name': 'x', 'kind': 'number'}],
+           'task': 'regression'}
+
+
+def test_a_daily_date_is_summarised_by_its_calendar_and_new_dates_are_not_drift():
+    "The issue's daily table: 1,168 training days, then a year of days the model never saw. No drift, no new categories."
+    rng = np.random.default_rng(12)
+    train = daily(rng, '2021-01-01', 4 * 365)
+    ref = reference_stats(train, KINDS12, labels=rng.normal(10, 2, len(train)))
+    entry = ref['features']['day']
+    assert entry['kind'] == 'date' and 'counts' not in entry and list(entry['parts']) == ['month', 'dayofweek', 'dayofyear']
+    assert len(json.dumps(entry)) < 40_000                              # a few sketches, not a count per date
+    for days in (30 * 12, 365):                                         # a window of requests over 360 or 365 new days
+        rep = drift_report(ref, daily(rng, '2025-01-01', days), labels=rng.normal(10, 2, 4 * days))
+        assert rep.drifted == [], str(rep)
+        assert not any('new:' in r['reason'] for r in rep.rows)
+
+
+def test_a_changed_calendar_or_text_length_is_drift():
+    rng = np.random.default_rng(13)
+    train = daily(rng, '2021-01-01', 4 * 365)
+    ref = reference_stats(train, KINDS12, labels=rng.normal(10, 2, len(train)))
+    weekends = daily(rng, '2025-01-01', 365)
+    weekends = weekends[pd.to_datetime(weekends.day).dt.day_of_week >= 5]          # only weekend requests
+    rep = drift_report(ref, weekends, labels=rng.normal(10, 2, len(weekends)))
+    assert rep.drifted == ['day.dayofweek'] and rep['day.dayofweek']['kind'] == 'date'
+    long = daily(rng, '2025-01-01', 365, words=('the soup was cold, the room was loud and the bill was wrong twice',))
+    rep = drift_report(ref, long, labels=rng.normal(10, 2, len(long)))
+    assert rep.drifted == ['note.length', 'note.tokens'] and rep['note.length']['kind'] == 'text'
+
+
+def test_text_is_never_a_category():
+    rng = np.random.default_rng(14)
+    notes = pd.DataFrame({'note': [f'visit {i}: {w}' for i, w in enumerate(rng.choice(['cold soup', 'fine'], 5000))]})
+    ref = reference_stats(notes, [{'name': 'note', 'kind': 'text'}])
+    assert ref['features']['note']['kind'] == 'text' and list(ref['features']['note']['parts']) == ['length', 'tokens']
+    new = pd.DataFrame({'note': [f'visit {i}: {w}' for i, w in enumerate(rng.choice(['cold soup', 'fine'], 2000), start=5000)]})
+    rep = drift_report(ref, new)                                    # every note is new; their lengths barely moved
+    assert [r['feature'] for r in rep.rows] == ['note.length', 'note.tokens'] and not any('new:' in r['reason'] for r in rep.rows)
+
+
+def test_number_and_the_old_int_float_kinds_give_the_same_reference():
+    rng = np.random.default_rng(15)
+    X = pd.DataFrame({'a': rng.normal(size=1000), 'b': rng.integers(0, 9, 1000)})
+    old = reference_stats(X, [{'name': 'a', 'kind': 'float'}, {'name': 'b', 'kind': 'int'}])
+    new = reference_stats(X, [{'name': 'a', 'kind': 'number'}, {'name': 'b', 'kind': 'number'}])
+    assert old == new and new['features']['b']['kind'] == 'numeric'
+
+
+def test_regression_prediction_drift_from_the_logged_values(tmp_path):
+    "A regression model logs {'value': v}: check_drift compares the values as a numeric distribution."
+    p = load_project(new_project(tmp_path/'proj')); st = Store(p.store_url)
+    rng = np.random.default_rng(16)
+    X = pd.DataFrame({'x': rng.normal(size=20_000)})
+    schema = {'features': [{'name': 'x', 'kind': 'number'}], 'task': 'regression'}
+    save_reference(reference_stats(X, schema, labels=3 * X.x + 10), reference_path(p, 'reg:v1'))
+    st.set_alias('champion', 'reg:v1')
+    t0 = datetime.utcnow() - timedelta(hours=1)
+    def send(xs, values, prefix, start):
+        st.write(predictions.insert(), [dict(request_id=f'{prefix}{i}', model_tag='reg:v1', inputs={'x': float(x)}, latency_ms=4.0,
+                                             output={'value': float(v)}, created=start + i * timedelta(seconds=1))
+                                        for i, (x, v) in enumerate(zip(xs, values))])
+    xs = rng.normal(size=1000); send(xs, 3 * xs + 10, 'a', t0)
+    rep = check_drift(p, last=1000)
+    assert rep.drifted == [] and rep['prediction']['kind'] == 'numeric' and abs(rep['prediction']['mean'] - 10) < 0.5
+    send(xs[:500], 3 * xs[:500] + 13, 'b', t0 + timedelta(minutes=30))            # the model's answers moved by a std
+    rep = check_drift(p, last=500)
+    assert rep.drifted == ['prediction'] and rep['prediction']['severity'] == 'critical'
