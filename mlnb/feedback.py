@@ -17,9 +17,10 @@ from .store import Store, store_at, utcnow, alerts as alerts_table, feedback as 
 from .monitoring import DEFAULT_LAST, LEVELS as DRIFT_LEVELS, check_drift, drift_history, duration, health
 
 # %% auto #0
-__all__ = ['logger', 'SHADOW', 'METRIC_COLUMNS', 'AB_COLUMNS', 'ACTIONS', 'ALERT_LEVELS', 'WEBHOOK_TIMEOUT', 'RETRAIN_DRIFT',
-           'open_store', 'classes_of', 'as_class', 'add_label', 'window_of', 'labelled_ids', 'uncertain',
-           'latest_labels', 'labelled', 'f1', 'live_metrics', 'compare', 'ABSummary', 'traffic', 'ab_summary',
+__all__ = ['logger', 'SHADOW', 'METRIC_COLUMNS', 'VALUE_METRIC_COLUMNS', 'AB_COLUMNS', 'AB_VALUE_COLUMNS', 'LOWER_BETTER',
+           'ACTIONS', 'ALERT_LEVELS', 'WEBHOOK_TIMEOUT', 'RETRAIN_DRIFT', 'open_store', 'classes_of', 'is_value',
+           'as_number', 'as_class', 'add_label', 'window_of', 'labelled_ids', 'uncertain', 'latest_labels', 'labelled',
+           'f1', 'live_metrics', 'compare', 'compare_errors', 'ABSummary', 'traffic', 'logs_values', 'ab_summary',
            'post_webhook', 'alert', 'alerts', 'retrain_labels', 'retrain_drift', 'last_trained', 'new_labels',
            'champion_drift', 'should_retrain', 'labelled_rows', 'export_labels', 'retrain', 'check', 'check_summary',
            'update_online', 'online_rows']
@@ -40,6 +41,17 @@ def classes_of(output) -> list[str]|None:
     probs = (output or {}).get('probabilities')
     return [str(c) for c in probs] if probs else None
 
+def is_value(output) -> bool:
+    "Whether a logged output is a regression model's: `{'value': v}` rather than a label and probabilities."
+    return isinstance(output, dict) and 'value' in output and 'label' not in output
+
+def as_number(label, request_id:str) -> float:
+    "`label` (a number, or text from a box or the command line) as a regression label; `MlnbError` unless it is a finite number."
+    try: v = math.nan if isinstance(label, bool) else float(label)
+    except (TypeError, ValueError): v = math.nan
+    if not math.isfinite(v): raise MlnbError(f"label {label!r} of request {request_id} is not a number: its model predicts a value")
+    return v
+
 def as_class(label, output):
     "`label` as the logged classes are typed (int, float, bool or str, like the predicted label), so it compares equal."
     like, s = (output or {}).get('label'), str(label)
@@ -51,12 +63,13 @@ def as_class(label, output):
 
 # %% ../nbs/12_feedback.ipynb #192146a5
 def add_label(settings, request_id:str, label, source:str='widget') -> None:
-    "Store the true `label` of the logged prediction `request_id` (the feedback the widget and `POST /feedback` give)."
+    "Store the true `label` (a class, or a number for a regression model) of the logged prediction `request_id` (the feedback the widget and `POST /feedback` give)."
     p, st = open_store(settings)
     rows = st.read(sa.select(predictions.c.output).where(predictions.c.request_id == request_id))
     if not rows: raise MlnbError(f"no logged prediction with request id {request_id!r} in {st.url}")
     out = rows[0]['output']
-    if (cls := classes_of(out)) is not None and str(label) not in cls:
+    if is_value(out): label = as_number(label, request_id)
+    elif (cls := classes_of(out)) is not None and str(label) not in cls:
         raise MlnbError(f"label {label!r} of request {request_id} is not one of the model's classes {cls}")
     st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=as_class(label, out), source=source, created=utcnow()))
 
@@ -81,7 +94,7 @@ def _confidence(proba) -> float:
 
 # %% ../nbs/12_feedback.ipynb #e878ad2f
 def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> list[dict]:
-    "The `n` least certain recent predictions (of `model_tag`, default all) that have no label yet, least certain first."
+    "The `n` least certain recent predictions (of `model_tag`, default all) that have no label yet, least certain first (values of a regression model: newest first)."
     p, st = open_store(settings)
     c, w = predictions.c, window_of(p)
     q = sa.select(c.request_id, c.model_tag, c.inputs, c.output, c.created).where(c.request_id.notlike(f'%{SHADOW}'))
@@ -90,9 +103,11 @@ def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> lis
     rows = [r for r in st.read(q) if r['output']]
     done = labelled_ids(st, [r['request_id'] for r in rows])
     out = [{'request_id': r['request_id'], 'model_tag': r['model_tag'], 'inputs': r['inputs'] or {}, 'label': r['output'].get('label'),
-            'proba': r['output'].get('probabilities'), 'confidence': _confidence(r['output'].get('probabilities')), 'created': r['created']}
+            'value': r['output'].get('value'), 'proba': r['output'].get('probabilities'),
+            'confidence': _confidence(r['output'].get('probabilities')), 'created': r['created']}
            for r in rows if r['request_id'] not in done]
-    out.sort(key=lambda r: (math.isnan(r['confidence']), r['confidence'], -r['created'].timestamp()))
+    unsure = lambda r: (True, 0.0) if math.isnan(r['confidence']) else (False, r['confidence'])    # no probabilities: after those that have them
+    out.sort(key=lambda r: (*unsure(r), -r['created'].timestamp()))
     return out[:n]
 
 # %% ../nbs/12_feedback.ipynb #8434dc92
@@ -104,7 +119,7 @@ def latest_labels(st:Store) -> pd.DataFrame:
     return df.drop_duplicates('request_id', keep='last').reset_index(drop=True)
 
 def labelled(settings='settings.ini', inputs:bool=False) -> pd.DataFrame:
-    "Logged predictions joined with their latest label by request id (a shadow prediction gets its request's label)."
+    "Logged predictions joined with their latest label by request id (a shadow prediction gets its request's label); `error` is a regression model's predicted minus true value."
     p, st = open_store(settings)
     lab, c = latest_labels(st), predictions.c
     cols = [c.request_id, c.model_tag, c.output, c.created] + ([c.inputs] if inputs else [])
@@ -113,8 +128,10 @@ def labelled(settings='settings.ini', inputs:bool=False) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[x.name for x in cols])
     df['base'] = df.request_id.str.removesuffix(SHADOW)
     df = df.merge(lab.rename(columns={'request_id': 'base'}), on='base', how='inner')
-    df['predicted'] = [(o or {}).get('label') for o in df.output]
-    df['correct'] = [str(a) == str(b) for a, b in zip(df.predicted, df.label)]
+    values = [is_value(o) for o in df.output]
+    df['predicted'] = [(o or {}).get('value' if v else 'label') for o, v in zip(df.output, values)]
+    df['correct'] = [None if v else str(a) == str(b) for a, b, v in zip(df.predicted, df.label, values)]
+    df['error'] = [float(a) - float(b) if v else math.nan for a, b, v in zip(df.predicted, df.label, values)]   # regression: predicted - true
     return df.drop(columns=['base']).sort_values('created', kind='stable').reset_index(drop=True)
 
 # %% ../nbs/12_feedback.ipynb #7c61bc27
@@ -128,19 +145,26 @@ def f1(y, pred, classes=None) -> float:
     return float(np.mean([one(k) for k in pos])) if pos else math.nan
 
 METRIC_COLUMNS = ['model_tag', 'labels', 'correct', 'accuracy', 'f1']
+VALUE_METRIC_COLUMNS = ['model_tag', 'labels', 'mae', 'rmse']      # a regression model's
 
 def _scores(g:pd.DataFrame) -> dict:
+    "Labels and metrics of one model's labelled predictions: accuracy and F1 of classes, MAE and RMSE of values."
+    if len(g) and is_value(g.output.iloc[0]):
+        e = g.error.to_numpy(dtype=float)
+        return {'labels': len(g), 'mae': float(np.abs(e).mean()), 'rmse': float(np.sqrt((e ** 2).mean()))}
     cls = next((classes_of(o) for o in g.output if classes_of(o)), None)
     return {'labels': len(g), 'correct': int(g.correct.sum()), 'accuracy': float(g.correct.mean()), 'f1': f1(g.label, g.predicted, cls)}
 
 def live_metrics(settings='settings.ini', by:str='model', freq:str='1h') -> pd.DataFrame:
-    "Accuracy and F1 from labelled predictions, per model (`by='model'`) or per model and `freq` time bucket (`by='time'`)."
+    "Accuracy and F1 (regression: MAE and RMSE) from labelled predictions, per model (`by='model'`) or per model and `freq` time bucket (`by='time'`)."
     if by not in ('model', 'time'): raise MlnbError(f"by must be 'model' or 'time', got {by!r}")
     keys = ['model_tag'] + (['time'] if by == 'time' else [])
     df = labelled(settings)
     if not len(df): return pd.DataFrame(columns=keys + METRIC_COLUMNS[1:])
     if by == 'time': df['time'] = pd.to_datetime(df.created).dt.floor(duration(freq))
-    return pd.DataFrame([{**dict(zip(keys, k)), **_scores(g)} for k, g in df.groupby(keys, sort=True)], columns=keys + METRIC_COLUMNS[1:])
+    rows = [{**dict(zip(keys, k)), **_scores(g)} for k, g in df.groupby(keys, sort=True)]
+    cols = [c for c in METRIC_COLUMNS[1:] + VALUE_METRIC_COLUMNS[2:] if any(c in r for r in rows)]     # the tasks' metrics seen
+    return pd.DataFrame(rows, columns=keys + cols)
 
 # %% ../nbs/12_feedback.ipynb #74341526
 def compare(c1:int, n1:int, c2:int, n2:int) -> tuple[str, float]:
@@ -152,20 +176,29 @@ def compare(c1:int, n1:int, c2:int, n2:int) -> tuple[str, float]:
     z = (c1 / n1 - c2 / n2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     return 'z-test', math.erfc(abs(z) / math.sqrt(2))
 
+def compare_errors(a, b, metric:str='mae') -> tuple[str, float]:
+    "Two-sided Welch's t-test that two arms' errors (predicted - true) have the same mean absolute error (`mae`) or mean squared error (`rmse`)."
+    loss = np.abs if metric == 'mae' else np.square
+    a, b = loss(np.asarray(a, dtype=float)), loss(np.asarray(b, dtype=float))
+    if min(len(a), len(b)) < 2 or (a.var() == 0 and b.var() == 0): return 'none', math.nan
+    return 'welch', float(_stats().ttest_ind(a, b, equal_var=False).pvalue)
+
 def _stats():
     from mlnb.core import need
     return need('scipy.stats', 'scipy')
 
 # %% ../nbs/12_feedback.ipynb #479eab63
 AB_COLUMNS = ['arm', 'model_tag', 'traffic', 'labels', 'correct', 'accuracy', 'f1']
+AB_VALUE_COLUMNS = ['arm', 'model_tag', 'traffic', 'labels', 'mae', 'rmse']       # a regression model's arms
+LOWER_BETTER = ('mae', 'rmse')
 ACTIONS = ('promote', 'keep', 'rollback')
 
 @dataclass
 class ABSummary:
     "Champion against challenger (or against the model before it) on live labels, and what to do about it."
-    rows: list[dict]                   # one per arm: arm, model_tag, traffic, labels, correct, accuracy, f1
-    metric: str = 'accuracy'
-    test: str = 'none'                 # z-test, fisher or none
+    rows: list[dict]                   # one per arm: AB_COLUMNS (regression: AB_VALUE_COLUMNS)
+    metric: str = 'accuracy'           # accuracy or f1; mae or rmse for a regression model
+    test: str = 'none'                 # z-test, fisher, welch (regression) or none
     p_value: float = math.nan
     recommendation: str = 'keep'       # promote | keep | rollback
     reason: str = ''
@@ -173,7 +206,9 @@ class ABSummary:
 
     def arm(self, name:str) -> dict|None: return next((r for r in self.rows if r['arm'] == name), None)
     @property
-    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=AB_COLUMNS)
+    def columns(self) -> list[str]: return AB_VALUE_COLUMNS if self.metric in LOWER_BETTER else AB_COLUMNS
+    @property
+    def frame(self) -> pd.DataFrame: return pd.DataFrame(self.rows, columns=self.columns)
 
 # %% ../nbs/12_feedback.ipynb #deabc7b4
 def _ab(f):
@@ -187,8 +222,9 @@ def _fmt(v) -> str:
 @_ab
 def __str__(self:ABSummary) -> str:
     "The arms as a plain table, then the test and the recommendation."
-    cells = [AB_COLUMNS] + [[_fmt(r.get(k)) for k in AB_COLUMNS] for r in self.rows]
-    width = [max(len(row[i]) for row in cells) for i in range(len(AB_COLUMNS))]
+    cols = self.columns
+    cells = [cols] + [[_fmt(r.get(k)) for k in cols] for r in self.rows]
+    width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ['  '.join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, width))).rstrip() for row in cells]
     test = f"{self.test} p={self.p_value:.3g}" if self.test != 'none' else 'no test'
     return '\n'.join(lines + [f"{test}; recommendation: {self.recommendation} ({self.reason})"])
@@ -197,8 +233,8 @@ def __str__(self:ABSummary) -> str:
 def _repr_html_(self:ABSummary) -> str:
     "The arms as an HTML table with the recommendation above it."
     colour = {'promote': '#1a7f37', 'rollback': '#cf222e', 'keep': '#6e7781'}[self.recommendation]
-    head = ''.join(f'<th style="text-align:left">{k}</th>' for k in AB_COLUMNS)
-    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(_fmt(r.get(k)))}</td>' for k in AB_COLUMNS) + '</tr>' for r in self.rows)
+    head = ''.join(f'<th style="text-align:left">{k}</th>' for k in self.columns)
+    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(_fmt(r.get(k)))}</td>' for k in self.columns) + '</tr>' for r in self.rows)
     test = f"{self.test}, p = {self.p_value:.3g}" if self.test != 'none' else 'no test yet'
     return (f'<div><p><b style="color:{colour}">{self.recommendation}</b>: {html.escape(self.reason)} ({html.escape(test)})</p>'
             f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
@@ -229,28 +265,46 @@ def _decide(a:dict, b:dict, p:float, metric:str, alpha:float, min_labels:int) ->
         return 'keep', f"not enough labels yet: {a['labels']} for the champion, {b['labels']} for the {other} (need {min_labels} each)"
     diff = f"{metric} {b[metric]:.3f} ({b['model_tag']}) vs {a[metric]:.3f} ({a['model_tag']})"
     if not p < alpha: return 'keep', f"no significant difference: {diff}, p={p:.3g} >= {alpha:g}"
-    better = b[metric] > a[metric]
-    if better != (b['accuracy'] > a['accuracy']):        # the test is on accuracy counts: it cannot back a metric that disagrees
+    better = b[metric] < a[metric] if metric in LOWER_BETTER else b[metric] > a[metric]
+    if metric not in LOWER_BETTER and better != (b['accuracy'] > a['accuracy']):   # the test is on accuracy counts: it cannot back a metric that disagrees
         return 'keep', f"{metric} and accuracy disagree ({diff}; accuracy {b['accuracy']:.3f} vs {a['accuracy']:.3f}): the significance test is on accuracy"
     if b['arm'] == 'challenger':
         return ('promote', f"the challenger is better: {diff}, p={p:.3g}") if better else ('keep', f"the challenger is worse: {diff}, p={p:.3g}")
     return ('rollback', f"the champion is worse than the model before it: {diff}, p={p:.3g}") if better else ('keep', f"the champion is better: {diff}, p={p:.3g}")
 
-def ab_summary(settings='settings.ini', metric:str='accuracy', alpha:float=0.05, min_labels:int=30) -> ABSummary:
-    "Champion against challenger on live labels: traffic, labels and `metric` per arm, a significance test, and a recommendation."
-    if metric not in ('accuracy', 'f1'): raise MlnbError(f"metric must be 'accuracy' or 'f1', got {metric!r}")
+def logs_values(st:Store, tags:list[str]) -> bool:
+    "Whether the models `tags` answer values (regression), as their latest logged prediction shows."
+    c = predictions.c
+    rows = st.read(sa.select(c.output).where(c.model_tag.in_(tags)).order_by(c.created.desc()).limit(1))
+    return bool(rows) and is_value(rows[0]['output'])
+
+def _metric(metric:str|None, regression:bool) -> str:
+    "`metric`, checked against the task (default: accuracy, or MAE for a regression model)."
+    ok = LOWER_BETTER if regression else ('accuracy', 'f1')
+    if metric is None: return ok[0]
+    if metric not in ok:
+        raise MlnbError(f"metric must be one of {', '.join(ok)} for {'a regression' if regression else 'a classification'} model, got {metric!r}")
+    return metric
+
+def ab_summary(settings='settings.ini', metric:str|None=None, alpha:float=0.05, min_labels:int=30) -> ABSummary:
+    """Champion against challenger on live labels: traffic, labels and `metric` per arm, a significance test, and a recommendation.
+    `metric`: accuracy (default) or f1; for a regression model mae (default) or rmse."""
     p, st = open_store(settings)
     arms = _arms(st)
-    if not arms: return ABSummary([], metric, reason=f"no champion in {st.url}: package a model first (mlnb package)", settings=p)
-    lab, n = labelled(p), traffic(st, [t for _, t in arms])
-    rows = []
+    if not arms: return ABSummary([], _metric(metric, False) if metric in (None, 'accuracy', 'f1') else metric,
+                                  reason=f"no champion in {st.url}: package a model first (mlnb package)", settings=p)
+    tags = [t for _, t in arms]
+    metric = _metric(metric, regression := logs_values(st, tags))
+    lab, n = labelled(p), traffic(st, tags)
+    empty = {'labels': 0, 'mae': math.nan, 'rmse': math.nan} if regression else {'labels': 0, 'correct': 0, 'accuracy': math.nan, 'f1': math.nan}
+    rows, errors = [], []
     for arm, tag in arms:
         g = lab[lab.model_tag == tag]
-        s = _scores(g) if len(g) else {'labels': 0, 'correct': 0, 'accuracy': math.nan, 'f1': math.nan}
-        rows.append({'arm': arm, 'model_tag': tag, 'traffic': n[tag], **s})
+        rows.append({'arm': arm, 'model_tag': tag, 'traffic': n[tag], **(_scores(g) if len(g) else empty)})
+        errors.append(g.error.to_numpy(dtype=float))
     if len(rows) < 2: return ABSummary(rows, metric, reason='no challenger: only the champion is serving', settings=p)
     a, b = rows
-    test, pv = compare(b['correct'], b['labels'], a['correct'], a['labels'])
+    test, pv = compare_errors(errors[1], errors[0], metric) if regression else compare(b['correct'], b['labels'], a['correct'], a['labels'])
     return ABSummary(rows, metric, test, pv, *_decide(a, b, pv, metric, alpha, min_labels), settings=p)
 
 # %% ../nbs/12_feedback.ipynb #af19c8cd
@@ -453,9 +507,12 @@ def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
     if not hasattr(est, 'partial_fit'):
         raise MlnbError(f"model {tag} cannot learn online: its estimator {type(est).__name__} has no partial_fit; retrain it instead (mlnb retrain)")
     X, y = online_rows(p, m)
-    if hasattr(pipe, 'steps') and len(pipe.steps) > 1: X = pipe[:-1].transform(X)
-    est.partial_fit(X, y, classes=est.classes_)
-    new = bentoml.sklearn.save_model(m.tag.name, pipe, signatures={'predict': {'batchable': True}, 'predict_proba': {'batchable': True}},
+    for _, step in (pipe.steps[:-1] if hasattr(pipe, 'steps') else []):
+        if step is not None and step != 'passthrough' and not hasattr(step, 'fit_resample'): X = step.transform(X)   # samplers: fit time only
+    if hasattr(est, 'classes_'): est.partial_fit(X, y, classes=est.classes_)
+    else: est.partial_fit(X, y.astype(float))                                # a regressor: numeric labels
+    sigs = {f: {'batchable': True} for f in ('predict', 'predict_proba') if hasattr(pipe, f)}
+    new = bentoml.sklearn.save_model(m.tag.name, pipe, signatures=sigs,
                                      labels={**m.info.labels, 'online_from': str(m.tag).replace(':', '-')}, custom_objects=m.custom_objects,
                                      metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': len(y)})
     rec = st.get_model(str(m.tag)) or {}

@@ -14,13 +14,14 @@ from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
 from .store import Store, models as models_table
 
 # %% auto #0
-__all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'copy_package', 'BentoInfo', 'build_bento',
-           'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
-           'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
-           'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
+__all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'served_task', 'copy_package', 'BentoInfo',
+           'build_bento', 'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'stop_on_sigterm',
+           'serve', 'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks',
+           'transactional_engine', 'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #60775e20
-PY_TYPES = {'float': 'float', 'int': 'int', 'bool': 'bool', 'str': 'str'}
+PY_TYPES = {'number': 'float', 'bool': 'bool', 'str': 'str', 'date': 'DateText', 'text': 'str',   # kind -> request field type
+            'int': 'float', 'float': 'float'}                                                      # legacy kinds: both number
 
 def field_name(col:str, taken:set) -> str:
     "A Python identifier for column `col`, unique among `taken`."
@@ -33,6 +34,8 @@ def field_name(col:str, taken:set) -> str:
 def schema_fields(schema:list[dict]) -> str:
     "Lines of pydantic fields for `schema`; missing values are allowed (the Pipeline imputes them)."
     taken = set()
+    for f in schema:
+        if f['kind'] not in PY_TYPES: raise DataError(f"column '{f['name']}' has kind {f['kind']!r}, which the service cannot take (expected one of: {', '.join(PY_TYPES)})")
     return '\n'.join(f"    {field_name(f['name'], taken)}: {PY_TYPES[f['kind']]} | None = Field(None, alias={f['name']!r})" for f in schema)
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
@@ -41,11 +44,17 @@ def render_service(info:ModelInfo, name:str, folder) -> Path:
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     feats = info.schema['features']
     src = Template((templates_dir()/'service'/'service.py').read_text())
-    (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, fields=schema_fields(feats),
+    (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, task=served_task(info.schema), fields=schema_fields(feats),
                                                     columns=repr([f['name'] for f in feats]), kinds=repr([f['kind'] for f in feats])))
     shutil.copy(templates_dir()/'service'/'.bentoignore', folder/'.bentoignore')
     copy_package(folder/'mlnb')
     return folder
+
+def served_task(schema:dict, pipeline=None) -> str:
+    "The task a model's service answers: its schema's, else regression for a `pipeline` without class probabilities (an old schema: binary)."
+    if task := schema.get('task'): return task
+    if pipeline is not None and not hasattr(pipeline, 'predict_proba'): return 'regression'
+    return 'multiclass' if len(schema.get('classes') or []) > 2 else 'binary'
 
 def copy_package(dest:Path):
     "Copy mlnb's own modules to `dest`: a pickled Pipeline refers to mlnb's transformers, and mlnb is not on PyPI for the container."
@@ -56,7 +65,7 @@ def copy_package(dest:Path):
 # %% ../nbs/10_serve.ipynb #8a7061d0
 def _pins() -> list[str]:
     from importlib.metadata import version
-    return [f"{p}=={version(p)}" for p in ('scikit-learn', 'pandas', 'numpy', 'pyarrow', 'pydantic', 'sqlalchemy', 'shap')]
+    return [f"{p}=={version(p)}" for p in ('scikit-learn', 'imbalanced-learn', 'pandas', 'numpy', 'pyarrow', 'pydantic', 'sqlalchemy', 'shap')]
 
 @dataclass
 class BentoInfo:
@@ -70,6 +79,8 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
     "Build a bento serving model `info`; records it in the store."
     bentoml = bentoml_for(p)
     name = p.serve['name'] or p.name
+    if 'task' not in info.schema:        # an old schema: whether the model gives class probabilities decides
+        info.schema = {**info.schema, 'task': served_task(info.schema, bentoml.sklearn.load_model(info.tag))}
     ctx = render_service(info, name, p.workspace/'build'/name)
     b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'],
                              labels={'run': info.run_id, 'model': info.tag.replace(':', '-')},
@@ -230,20 +241,32 @@ def check_frame(df, features:list[dict], first_row:int=0, passthrough=()):
     out = pd.DataFrame(index=df.index)
     for f in features:
         col = df[f['name']] if f['name'] in df else pd.Series(None, index=df.index, dtype=object)
-        if f['kind'] == 'str': out[f['name']] = col.astype(object).where(col.notna(), None); continue
+        if f['kind'] == 'date': _check_dates(col, f['name'], first_row)
+        if f['kind'] in ('str', 'date', 'text'): out[f['name']] = col.astype(object).where(col.notna(), None); continue
         num = pd.to_numeric(col, errors='coerce') if col.dtype == object or f['kind'] != 'bool' else col.astype(float)
         bad = np.flatnonzero((num.isna() & col.notna()).to_numpy() | np.isinf(num.to_numpy(dtype=float, na_value=np.nan)))
         if len(bad): raise DataError(f"column '{f['name']}': not a finite number at row(s) {', '.join(str(first_row + j) for j in bad[:5])}")
         out[f['name']] = num.astype(float)
     return out
 
-def score_frame(pipeline, features:list[dict], df, tag:str, first_row:int=0, keep=()):
-    "`df`'s passthrough columns, the predicted label, a probability per class and the model tag."
+def _check_dates(col, name:str, first_row:int):
+    "`DataError` naming the rows of `col` that pandas cannot read as a time."
+    import numpy as np, pandas as pd
+    if pd.api.types.is_datetime64_any_dtype(col): return
+    when = pd.to_datetime(col.astype(object).where(col.notna(), None), errors='coerce', format='mixed')
+    bad = np.flatnonzero((when.isna() & col.notna()).to_numpy())
+    if len(bad): raise DataError(f"column '{name}': not a date at row(s) {', '.join(str(first_row + j) for j in bad[:5])}")
+
+def score_frame(pipeline, features:list[dict], df, tag:str, first_row:int=0, keep=(), task:str|None=None):
+    "`df`'s passthrough columns, the predicted label and a probability per class (regression: the `value`), and the model tag."
     import pandas as pd
     X = check_frame(df, features, first_row, keep)
+    out = df[[c for c in df.columns if c in keep]].copy()
+    if task == 'regression' or not hasattr(pipeline, 'predict_proba'):
+        out['value'] = pipeline.predict(X).astype(float); out['model_tag'] = tag
+        return out
     proba = pipeline.predict_proba(X)
     classes = [c.item() if hasattr(c, 'item') else c for c in pipeline.classes_]
-    out = df[[c for c in df.columns if c in keep]].copy()
     out['label'] = [classes[j] for j in proba.argmax(1)]
     for j, c in enumerate(classes): out[f'proba_{c}'] = proba[:, j]
     out['model_tag'] = tag
@@ -360,10 +383,11 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
     except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
     pipe, feats = bentoml.sklearn.load_model(m), m.info.metadata['schema']['features']
     keep = (*keep, m.info.metadata['schema'].get('target') or p.data['target'])
+    task = m.info.metadata['schema'].get('task')
     def frames():
         start = 0
         for chunk in read_chunks(input, chunk_rows, table, query):
-            yield score_frame(pipe, feats, chunk, str(m.tag), start, keep); start += len(chunk)
+            yield score_frame(pipe, feats, chunk, str(m.tag), start, keep, task); start += len(chunk)
     rows = write_chunks(frames(), output, output_table)
     return ScoreResult(f"{shown(output)} table {output_table}" if sql_url(output) else Path(output), rows, str(m.tag))
 

@@ -77,7 +77,7 @@ def test_uncertain_is_least_confident_unlabelled_recent_first(proj):
     unl = sorted(max(r['output']['probabilities'].values()) for r in rest if r['request_id'] not in {x for x, _ in pairs[:5]})
     assert conf == unl[:10]                                                       # exactly the 10 least confident
     r = u[0]
-    assert set(r) == {'request_id', 'model_tag', 'inputs', 'label', 'proba', 'confidence', 'created'}
+    assert set(r) == {'request_id', 'model_tag', 'inputs', 'label', 'value', 'proba', 'confidence', 'created'}
     assert r['label'] == max(r['proba'], key=r['proba'].get) and isinstance(r['inputs'], dict)
     assert uncertain(proj, 5, model_tag='nope') == []
     proj.sections['monitor']['window'] = '10'                                     # the last 10 requests only
@@ -328,3 +328,88 @@ def test_cli_feedback_label_accuracy_and_alerts(proj):
     assert 'shop:v1' in acc
     alert(proj, 'warning', 'drift', 'feature x drifted')
     assert 'feature x drifted' in mlnb('monitor', '-p', ini, '--alerts').stdout
+
+
+# ---- regression: numeric labels -------------------------------------------------------------------------------------
+
+def log_values(p, tag, n, noise=1.0, seed=0, ids=None, every=10.0):
+    "Log `n` predictions of regression model `tag` as the service writes them (`{'value': v}`); returns [(request id, true value)]."
+    rng = np.random.default_rng(seed)
+    start = now() - timedelta(seconds=every * n)
+    truth = np.random.default_rng(99).normal(40, 10, n)                 # the same true values for every model
+    rows = [dict(request_id=f'{ids[i]}-shadow' if ids else uuid.uuid4().hex, model_tag=tag, inputs={'size': float(t / 4), 'city': 'a'},
+                 output={'value': float(t + rng.normal(0, noise))}, latency_ms=1.0, created=start + timedelta(seconds=every * i))
+            for i, t in enumerate(truth)]
+    Store(p.store_url).write(predictions.insert(), rows)
+    return [(r['request_id'].removesuffix('-shadow'), float(t)) for r, t in zip(rows, truth)]
+
+
+def test_regression_labels_live_mae_and_ab_summary(proj):
+    "Numeric labels: typed or text, a non-number refused in one line; live MAE/RMSE as scikit-learn's; A/B on errors by Welch's t-test."
+    from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+    st = Store(proj.store_url)
+    champ = log_values(proj, 'houses:v1', 80, noise=4.0, seed=1)
+    for bad in ('tall', True, float('inf'), None):
+        with pytest.raises(MlnbError, match='is not a number') as e: add_label(proj, champ[0][0], bad)
+        assert len(str(e.value).splitlines()) == 1
+    add_label(proj, champ[0][0], str(champ[0][1]))                       # text from a box or the command line
+    for rid, y in champ[1:60]: add_label(proj, rid, y)
+    assert {type(r['label']) for r in st.read(sa.select(feedback))} == {float}
+    u = uncertain(proj, n=5)                                             # no probabilities: the newest unlabelled ones
+    assert [r['request_id'] for r in u] == [rid for rid, _ in champ[::-1][:5]] and all(isinstance(r['value'], float) and r['proba'] is None for r in u)
+    df = labelled(proj)
+    m = live_metrics(proj)
+    assert list(m.columns) == ['model_tag', 'labels', 'mae', 'rmse'] and m.labels[0] == 60
+    assert m.mae[0] == pytest.approx(mean_absolute_error(df.label, df.predicted)) and m.rmse[0] == pytest.approx(root_mean_squared_error(df.label, df.predicted))
+    assert 2 < m.mae[0] < 5                                               # the noise's sd is 4: MAE about 3.2
+    assert live_metrics(proj, by='time', freq='10min').labels.sum() == 60
+
+    chall = log_values(proj, 'houses:v2', 80, noise=1.0, seed=2, ids=[rid for rid, _ in champ])    # shadow copies of the same requests
+    st.set_alias('champion', 'houses:v1'); st.set_alias('challenger', 'houses:v2')
+    s = ab_summary(proj)
+    assert (s.metric, s.test, s.recommendation) == ('mae', 'welch', 'promote') and list(s.frame.columns) == ['arm', 'model_tag', 'traffic', 'labels', 'mae', 'rmse']
+    lab = labelled(proj)
+    err = {t: (lab[lab.model_tag == t].predicted - lab[lab.model_tag == t].label).abs() for t in ('houses:v1', 'houses:v2')}
+    assert s.p_value == pytest.approx(stats.ttest_ind(err['houses:v2'], err['houses:v1'], equal_var=False).pvalue) and s.p_value < 1e-6
+    assert s.arm('challenger')['labels'] == 60 and s.arm('champion')['mae'] == pytest.approx(m.mae[0]) and 'mae' in str(s)
+    assert ab_summary(proj, metric='rmse').recommendation == 'promote'
+    assert ab_summary(proj, min_labels=100).recommendation == 'keep'
+    with pytest.raises(MlnbError, match='mae, rmse for a regression model'): ab_summary(proj, metric='f1')
+    st.drop_alias('challenger'); st.set_alias('champion', 'houses:v2'); st.set_alias('champion', 'houses:v1')    # v1 replaced the better v2
+    assert ab_summary(proj).recommendation == 'rollback'
+
+
+ONLINE_REGRESSOR = """
+import numpy as np, pandas as pd, time, bentoml
+from sklearn.linear_model import SGDRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from mlnb.config import load_project
+from mlnb.feedback import add_label, update_online
+from mlnb.registry import bentoml_for
+from mlnb.store import Store, predictions
+p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
+rng = np.random.default_rng(0)
+X = pd.DataFrame({'a': rng.normal(size=200), 'b': rng.normal(size=200)}); y = 3 * X.a - X.b + 10
+sgd = make_pipeline(StandardScaler(), SGDRegressor(random_state=0, max_iter=5, tol=None)).fit(X, y)
+schema = {'features': [{'name': 'a', 'kind': 'number'}, {'name': 'b', 'kind': 'number'}], 'target': 'y', 'task': 'regression'}
+m = bentoml.sklearn.save_model('houses', sgd, metadata={'schema': schema}); st.add_model(str(m.tag), 'none', None, {})
+time.sleep(0.05)
+rows = [dict(request_id=f'r{i}', model_tag=str(m.tag), inputs={'a': float(X.a[i]), 'b': float(X.b[i])}, output={'value': float(sgd.predict(X.iloc[[i]])[0])},
+             latency_ms=1.0, created=pd.Timestamp.now('UTC').tz_localize(None).to_pydatetime()) for i in range(30)]
+st.write(predictions.insert(), rows)
+for i in range(30): add_label(p, f'r{i}', float(y[i]) + 5)            # the world moved up by 5
+coef = sgd[-1].intercept_.copy()
+u = update_online(p, str(m.tag))
+new = bentoml.sklearn.load_model(u['model_tag'])
+assert u['rows'] == 30 and st.alias('challenger') == u['model_tag'] and new[-1].intercept_[0] > coef[0], (new[-1].intercept_, coef)
+assert 'predict_proba' not in bentoml.models.get(u['model_tag']).info.signatures
+print('ok')
+"""
+
+
+def test_update_online_learns_numeric_labels_with_an_sgd_regressor(tmp_path):
+    import subprocess, sys
+    p = load_project(new_project(tmp_path/'houses'))
+    r = subprocess.run([sys.executable, '-c', ONLINE_REGRESSOR], cwd=p.root, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().endswith('ok'), r.stdout + r.stderr

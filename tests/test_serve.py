@@ -315,9 +315,9 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
         assert len({ask('alice') for _ in range(10)}) == 1
         key = next(k for k in (f'u{i}' for i in range(100)) if ask(k) == champion)     # a key A/B sends to the champion
 
-        # the gate: a challenger recorded as worse is refused, with the reason
-        metrics = st.get_model(challenger)['metrics']
-        st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics={**metrics, 'accuracy': metrics['accuracy'] - 0.5}))
+        # the gate: a challenger recorded as worse is refused, with the reason (its run unknown: the recorded metrics are compared)
+        metrics, run_id = st.get_model(challenger)['metrics'], st.get_model(challenger)['run_id']
+        st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics={**metrics, 'accuracy': metrics['accuracy'] - 0.5}, run_id='gone'))
         r = py(f"from mlnb.registry import promote; promote('settings.ini', {challenger!r})", root, check=False)
         assert r.returncode and 'worse than champion' in r.stderr and 'accuracy' in r.stderr
         assert st.alias('champion') == champion
@@ -354,7 +354,7 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
         assert f'mlnb_fallbacks_total{{model="{broken}"}}' in m
     py("from mlnb.registry import rollback; rollback('settings.ini')", root)
     assert st.alias('champion') == champion
-    st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics))
+    st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics, run_id=run_id))
 
 
 class FakeModel:
@@ -557,8 +557,9 @@ def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
     plans = {}
     for name, result in [('plain', plain), ('stepped', stepped)]:
         s = object.__new__(svc.Served)
-        s.tag, s.pipeline, s.background = 'mixed:1', result.pipeline, background_sample(X, 50)
-        s.plan = plans[name] = s._plan()
+        s.tag = 'mixed:1'
+        s.setup(result.pipeline, {'task': 'binary'}, background_sample(X, 50))
+        plans[name] = s.plan
         assert np.abs(s.score(records)[0] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
     groups, steps = plans['plain']
     assert sorted((list(f.index), f.numbers) for _, f in groups) == [(['age', 'income'], True), (['city'], False), (['member'], False)]
@@ -570,3 +571,193 @@ def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
     def fails(d): raise ValueError('a step that fails')
     s.pipeline = make_pipeline(FunctionTransformer(fails), plain.pipeline)
     assert s._plan() is None                             # a model that fails on the sample: the Pipeline is called as it is
+
+
+# ---- every task: regression, multiclass, samplers ------------------------------------------------------------------
+
+def tasks_frame(n=240, seed=0):
+    "Numbers (one integer-valued), a category and gaps; a numeric target `y` and a 3-class target `kind`."
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({'size': rng.normal(10, 3, n), 'rooms': rng.integers(1, 6, n), 'city': rng.choice(['a', 'b', 'c'], n)})
+    df.loc[::9, 'size'] = np.nan; df.loc[::13, 'city'] = None
+    df['y'] = 3 * df['size'].fillna(10) + 5 * df['rooms'] + df['city'].map({'a': 0, 'b': 4, 'c': 9}).fillna(2) + rng.normal(0, 1, n)
+    df['kind'] = pd.cut(df['y'], 3, labels=['low', 'mid', 'high']).astype(str)
+    return df
+
+
+def tasks_pipeline(estimator):
+    "A Pipeline as mlnb builds them: a ColumnTransformer of named columns (imputed numbers, one-hot categories), then `estimator`."
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    prep = ColumnTransformer([('num', make_pipeline(SimpleImputer(), StandardScaler()), ['size', 'rooms']),
+                              ('cat', make_pipeline(SimpleImputer(strategy='constant', fill_value='?'), OneHotEncoder(handle_unknown='ignore', sparse_output=False)), ['city'])])
+    return Pipeline([('prep', prep), ('model', estimator)])
+
+
+TASK_FEATURES = [{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}]
+
+
+def rendered(tmp_path, name, task):
+    "The service rendered for TASK_FEATURES and `task`, imported as a module."
+    import importlib.util
+    from mlnb.registry import ModelInfo
+    from mlnb.serve import render_service
+    info = ModelInfo(f'{name}:1', 'r', None, {}, {'target': 'y', 'task': task, 'features': TASK_FEATURES})
+    render_service(info, name, tmp_path/name)
+    spec = importlib.util.spec_from_file_location(f'mlnb_{name}_service', tmp_path/name/'service.py')
+    svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
+    return svc
+
+
+def served_model(svc, pipeline, task, X):
+    from mlnb.registry import background_sample
+    s = object.__new__(svc.Served)
+    s.tag = f'{task}:1'
+    s.setup(pipeline, {'task': task}, background_sample(X, 50))
+    return s
+
+
+def test_served_regression_model_answers_values(tmp_path):
+    "A regression service: values from the direct ColumnTransformer path, `{'value'}` logged and cached, counted as 'value', explained additively."
+    import numpy as np
+    from prometheus_client import REGISTRY
+    from sklearn.linear_model import Ridge
+    df = tasks_frame(); X = df[['size', 'rooms', 'city']]
+    pipe = tasks_pipeline(Ridge()).fit(X, df['y'])
+    svc = rendered(tmp_path, 'houses', 'regression')
+    assert svc.REGRESSION and svc.Prediction is svc.Estimated and svc.Explanation is svc.ValueExplanation
+    m = served_model(svc, pipe, 'regression', X)
+    records = svc.sample_records(X.head(40))
+    values, _ = m.score(records)
+    assert m.classes is None and m.plan is not None and values.shape == (40,)
+    assert np.abs(values - pipe.predict(X.head(40))).max() < 1e-9
+    class Log:
+        rows = []
+        def put(self, table, row): self.rows.append((table, row))
+    c = object.__new__(svc.Classifier.inner)
+    c.current, c.fallback, c.challenger, c.log, c.cache, c.loaded = m, None, None, Log(), svc.Cache(10), {}
+    c.failures, c.benched, c.bench_lock = {}, set(), threading.Lock()
+    before = REGISTRY.get_sample_value('mlnb_predictions_total', {'model': m.tag, 'label': 'value'}) or 0
+    a, b = c._answer(records[:1])[0], c._answer(records[:1])[0]          # the second one from the cache
+    assert a.value == b.value == float(values[0]) and b.latency_ms == 0 and not hasattr(a, 'label')
+    assert [r['output'] for _, r in c.log.rows] == [{'value': float(values[0])}] * 2
+    assert REGISTRY.get_sample_value('mlnb_predictions_total', {'model': m.tag, 'label': 'value'}) == before + 2
+    base, shap_values, k = m.explain(records[0], values[0])
+    assert k is None and abs(base + sum(shap_values.values()) - values[0]) < 1e-6 and 'num__size' in shap_values
+    # alias following: a widened column (int -> float -> number) fits; other names or another kind of answer do not
+    assert svc.fits([{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': 'int'}, {'name': 'city', 'kind': 'str'}])
+    assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}])
+    assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'str'}, {'name': 'city', 'kind': 'str'}])
+
+
+def test_multiclass_explain_and_oversampling_pipeline(tmp_path):
+    "Multiclass: /explain's values are the predicted class's (SHAP's permutation explainer where it cannot read the estimator);"
+    " a Pipeline with an imbalanced-learn sampler is served without it."
+    import numpy as np
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.pipeline import Pipeline as ImbPipeline
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    df = tasks_frame(); X = df[['size', 'rooms', 'city']]
+    svc = rendered(tmp_path, 'kinds', 'multiclass')
+    assert not svc.REGRESSION and svc.Prediction is svc.Classified
+    hgb = tasks_pipeline(HistGradientBoostingClassifier(max_iter=20, random_state=0)).fit(X, df['kind'])
+    m = served_model(svc, hgb, 'multiclass', X)
+    rec = svc.sample_records(X.iloc[[5]])[0]
+    proba = m.score([rec])[0][0]
+    base, values, k = m.explain(rec, proba)
+    assert m.classes[k] == hgb.predict(X.iloc[[5]])[0] and k == int(proba.argmax())
+    assert abs(base + sum(values.values()) - proba[k]) < 1e-6          # the predicted class's probability, explained
+    c = object.__new__(svc.Classifier.inner); c.current = m
+    ex = svc.Classifier.inner.explain.func(c, rec)
+    assert ex.label == ex.explained == m.classes[k] and ex.values == values          # the same each time
+
+    steps = tasks_pipeline(LogisticRegression(max_iter=500)).steps
+    imb = ImbPipeline([steps[0], ('oversample', RandomOverSampler(random_state=0)), steps[1]]).fit(X, df['kind'])
+    m = served_model(svc, imb, 'multiclass', X)
+    groups, rest = m.plan
+    assert [type(s).__name__ for s in rest] == ['LogisticRegression']     # the sampler is left out
+    records = svc.sample_records(X.head(30))
+    assert np.abs(m.score(records)[0] - imb.predict_proba(X.head(30))).max() < 1e-12
+    base, values, k = m.explain(records[0], m.score(records[:1])[0][0])
+    assert len(values) == 6 and not any('oversample' in n for n in values)     # 2 numbers, 4 one-hot cities
+
+
+REGRESSION_PROJECT = """
+# A regression model saved by hand (a Pipeline of ColumnTransformer and Ridge), its challenger, and the bento serving it
+import joblib, sys
+sys.path.insert(0, {tests!r})
+from sklearn.linear_model import Ridge
+from test_serve import TASK_FEATURES, tasks_frame, tasks_pipeline
+from mlnb.config import load_project
+from mlnb.registry import ModelInfo, background_sample, bentoml_for
+from mlnb.serve import build_bento
+from mlnb.store import Store
+p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
+df = tasks_frame(); X = df[['size', 'rooms', 'city']]
+schema = {{'target': 'y', 'task': 'regression', 'features': TASK_FEATURES}}
+tags = []
+for alpha in (1.0, 50.0):
+    pipe = tasks_pipeline(Ridge(alpha=alpha)).fit(X, df['y'])
+    joblib.dump(pipe, f'ridge-{{alpha:g}}.joblib')
+    m = bentoml.sklearn.save_model('houses', pipe, signatures={{'predict': {{'batchable': True}}}},
+                                   custom_objects={{'shap_background': background_sample(X, 50)}}, metadata={{'schema': schema, 'metrics': {{'rmse': 1.0}}}})
+    st.add_model(str(m.tag), 'by-hand', None, {{'rmse': 1.0}}); tags.append(str(m.tag))
+st.set_alias('champion', tags[0]); st.set_alias('challenger', tags[1])
+b = build_bento(p, ModelInfo(tags[0], 'by-hand', None, {{'rmse': 1.0}}, schema))
+print(b.tag, *tags)
+"""
+
+
+@pytest.fixture(scope='module')
+def regression_served(tmp_path_factory):
+    "A `bentoml serve` of a regression bento in shadow mode, with a cache; its project made by `mlnb new` (no run)."
+    from mlnb.config import new_project
+    from mlnb.serve import Server
+    root = tmp_path_factory.mktemp('reg')/'houses'
+    p = load_project(new_project(root))
+    bento, champion, challenger = py(REGRESSION_PROJECT.format(tests=str(Path(__file__).parent)), root).stdout.split()[-3:]
+    srv = Server(p, bento, env={'MLNB_API_TOKEN': None, 'MLNB_MODE': 'shadow', 'MLNB_CACHE_SIZE': '10'}).start()
+    yield p, srv, champion, challenger
+    srv.stop()
+
+
+def test_regression_bento_over_http(regression_served):
+    "A regression model served for real: values, the OpenAPI, /explain, numeric feedback, counters and the prediction log."
+    import joblib, numpy as np
+    p, srv, champion, challenger = regression_served
+    df = tasks_frame(); X = df[['size', 'rooms', 'city']]
+    local = joblib.load(p.root/'ridge-1.joblib')
+    recs = X.head(6).astype(object).where(X.head(6).notna(), None).to_dict('records')
+    out = srv.predict(recs[0])
+    assert set(out) == {'value', 'model', 'request_id', 'latency_ms'} and out['model'] == champion
+    assert abs(out['value'] - local.predict(X.head(1))[0]) < 1e-9
+    batch = requests.post(f'{srv.url}/predict_batch', json={'records': recs}, timeout=30)
+    assert batch.status_code == 200 and np.abs(np.array([b['value'] for b in batch.json()]) - local.predict(X.head(6))).max() < 1e-9
+    assert srv.predict({'size': 9.5, 'rooms': 3, 'city': 'b'})['value'] == pytest.approx(local.predict(pd.DataFrame([{'size': 9.5, 'rooms': 3, 'city': 'b'}]))[0])
+    api = requests.get(f'{srv.url}/docs.json', timeout=30).json()
+    schemas = json.dumps(api['components'])
+    assert 'Estimated' in schemas and 'Classified' not in schemas and 'ValueExplanation' in schemas    # the OpenAPI says `value`
+    ex = requests.post(f'{srv.url}/explain', json={'record': recs[1]}, timeout=60)
+    assert ex.status_code == 200, ex.text
+    ex = ex.json()
+    assert ex['value'] == pytest.approx(local.predict(X.iloc[[1]])[0]) and ex['base_value'] + sum(ex['values'].values()) == pytest.approx(ex['value'])
+    rid = out['request_id']
+    ok = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 41.5}, timeout=30)
+    assert ok.status_code == 200 and ok.json() == {'request_id': rid, 'label': 41.5, 'stored': True}
+    for bad in ('cat', True, '41.5'):
+        r = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': bad}, timeout=30)
+        assert r.status_code == 400 and 'not a number' in r.text, (bad, r.status_code, r.text)
+    m = requests.get(f'{srv.url}/metrics', timeout=30).text
+    assert f'mlnb_predictions_total{{label="value",model="{champion}"}}' in m and 'mlnb_feedback_total 1.0' in m
+    srv.stop()                                                           # flushes the log
+    st = Store(p.store_url)
+    logged = st.read(sa.select(predictions).where(predictions.c.request_id.in_([rid, rid + '-shadow'])))
+    by_id = {r['request_id']: r for r in logged}
+    assert by_id[rid]['output'] == {'value': out['value']} and by_id[rid]['model_tag'] == champion
+    shadow = by_id[rid + '-shadow']                                       # the challenger scored it too, off the request path
+    assert shadow['model_tag'] == challenger and set(shadow['output']) == {'value'} and shadow['output'] != by_id[rid]['output']
+    assert st.read(sa.select(feedback.c.label).where(feedback.c.request_id == rid)) == [{'label': 41.5}]

@@ -54,12 +54,14 @@ import bentoml
 import numpy as np
 import pandas as pd
 import sklearn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 MODEL_TAG = "$model_tag"
+TASK = "$task"                          # binary | multiclass | regression: which answer /predict gives
+REGRESSION = TASK == "regression"
 COLUMNS = $columns
-KINDS = $kinds
+KINDS = $kinds                          # number | bool | str | date | text (int and float: number)
 MAX_BATCH = int(os.environ.get("MLNB_MAX_BATCH", "1000"))
 MAX_BODY = int(os.environ.get("MLNB_MAX_BODY", str(10 * 1024 * 1024)))
 MODE = os.environ.get("MLNB_MODE", "single")                 # single | ab | shadow
@@ -75,6 +77,17 @@ log = logging.getLogger("bentoml.mlnb")
 
 
 # ---- request and response types -------------------------------------------------------------
+
+def check_date(v: str) -> str:
+    "A date field's value, refused (400 naming the field) unless pandas reads it as a time."
+    try: ok = pd.notna(pd.Timestamp(v))
+    except (ValueError, TypeError, OverflowError): ok = False
+    if not ok: raise ValueError(f"not a date or time: {v!r}")
+    return v
+
+
+DateText = Annotated[str, AfterValidator(check_date)]     # an ISO date (or anything pandas parses) on the wire
+
 
 class Features(BaseModel):
     """One record to score: the model's features, by their column names (missing ones are imputed)."""
@@ -106,10 +119,10 @@ class ExplainIn(Body):
 
 class FeedbackIn(Body):
     request_id: Annotated[str, Field(min_length=1, max_length=64)]
-    label: Union[bool, int, float, str]
+    label: Union[bool, int, float, str]      # a class; a number for a regression model
 
 
-class Prediction(BaseModel):
+class Classified(BaseModel):
     """The predicted label, the probability of each class, the model that answered and the request id."""
     label: Union[int, float, str]
     probabilities: dict[str, float]
@@ -118,12 +131,35 @@ class Prediction(BaseModel):
     latency_ms: float
 
 
-class Explanation(BaseModel):
-    """SHAP values of one record (for the positive class of a binary model), largest first."""
+class Estimated(BaseModel):
+    """The predicted value (a regression model's answer), the model that answered and the request id."""
+    value: float
+    model: str
+    request_id: str
+    latency_ms: float
+
+
+class ClassExplanation(BaseModel):
+    """SHAP values of one record, largest first: of the probability of class `explained` (binary: the positive class;
+    multiclass: the predicted one, `label`)."""
     label: Union[int, float, str]
+    explained: Union[int, float, str]
     model: str
     base_value: float
     values: dict[str, float]
+
+
+class ValueExplanation(BaseModel):
+    """SHAP values of one record's predicted value, largest first: `base_value` plus their sum is `value`."""
+    value: float
+    model: str
+    base_value: float
+    values: dict[str, float]
+
+
+# The bento answers one task: its OpenAPI shows only the answer this model gives.
+Prediction = Estimated if REGRESSION else Classified
+Explanation = ValueExplanation if REGRESSION else ClassExplanation
 
 
 class FeedbackAck(BaseModel):
@@ -150,7 +186,7 @@ def counters() -> dict:
     if not _COUNTERS:
         from prometheus_client import Counter   # imported late: the worker sets PROMETHEUS_MULTIPROC_DIR first
         for name, doc, labels in [
-                ("mlnb_predictions", "Predictions served, by model and predicted label", ["model", "label"]),
+                ("mlnb_predictions", "Predictions served, by model and predicted label (\"value\" for a regression model)", ["model", "label"]),
                 ("mlnb_feedback", "True labels received on /feedback", []),
                 ("mlnb_explanations", "Explanations served, by model", ["model"]),
                 ("mlnb_model_switches", "Times the service switched to a new champion, by the model switched to", ["model"]),
@@ -286,7 +322,7 @@ class PredictionLog:
 # ---- a cache of recent answers ---------------------------------------------------------------
 
 class Cache:
-    """The class probabilities of recent records, keyed by model tag and the record's content; emptied on a switch."""
+    """The model's output (class probabilities or value) of recent records, keyed by model tag and the record's content; emptied on a switch."""
     def __init__(self, size: int):
         from collections import OrderedDict
         self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
@@ -313,13 +349,13 @@ class Cache:
 
 # ---- a served model --------------------------------------------------------------------------
 
-NUMBER_KINDS = ("float", "int")
+NUMBER_KINDS = ("number", "float", "int")     # one request kind: float on the wire (int and float are legacy names)
 FIELDS = list(Features.model_fields)          # the record's attributes, in COLUMNS order
 
 
 class Frame:
     """Makes the DataFrame of some of the request's columns (all by default) that the Pipeline wants: number columns
-    as float64 (missing: NaN), the others as objects. The column Index is made once, not per request."""
+    as float64, the others as objects (missing: NaN in both). The column Index is made once, not per request."""
     def __init__(self, names: list[str] = COLUMNS):
         at = [COLUMNS.index(n) for n in names]
         self.fields, self.kinds, self.index = [FIELDS[i] for i in at], [KINDS[i] for i in at], pd.Index(names)
@@ -331,7 +367,8 @@ class Frame:
         cols = {}
         for col, kind, f in zip(self.index, self.kinds, self.fields):
             vals = [getattr(r, f) for r in records]
-            cols[col] = np.array([np.nan if v is None else v for v in vals], dtype=float) if kind in NUMBER_KINDS else np.array(vals, dtype=object)
+            # (a missing value is NaN in every column, as in the training frame: a lone None stayed None, which imputers miss)
+            cols[col] = np.array([np.nan if v is None else v for v in vals], dtype=float if kind in NUMBER_KINDS else object)
         return pd.DataFrame(cols, columns=self.index)
 
 
@@ -342,15 +379,52 @@ def sample_records(background) -> list[Features]:
     "The rows of a packed background sample as requests (no sample: one record with every feature missing)."
     if background is None: return [Features()]
     rows = background[COLUMNS].astype(object).where(background[COLUMNS].notna(), None).to_dict("records")
-    return [Features.model_validate({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}) for r in rows]
+    wire = lambda v: v.isoformat() if hasattr(v, "isoformat") else v.item() if hasattr(v, "item") else v    # dates as ISO text
+    return [Features.model_validate({k: wire(v) for k, v in r.items()}) for r in rows]
 
 
 def plain_steps(est) -> list:
-    "The steps of a Pipeline, nested Pipelines opened up and 'passthrough' or None steps left out; any other estimator alone."
+    """The steps of a Pipeline, nested Pipelines opened up and 'passthrough' or None steps left out; any other estimator alone.
+
+    Samplers (imbalanced-learn's, with `fit_resample`) are left out too: they change the rows at fit time only."""
     from sklearn.pipeline import Pipeline
     if not isinstance(est, Pipeline): return [est]
     return [s for _, step in est.steps if step is not None and not (isinstance(step, str) and step == "passthrough")
-            for s in plain_steps(step)]
+            and not hasattr(step, "fit_resample") for s in plain_steps(step)]
+
+
+def same_kind(kind: str) -> str:
+    "A feature kind as the service compares it: int, float and number are one kind."
+    return "number" if kind in NUMBER_KINDS else kind
+
+
+def fits(features: list[dict]) -> bool:
+    "Whether a model's request schema is this service's: the same names and kinds (a column widened from int to float still fits)."
+    return [(f["name"], same_kind(f["kind"])) for f in features] == [(c, same_kind(k)) for c, k in zip(COLUMNS, KINDS)]
+
+
+def is_regression(pipeline, schema: dict) -> bool:
+    "Whether a model answers a value: its schema says task regression, or it gives no class probabilities."
+    return schema.get("task") == "regression" or not hasattr(pipeline, "predict_proba")
+
+
+def outcome(classes: list | None, row) -> dict:
+    "What a model's output row answers: `{'value'}` for a regression model (no `classes`), else `{'label', 'probabilities'}`."
+    if classes is None: return {"value": float(row)}
+    return {"label": classes[int(row.argmax())], "probabilities": {str(c): float(v) for c, v in zip(classes, row)}}
+
+
+def background_masker(bg: np.ndarray):
+    """A SHAP masker filling the masked features from each background row in turn. (A function: SHAP's own maskers
+    compile their numba code on first use, 15 s of a request.)"""
+    def masker(mask, x): return np.where(mask, x, bg)
+    masker.shape = bg.shape
+    return masker
+
+
+def _permutation():
+    import shap
+    return shap.explainers.Permutation
 
 
 def transformed(steps: list, X):
@@ -360,23 +434,31 @@ def transformed(steps: list, X):
 
 
 class Served:
-    """One loaded model: its Pipeline, classes and (built on first use) SHAP explainer."""
+    """One loaded model: its Pipeline, classes (None for a regression model) and (built on first use) SHAP explainer."""
     def __init__(self, model):       # a model from BentoML's model store
         self.tag = str(model.tag)
-        self.pipeline = bentoml.sklearn.load_model(model)
-        self.classes = [c.item() if hasattr(c, "item") else c for c in self.pipeline.classes_]
-        self.background = model.custom_objects.get("shap_background") if model.custom_objects else None
-        self._explainer, self._lock = None, threading.Lock()
+        self.setup(bentoml.sklearn.load_model(model), (model.info.metadata or {}).get("schema") or {},
+                   model.custom_objects.get("shap_background") if model.custom_objects else None)
+
+    def setup(self, pipeline, schema: dict, background=None):
+        "Serve `pipeline`: a value for a regression one, else its classes' probabilities."
+        self.pipeline, self.background = pipeline, background
+        self.classes = None if is_regression(pipeline, schema) else [c.item() if hasattr(c, "item") else c for c in pipeline.classes_]
+        self.method = "predict" if self.classes is None else "predict_proba"
+        self._explainer, self._lock, self.names = None, threading.Lock(), None
         self.plan = self._plan()
 
     @classmethod
     def load(cls, tag: str) -> "Served":
-        "Load model `tag` from BentoML's model store, refusing one whose features differ from this service's."
+        "Load model `tag` from BentoML's model store, refusing one whose features or kind of answer differ from this service's."
         model = bentoml.models.get(tag)
-        schema = (model.info.metadata or {}).get("schema", {}).get("features", [])
-        if [(f["name"], f["kind"]) for f in schema] != list(zip(COLUMNS, KINDS)):
+        schema = (model.info.metadata or {}).get("schema") or {}
+        if not fits(schema.get("features", [])):
             raise ValueError(f"model {tag} has other features than this service: build a new bento for it")
-        return cls(model)
+        m = cls(model)
+        if (m.classes is None) != REGRESSION:
+            raise ValueError(f"model {tag} answers {'a value' if m.classes is None else 'a class'}, this service {'a value' if REGRESSION else 'a class'}: build a new bento for it")
+        return m
 
     def _plan(self) -> tuple | None:
         """How `score` calls the Pipeline: `(groups, steps)`, plain estimators called one after the other.
@@ -400,52 +482,75 @@ class Served:
             records = sample_records(self.background)
             # (not under warnings.catch_warnings: it changes the filters of every thread, and a model loads while requests run)
             with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                same = np.allclose(self._call(records, (groups, steps)), p.predict_proba(FRAME(records)), rtol=1e-9, atol=1e-12)
+                same = np.allclose(self._call(records, (groups, steps)), getattr(p, self.method)(FRAME(records)), rtol=1e-9, atol=1e-12)
         except Exception as e:       # columns by position or mask, a model that fails on the sample: the Pipeline as it is
             log.info("mlnb: %s is scored through its whole Pipeline (%s)", self.tag, e)
             return None
         return (groups, steps) if same else None
 
-    @staticmethod
-    def _call(records: list[Features], plan) -> np.ndarray:
-        "Class probabilities of `records` by `plan` (see `_plan`)."
+    def _call(self, records: list[Features], plan) -> np.ndarray:
+        "The model's output for `records` (class probabilities, or values) by `plan` (see `_plan`)."
         groups, steps = plan
         if groups is None: X = FRAME(records)
         else:
             parts = [transformed(ts, make(records)) for ts, make in groups]
             X = parts[0] if len(parts) == 1 else np.hstack(parts)
-        return steps[-1].predict_proba(transformed(steps[:-1], X))
+        return getattr(steps[-1], self.method)(transformed(steps[:-1], X))
 
     def score(self, records: list[Features]) -> tuple[np.ndarray, float]:
-        "Class probabilities of `records` and the milliseconds it took."
+        "Class probabilities (rows) or values of `records`, and the milliseconds it took."
         start = time.perf_counter()
         # The request schema refused NaN and infinity (a null is a missing value, which the Pipeline imputes), so
         # scikit-learn's finiteness and parameter checks can go: a third of the time of a one-row call.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            proba = self.pipeline.predict_proba(FRAME(records)) if self.plan is None else self._call(records, self.plan)
-        return proba, (time.perf_counter() - start) * 1000
+            out = getattr(self.pipeline, self.method)(FRAME(records)) if self.plan is None else self._call(records, self.plan)
+        out = np.asarray(out, dtype=float)
+        return (out.reshape(len(records)) if self.classes is None else out), (time.perf_counter() - start) * 1000
 
     def explainer(self):
-        "A SHAP explainer of the estimator over the packed background sample, made once."
+        """A SHAP explainer of the estimator over the packed background sample, made once: SHAP's own for the
+        estimator when it has one, else the model-agnostic permutation explainer of its output (bounded evaluations)."""
         with self._lock:
             if self._explainer is None:
                 import shap
-                prep, est = self.pipeline[:-1], self.pipeline[-1]
-                self.names = [str(n) for n in prep.get_feature_names_out()]
+                est = self.pipeline[-1]
                 bg = self.background if self.background is not None else pd.DataFrame([{c: None for c in COLUMNS}])
-                self._explainer = shap.Explainer(est, pd.DataFrame(prep.transform(bg[COLUMNS]), columns=self.names))
+                prep = self.prep(FRAME(sample_records(bg)))
+                try: self._explainer = shap.Explainer(est, prep)
+                except Exception:       # e.g. a multiclass HistGradientBoostingClassifier: "not callable ... with the given masker"
+                    self._explainer = shap.explainers.Permutation(getattr(est, self.method), background_masker(prep.to_numpy()[:20]),
+                                                                  max_evals=3 * (2 * prep.shape[1] + 1))     # three permutations
             return self._explainer
 
-    def explain(self, record: Features) -> tuple[float, dict[str, float]]:
-        "Base value and SHAP value per (preprocessed) feature for one record."
+    def prep(self, X: pd.DataFrame) -> pd.DataFrame:
+        "`X` through the Pipeline's steps before the estimator (samplers left out), named as the estimator sees it."
+        steps = plain_steps(self.pipeline)[:-1]
+        Xt = transformed(steps, X)
+        Xt = np.asarray(Xt.toarray() if hasattr(Xt, "toarray") else Xt, dtype=float)
+        if getattr(self, "names", None) is None:
+            try:
+                names = None if steps else list(COLUMNS)
+                for s in steps: names = s.get_feature_names_out(names)
+                self.names = [str(n) for n in names]
+            except Exception: self.names = [f"x{i}" for i in range(Xt.shape[1])]     # a step that cannot name its output
+        return pd.DataFrame(Xt, columns=self.names)
+
+    def explain(self, record: Features, row) -> tuple[float, dict[str, float], int | None]:
+        """Base value, SHAP value per (preprocessed) feature for one record whose output is `row`, and the class they are of:
+        the positive one of a binary model, the predicted one of a multiclass model (None for a regression model)."""
         ex = self.explainer()
-        Xt = pd.DataFrame(self.pipeline[:-1].transform(FRAME([record])), columns=self.names)
-        try: sv = ex(Xt, check_additivity=False)
-        except TypeError: sv = ex(Xt)
-        values, base = sv.values[0], np.ravel(sv.base_values[0])
-        if values.ndim == 2: values, base = values[:, -1], base[-1:]     # several outputs: the last (positive) class
-        order = np.argsort(-np.abs(values))
-        return float(base[0]), {self.names[i]: float(values[i]) for i in order}
+        Xt = self.prep(FRAME([record]))
+        if isinstance(ex, _permutation()):        # random permutations from NumPy's global generator: the same ones every time
+            with self._lock: np.random.seed(0); sv = ex(Xt, silent=True)
+        else:
+            try: sv = ex(Xt, check_additivity=False)
+            except TypeError: sv = ex(Xt)
+        values, base, k = sv.values[0], np.ravel(sv.base_values[0]), None
+        if self.classes is not None:
+            k = len(self.classes) - 1 if len(self.classes) == 2 else int(np.argmax(row))
+            if values.ndim == 2: values, base = values[:, k], base[k:k + 1]     # one column of values per class
+        order = np.argsort(-np.abs(values), kind="stable")
+        return float(base[0]), {self.names[i]: float(values[i]) for i in order}, k
 
 
 # ---- the service -----------------------------------------------------------------------------
@@ -489,7 +594,9 @@ class Classifier:
         sight: its full collections otherwise walk them all, a pause of milliseconds in the middle of some request."""
         done = threading.Event()
         def build():
-            try: m.explainer(); m.score([Features()])
+            try:
+                rec = sample_records(m.background)[0]
+                m.explain(rec, m.score([rec])[0][0])        # a first explanation: SHAP's lazy imports and compiling, off the request path
             except Exception as e: log.warning("mlnb: no SHAP explainer for %s (%s)", m.tag, e)
             finally:
                 if freeze: gc.collect(); gc.freeze()
@@ -593,6 +700,7 @@ class Classifier:
         return m
 
     def _score(self, m: Served, records: list[Features]) -> tuple[Served, np.ndarray, float]:
+        # (the array: class probabilities, a row per record, or a regression model's values)
         """Score with `m`, or with its fallback when `m` raises; a raise or a call over budget counts against `m`."""
         fb = self._fallback_for(m)
         try: proba, ms = m.score(records)
@@ -613,20 +721,19 @@ class Classifier:
     def _answer(self, records: list[Features], key: str | None = None) -> list[Prediction]:
         m = self._answerer(self._route(key))      # the cache is looked up under the model that answers
         hit = self.cache.get(m.tag, records[0]) if self.cache.size and len(records) == 1 else None
-        if hit is not None: proba, ms = hit[None, :], 0.0
+        if hit is not None: rows, ms = np.asarray([hit]), 0.0
         else:
-            m, proba, ms = self._score(m, records)
-            if self.cache.size and len(records) == 1: self.cache.put(m.tag, records[0], proba[0])
+            m, rows, ms = self._score(m, records)
+            if self.cache.size and len(records) == 1: self.cache.put(m.tag, records[0], rows[0])
         ms /= max(len(records), 1)
         out = []
-        for rec, row in zip(records, proba):
-            label = m.classes[int(row.argmax())]
-            p = Prediction(label=label, probabilities={str(c): float(v) for c, v in zip(m.classes, row)},
-                           model=m.tag, request_id=uuid.uuid4().hex, latency_ms=ms)
-            counters()["mlnb_predictions"].labels(m.tag, str(label)).inc()
+        for rec, row in zip(records, rows):
+            o = outcome(m.classes, row)
+            p = Prediction(**o, model=m.tag, request_id=uuid.uuid4().hex, latency_ms=ms)
+            counters()["mlnb_predictions"].labels(m.tag, str(o.get("label", "value"))).inc()
             if self.log:
                 self.log.put("predictions", dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
-                                                 output={"label": label, "probabilities": p.probabilities}, latency_ms=ms, created=now()))
+                                                 output=o, latency_ms=ms, created=now()))
             out.append(p)
         if MODE == "shadow" and self.challenger is not None and self.challenger is not m:
             try: self.shadow_q.put_nowait((self.challenger, records, [p.request_id for p in out]))
@@ -637,16 +744,15 @@ class Classifier:
         "Score queued requests with the challenger and log them as `<request id>-shadow`; the caller never waits."
         while (job := self.shadow_q.get()) is not None:
             ch, records, ids = job
-            try: proba, ms = ch.score(records)
+            try: rows, ms = ch.score(records)
             except Exception as e:
                 log.warning("mlnb: shadow model %s failed (%s)", ch.tag, e); continue
-            for rec, row, rid in zip(records, proba, ids):
-                label = ch.classes[int(row.argmax())]
-                counters()["mlnb_shadow_predictions"].labels(ch.tag, str(label)).inc()
+            for rec, row, rid in zip(records, rows, ids):
+                o = outcome(ch.classes, row)
+                counters()["mlnb_shadow_predictions"].labels(ch.tag, str(o.get("label", "value"))).inc()
                 if self.log:
                     self.log.put("predictions", dict(request_id=f"{rid}-shadow", model_tag=ch.tag, inputs=rec.model_dump(by_alias=True),
-                        output={"label": label, "probabilities": {str(c): float(v) for c, v in zip(ch.classes, row)}},
-                        latency_ms=ms / len(records), created=now()))
+                        output=o, latency_ms=ms / len(records), created=now()))
 
     @bentoml.api(input_spec=PredictIn)
     def predict(self, record: Features, key: Optional[str] = None) -> Prediction:
@@ -661,20 +767,27 @@ class Classifier:
 
     @bentoml.api(input_spec=ExplainIn)
     def explain(self, record: Features) -> Explanation:
-        """SHAP values of one record's features (after preprocessing), largest first."""
+        """SHAP values of one record's features (after preprocessing), largest first: of the predicted value, or of the
+        probability of class `explained` (binary: the positive class; multiclass: the predicted one)."""
         m = self.current
-        base, values = m.explain(record)
-        label = m.classes[int(m.score([record])[0][0].argmax())]
+        row = m.score([record])[0][0]
+        base, values, k = m.explain(record, row)
         counters()["mlnb_explanations"].labels(m.tag).inc()
-        return Explanation(label=label, model=m.tag, base_value=base, values=values)
+        if m.classes is None: return Explanation(value=float(row), model=m.tag, base_value=base, values=values)
+        return Explanation(label=outcome(m.classes, row)["label"], explained=m.classes[k], model=m.tag, base_value=base, values=values)
 
     @bentoml.api(input_spec=FeedbackIn)
     def feedback(self, request_id: str, label: Union[bool, int, float, str]) -> FeedbackAck:
-        """The true label of an earlier prediction, by its request id."""
-        classes = {str(c): c for c in self.current.classes}
-        if str(label) not in classes:
-            return bad_input("label", f"label {label!r} is not one of the model's classes {list(classes)}")
-        label = classes[str(label)]
+        """The true label of an earlier prediction, by its request id: one of the classes, or a number for a regression model."""
+        if REGRESSION:
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or not np.isfinite(label):
+                return bad_input("label", f"label {label!r} is not a number: this model predicts a value")
+            label = float(label)
+        else:
+            classes = {str(c): c for c in self.current.classes}
+            if str(label) not in classes:
+                return bad_input("label", f"label {label!r} is not one of the model's classes {list(classes)}")
+            label = classes[str(label)]
         if self.log: self.log.put("feedback", dict(request_id=request_id, label=label, source="api", created=now()))
         counters()["mlnb_feedback"].inc()
         return FeedbackAck(request_id=request_id, label=label, stored=self.log is not None)
