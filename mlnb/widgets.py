@@ -231,15 +231,19 @@ class Monitor(Live):
         return _drift_table(reps[0], top) if reps else _note("no drift check yet: press check drift, or run mlnb.check_drift()")
 
     def accuracy(self) -> str:
-        "Accuracy per model over time, from the labels joined to logged predictions."
+        "Accuracy per model over time (a regression model's: its MAE), from the labels joined to logged predictions."
         from mlnb.feedback import live_metrics
         df = live_metrics(self.settings, by='time', freq=self.freq)
         if self.model_tag is not None and len(df): df = df[df['model_tag'] == self.model_tag]
         if not len(df): return _note("no labels yet: label predictions with mlnb.label() or POST /feedback")
         groups = list(df.groupby('model_tag', sort=False))
-        head = '<br>'.join(f"<code>{html.escape(str(t))}</code>: {int(g['labels'].sum())} labels; last {self.freq}: accuracy "
-                           f"{g['accuracy'].iloc[-1]:.3f}, F1 {g['f1'].iloc[-1]:.3f}" for t, g in groups)
-        return f"<div>{head}</div>" + line_svg({t: (g['time'], g['accuracy']) for t, g in groups}, ymin=0, ymax=1)
+        values = {t: 'mae' in g and g['mae'].notna().all() for t, g in groups}     # models that predict values
+        def line(t, g):
+            last = f"MAE {g['mae'].iloc[-1]:.4g}, RMSE {g['rmse'].iloc[-1]:.4g}" if values[t] else f"accuracy {g['accuracy'].iloc[-1]:.3f}, F1 {g['f1'].iloc[-1]:.3f}"
+            return f"<code>{html.escape(str(t))}</code>: {int(g['labels'].sum())} labels; last {self.freq}: {last}"
+        charts = [line_svg({t: (g['time'], g['accuracy']) for t, g in groups if not values[t]}, ymin=0, ymax=1),
+                  line_svg({f'{t} MAE': (g['time'], g['mae']) for t, g in groups if values[t]}, ymin=0)]
+        return f"<div>{'<br>'.join(line(t, g) for t, g in groups)}</div>" + ''.join(charts)
 
     def alerts(self, limit:int=8) -> str:
         "The latest alerts, coloured by level."
@@ -318,7 +322,7 @@ def monitor(settings='settings.ini', # the project's settings.ini
 
 # %% ../nbs/13_widgets.ipynb #5b2a6c55
 class Labeler:
-    "Labelling the least certain recent predictions one at a time: one click or one key per class."
+    "Labelling the least certain recent predictions one at a time: one click or one key per class, or a typed number for a regression model."
     def __init__(self, settings='settings.ini', # the project's settings.ini
                  n:int=20,                      # records to label
                  model_tag:str|None=None,       # one model only (default: every model)
@@ -337,6 +341,10 @@ class Labeler:
         self._update(); return self
 
     def __repr__(self): return f"Labeler({len(self.labelled)} labelled, {self.skipped} skipped, {self.left} left)"
+    @property
+    def values(self) -> bool:
+        "Whether the records are a regression model's predictions (labelled with a number, not a class)."
+        return any(r.get('value') is not None for r in self.records)
     @property
     def current(self) -> dict|None: return self.records[self.i] if self.i < len(self.records) else None
     @property
@@ -384,19 +392,25 @@ def _card(self:Labeler) -> str:
         more = 'run mlnb.label() again for more' if self.records else 'no unlabelled recent predictions'
         return f"<div class='mlnb-record'><b>Done</b>: {done} ({more}).</div>"
     proba = ', '.join(f'{html.escape(str(k))}: {v:.3f}' for k, v in (r.get('proba') or {}).items())
+    said = (f"predicted value <b>{_predicted(r)}</b>: type the true value" if r.get('value') is not None else
+            f"predicted <b>{_predicted(r)}</b>, confidence <b>{_conf(r)}</b>{f' <span style=color:#6e7781>({proba})</span>' if proba else ''}")
     return (f"<div class='mlnb-record'><div style='color:#6e7781'>record {self.i + 1} of {len(self.records)} · request "
             f"<code>{html.escape(str(r['request_id']))}</code> · {html.escape(str(r.get('model_tag')))} · {_when(r.get('created'))}</div>"
-            f"<div style='font-size:1.2em;margin:4px 0'>predicted <b>{html.escape(str(r.get('label')))}</b>, confidence <b>{_conf(r)}</b>"
-            f"{f' <span style=color:#6e7781>({proba})</span>' if proba else ''}</div><div>{_inputs(r.get('inputs') or {})}</div></div>")
+            f"<div style='font-size:1.2em;margin:4px 0'>{said}</div><div>{_inputs(r.get('inputs') or {})}</div></div>")
+
+def _predicted(r:dict) -> str:
+    "A record's prediction as text: the label, or the value to four significant digits."
+    return html.escape(f"{r['value']:.4g}" if r.get('value') is not None else str(r.get('label')))
 
 def _labeler_html(self:Labeler) -> str:
     "The records to label as a static table."
     if not self.records: return "<div class='mlnb-label'><i>no unlabelled recent predictions</i></div>"
     rows = ''.join(f"<tr><td><code>{html.escape(str(r['request_id']))}</code></td><td>{html.escape(str(r.get('model_tag')))}</td>"
-                   f"<td>{html.escape(str(r.get('label')))}</td><td>{_conf(r)}</td><td style='text-align:left'>{_inputs(r.get('inputs') or {}, 8)}</td></tr>"
+                   f"<td>{_predicted(r)}</td><td>{_conf(r)}</td><td style='text-align:left'>{_inputs(r.get('inputs') or {}, 8)}</td></tr>"
                    for r in self.records[self.i:])
-    return (f"<div class='mlnb-label'><p>{self.left} least certain recent predictions to label (classes: "
-            f"{html.escape(', '.join(self.classes))}); {len(self.labelled)} labelled so far</p>"
+    what = 'labels: numbers, the true values' if self.values else f"classes: {html.escape(', '.join(self.classes))}"
+    return (f"<div class='mlnb-label'><p>{self.left} {'recent' if self.values else 'least certain recent'} predictions to label ({what}); "
+            f"{len(self.labelled)} labelled so far</p>"
             f"<table><tr><th>request</th><th>model</th><th>predicted</th><th>confidence</th><th>inputs</th></tr>{rows}</table></div>")
 
 Labeler.card, Labeler.html, Labeler._repr_html_ = _card, _labeler_html, _labeler_html
@@ -414,16 +428,27 @@ def _labeler_widget(self:Labeler):
     self._update(); return self.box
 
 def _make_buttons(self:Labeler):
-    "A button per class (made again when `more` found new classes), skip, and more."
+    "A button per class (made again when `more` found new classes), or a number box and submit for values; skip, and more."
     import ipywidgets as w
-    self.buttons = [w.Button(description=f'{k + 1}: {c}' if k < 9 else c, tooltip=f'label {c}' + (f' (key {k + 1})' if k < 9 else ''))
-                    for k, c in enumerate(self.classes)]
-    for b, c in zip(self.buttons, self.classes): b.on_click(lambda _, c=c: self._act(self.label, c))
+    if self.values:
+        self.number = w.Text(placeholder='the true value', layout=w.Layout(width='12em'))
+        submit = w.Button(description='submit', button_style='primary', tooltip='store the typed number as the true value')
+        submit.on_click(lambda _: self._act(self._submit))
+        self.buttons = [self.number, submit]
+    else:
+        self.buttons = [w.Button(description=f'{k + 1}: {c}' if k < 9 else c, tooltip=f'label {c}' + (f' (key {k + 1})' if k < 9 else ''))
+                        for k, c in enumerate(self.classes)]
+        for b, c in zip(self.buttons, self.classes): b.on_click(lambda _, c=c: self._act(self.label, c))
     skip = w.Button(description='0: skip', tooltip='skip this record (key 0 or s)'); skip.on_click(lambda _: self._act(self.skip))
     more = w.Button(description='more', icon='refresh', tooltip=f'fetch the {self.n} least certain unlabelled predictions again')
     more.on_click(lambda _: self._act(self.more))
     self.buttons.append(skip)
-    self.row.children, self.shown = self.buttons + [more], list(self.classes)
+    self.row.children, self.shown = self.buttons + [more], (self.values, list(self.classes))
+
+def _submit(self:Labeler):
+    "Store the number typed in the box as the current record's true value (a non-number is refused with the reason), then empty the box."
+    self.label(self.number.value.strip()); self.number.value = ''
+    if self.current is not None: self.number.focus()
 
 def _act(self:Labeler, f, *args):
     "Run a button's or key's action, then give the key box the focus for the next key; show a failure in the count line."
@@ -442,7 +467,7 @@ def _key(self:Labeler, change):
 def _update(self:Labeler):
     "Show the current record and the counts; disable the buttons when every record is done."
     if self.view is None: return
-    if self.shown != self.classes: self._make_buttons()
+    if self.shown != (self.values, self.classes): self._make_buttons()
     self.view.value = self.card()
     self.count.value = f"&nbsp;<b>{len(self.labelled)}</b> labelled, {self.skipped} skipped, {self.left} left"
     for b in self.buttons: b.disabled = self.current is None
@@ -454,6 +479,7 @@ def _labeler_display(self:Labeler):
 
 Labeler.widget, Labeler._make_buttons, Labeler._act, Labeler._key, Labeler._update, Labeler._ipython_display_ = (
     _labeler_widget, _make_buttons, _act, _key, _update, _labeler_display)
+Labeler._submit = _submit
 
 def label(settings='settings.ini', # the project's settings.ini
           n:int=20,                # records to label
