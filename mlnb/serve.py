@@ -399,6 +399,11 @@ def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:
     return {k: (None if pd.isna(v) else v.item() if hasattr(v, 'item') else v) for k,v in row.items()}, truth
 
 def _check_prediction(pred:dict, bento:BentoInfo, local_label):
+    if 'value' in pred:       # a regression model's answer
+        if abs(pred['value'] - float(local_label)) > 1e-9 * max(1, abs(float(local_label))):
+            raise ServeError(f"served value {pred['value']} differs from the local Pipeline's {local_label}")
+        if pred['model'] != bento.model.tag: raise ServeError(f"served by {pred['model']}, expected {bento.model.tag}")
+        return
     probs = pred.get('probabilities', {})
     if abs(sum(probs.values()) - 1) > 1e-6: raise ServeError(f"served probabilities do not sum to 1: {probs}")
     if str(pred['label']) != str(local_label): raise ServeError(f"served label {pred['label']} differs from the local Pipeline's {local_label}")
@@ -420,18 +425,23 @@ def demo(settings=None, sample:int=0, jobs:int|None=None):
     print("== 3/3 serve: bentoml serve on loopback, one real prediction", flush=True)
     with Server(p, b.tag) as srv:
         pred = srv.predict(record)
-        print(f"   {srv.url}/predict -> label {pred['label']} (true {truth}), p={max(pred['probabilities'].values()):.3f}", flush=True)
+        print(f"   {srv.url}/predict -> {_answer(pred)} (true {truth})", flush=True)
     _check_prediction(pred, b, local)
     print(demo_summary(r, b, pred), flush=True)
     return r, b, pred
+
+def _answer(pred:dict) -> str:
+    "A served answer in a few words: the value, or the label and its probability."
+    if 'value' in pred: return f"value {pred['value']:.4g}"
+    return f"label {pred['label']}, p={max(pred['probabilities'].values()):.3f}"
 
 def demo_summary(r, b:BentoInfo, pred:dict) -> str:
     "The closing summary of a demo run."
     m = r.metrics
     lines = ["", f"mlnb demo: done", f"  run        {r.run_id} ({r.status})",
-             "  holdout    " + ', '.join(f"{k}={m[k]:.4f}" for k in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc') if k in m),
+             "  holdout    " + ', '.join(f"{k}={m[k]:.4f}" for k in ('accuracy', 'precision', 'recall', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'mae', 'r2') if k in m),
              f"  notebooks  {r.run_dir}/<stage>.ipynb  (open them in JupyterLab)",
              f"  model      {b.model.tag}", f"  bento      {b.tag}", f"  container  BENTOML_HOME={b.path.parents[2]} bentoml containerize {b.tag}  (where Docker runs)",
-             f"  served     label={pred['label']} probabilities={ {k: round(v, 4) for k,v in pred['probabilities'].items()} }",
+             f"  served     value={pred['value']:.6g}" if 'value' in pred else f"  served     label={pred['label']} probabilities={ {k: round(v, 4) for k,v in pred['probabilities'].items()} }",
              "  next       mlnb runs | mlnb serve | mlnb new myproject"]
     return '\n'.join(lines)

@@ -620,7 +620,7 @@ def served_model(svc, pipeline, task, X):
     return s
 
 
-def test_served_regression_model_answers_values(tmp_path):
+def test_served_regression_model_answers_values(tmp_path, monkeypatch):
     "A regression service: values from the direct ColumnTransformer path, `{'value'}` logged and cached, counted as 'value', explained additively."
     import numpy as np
     from prometheus_client import REGISTRY
@@ -651,6 +651,15 @@ def test_served_regression_model_answers_values(tmp_path):
     assert svc.fits([{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': 'int'}, {'name': 'city', 'kind': 'str'}])
     assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}])
     assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'str'}, {'name': 'city', 'kind': 'str'}])
+    from types import SimpleNamespace
+    from sklearn.linear_model import LogisticRegression
+    stored = {'reg:2': (pipe, 'regression', 'int'), 'cls:1': (tasks_pipeline(LogisticRegression()).fit(X, df['kind']), 'multiclass', 'number')}
+    widened = lambda tag: [{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': stored[tag][2]}, {'name': 'city', 'kind': 'str'}]
+    monkeypatch.setattr(svc.bentoml.models, 'get', lambda tag: SimpleNamespace(tag=tag, custom_objects={'shap_background': X.head(20)},
+                        info=SimpleNamespace(metadata={'schema': {'task': stored[tag][1], 'features': widened(tag)}})))
+    monkeypatch.setattr(svc.bentoml.sklearn, 'load_model', lambda model: stored[model.tag][0])
+    assert svc.Served.load('reg:2').classes is None                      # a challenger whose int column became a number: served
+    with pytest.raises(ValueError, match='answers a class, this service a value'): svc.Served.load('cls:1')
 
 
 def test_multiclass_explain_and_oversampling_pipeline(tmp_path):
