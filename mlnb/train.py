@@ -17,9 +17,9 @@ from .features import FeatureSteps, feature_schema, preprocessor
 
 # %% auto #0
 __all__ = ['detect_task', 'column_plan', 'TASKS', 'MODELS', 'DEFAULTS', 'ALIASES', 'SAMPLERS', 'SPACES', 'SEARCH_METRIC',
-           'CV_METRICS', 'set_params', 'estimator', 'sampler', 'make_pipeline', 'split', 'search_space',
-           'halving_search', 'cv_scores', 'effective_params', 'TrainResult', 'train', 'dask_client',
-           'reference_predictions', 'plot_trials']
+           'MIN_ROWS', 'CV_METRICS', 'set_params', 'estimator', 'sampler', 'make_pipeline', 'split', 'search_space',
+           'candidates', 'first_rows', 'halving_search', 'cv_scores', 'effective_params', 'TrainResult', 'train',
+           'dask_client', 'reference_predictions', 'plot_trials']
 
 # %% ../nbs/06_train.ipynb #b7f0a001
 # TEMPORARY stand-in until 05_features exports detect_task and column_plan (issue 12, written in parallel): removed when they land
@@ -163,6 +163,7 @@ SPACES = {'linear': {'C': loguniform(1e-3, 1e2), 'alpha': loguniform(1e-3, 1e3)}
           'sgd': {'alpha': loguniform(1e-6, 1e-1), 'penalty': ['l2', 'l1', 'elasticnet']}}
 SEARCH_METRIC = {'binary': ('roc_auc', 'roc_auc'), 'multiclass': ('f1_macro', 'f1_macro'),
                  'regression': ('rmse', 'neg_root_mean_squared_error')}   # task -> (name, scikit-learn scorer)
+MIN_ROWS = 1000   # halving starts on no fewer rows than this (fewer give scores that are mostly noise), or on all of them
 
 def _short_name(model, est) -> str|None:
     "The built-in name of `model` (or of `est`'s class), if it is one."
@@ -203,16 +204,35 @@ def _trials(cv_results:dict, metric:str) -> pd.DataFrame:
                       pd.DataFrame({'metric': metric, 'score': sign * cv_results['mean_test_score'],
                                     'score_std': cv_results['std_test_score'], 'fit_s': cv_results['mean_fit_time']})], axis=1)
 
+def candidates(est, space:dict, n_trials:int, random_state:int=0) -> list[dict]:
+    "`n_trials` configurations from `space`: the estimator's own (its current values) first, then random draws, no repeats."
+    from sklearn.model_selection import ParameterSampler
+    own = est.get_params()
+    first = {k: own[k.removeprefix('model__')] for k in space if k.removeprefix('model__') in own}
+    drawn = list(ParameterSampler(space, max(n_trials - 1, 0), random_state=random_state))
+    out = []
+    for c in [first] + drawn:
+        if c not in out: out.append(c)
+    return out[:n_trials]
+
+def first_rows(n:int, n_candidates:int, factor:int=3, floor:int=MIN_ROWS) -> int:
+    "Rows of halving's first iteration: enough iterations to keep one candidate, the last on all `n` rows, none on fewer than `floor`."
+    needed = 1 + math.floor(math.log(max(n_candidates, 1), factor))
+    possible = 1 + math.floor(math.log(n / min(floor, n), factor))
+    return n // factor ** (min(needed, possible) - 1)
+
 def halving_search(pipe, X, y, task:str, folds, space:dict, n_trials:int=20, random_state:int=0, n_jobs:int|None=None, client=None):
-    "Successive halving over `space` for `pipe`: the trials (a DataFrame) and the best parameters."
+    "Successive halving over `n_trials` candidates from `space` for `pipe`: the trials (a DataFrame) and the best parameters."
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (scikit-learn's switch for the halving searches)
-    from sklearn.model_selection import HalvingRandomSearchCV
+    from sklearn.model_selection import HalvingGridSearchCV
     metric, scorer = SEARCH_METRIC[task]
-    s = HalvingRandomSearchCV(clone(pipe), space, n_candidates=n_trials, scoring=scorer, cv=folds, factor=3, refit=False,
-                              random_state=random_state, n_jobs=-1 if client is not None else n_jobs)
+    cands = candidates(pipe[-1], space, n_trials, random_state)
+    s = HalvingGridSearchCV(clone(pipe), [{k: [v] for k, v in c.items()} for c in cands], scoring=scorer, cv=folds, factor=3,
+                            min_resources=first_rows(len(X), len(cands)), refit=False, random_state=random_state,
+                            n_jobs=-1 if client is not None else n_jobs)
     with _parallel(client): s.fit(X, y)
     trials = _trials(s.cv_results_, metric)
-    if trials['score'].isna().all(): raise ConfigError(f"search: every one of the {n_trials} trials failed; check the space", None, 'stage:train', 'search')
+    if trials['score'].isna().all(): raise ConfigError(f"search: every one of the {len(cands)} trials failed; check the space", None, 'stage:train', 'search')
     return trials, s.best_params_
 
 # %% ../nbs/06_train.ipynb #fa6b0ed8
