@@ -15,7 +15,7 @@ from .config import Project, load_project, parse_value, topo_order
 __all__ = ['RECORD', 'ICONS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings', 'ancestors', 'descendants', 'select',
            'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep', 'notebook_params', 'stage_parameters',
            'check_params', 'params_line', 'content_hash', 'project_inputs', 'param_files', 'cache_key',
-           'cached_outputs', 'StageResult', 'execute_stage', 'KernelPool', 'shutdown', 'progress_line',
+           'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool', 'shutdown', 'progress_line',
            'TerminalProgress', 'columns_lines', 'RunResult', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
@@ -252,17 +252,24 @@ def execute_stage(p:Project, name:str, run_id:str, run_dir:Path, upstream:dict, 
     return StageResult(name, 'done', time.time() - t0, str(final), str(nb_out), rec['metrics'], rec['values'])
 
 # %% ../nbs/08_pipeline.ipynb #1f01418a
+def kernel_env(jobs:int) -> dict:
+    "A stage kernel's environment: the cores shared out among `jobs` stages as OpenMP threads that wait without spinning (a user's own setting wins)."
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // jobs)))
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return env
+
 class KernelPool:
-    "Fresh `python3` kernels started ahead in `cwd`; each is taken by one stage, then shut down."
-    def __init__(self, cwd, ahead:int=2, log=None):
-        self.cwd, self.ahead, self.ready, self.started, self.log = str(cwd), ahead, [], [], log
+    "Fresh `python3` kernels started ahead in `cwd` (with environment `env`); each is taken by one stage, then shut down."
+    def __init__(self, cwd, ahead:int=2, log=None, env:dict|None=None):
+        self.cwd, self.ahead, self.ready, self.started, self.log, self.env = str(cwd), ahead, [], [], log, env
 
     def _start(self):
         from jupyter_client import AsyncKernelManager     # async, as nbclient expects: it can then notice a dead kernel
         from jupyter_core.utils import run_sync
         km = AsyncKernelManager(kernel_name='python3')
         err = open(self.log, 'a') if self.log else None   # the kernels' own start-up chatter goes to a log, not the terminal
-        run_sync(km.start_kernel)(cwd=self.cwd, **({'stderr': err, 'stdout': err} if err else {}))
+        run_sync(km.start_kernel)(cwd=self.cwd, **({'stderr': err, 'stdout': err} if err else {}), **({'env': self.env} if self.env else {}))
         self.started.append(km); return km
 
     def fill(self, wanted:int):
@@ -478,7 +485,7 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     res.run_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or int(p.sections['pipeline']['jobs']) or os.cpu_count() or 1
     (p.workspace/'logs').mkdir(parents=True, exist_ok=True)
-    pool = None if client else KernelPool(p.root, ahead=jobs + 3, log=p.workspace/'logs'/'kernels.log')
+    pool = None if client else KernelPool(p.root, ahead=jobs + 3, log=p.workspace/'logs'/'kernels.log', env=kernel_env(jobs))
     on_event = TerminalProgress() if on_event is None else on_event
     runner = _Runner(p, store, res, set(order) if force else forced, on_event, pool, client)
     for n in order: on_event(n, 'waiting')
