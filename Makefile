@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BENTOML_DO_NOT_TRACK := true
 export GX_ANALYTICS_ENABLED := false
+# OpenMP threads sleep while they wait: tests run kernels side by side on few cores, and spinning threads starve each other
+export OMP_WAIT_POLICY := PASSIVE
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Byte-compiled modules are written and reused: without them every kernel compiles pandas, sklearn and
 # friends from source again (20 s a process on this machine instead of 1 s).

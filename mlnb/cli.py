@@ -40,7 +40,7 @@ def cmd_run(a):
 def cmd_runs(a):
     from mlnb.pipeline import runs
     df = runs(_settings(a), a.limit)
-    print(df.to_string(index=False) if len(df) else "no runs yet: mlnb run")
+    print(df.to_string(index=False, na_rep="") if len(df) else "no runs yet: mlnb run")
 
 def cmd_data(a):
     from mlnb.ingest import list_snapshots

@@ -511,13 +511,17 @@ def runs(settings='settings.ini', limit:int=20):
     from mlnb.store import Store
     for r in Store(p.store_url).list_runs(limit, stages=True):
         secs = (r['finished'] - r['started']).total_seconds() if r['finished'] else None
-        train = {k: v for s in r['stages'].values() if base_name(s['stage']) == 'train' for k, v in (s['values'] or {}).items()}
+        trains = [s['values'] or {} for s in r['stages'].values() if base_name(s['stage']) == 'train']
+        sweep = len(trains) > 1                # a sweep's metrics are in its own table (`mlnb run --sweep` prints it), not one row
         rows.append({'run': r['id'], 'status': r['status'], 'started': r['started'].strftime('%Y-%m-%d %H:%M:%S'),
-                     'seconds': round(secs, 1) if secs is not None else None, 'task': train.get('task'), 'model': train.get('model'),
-                     **{k: round(r['metrics'][k], 4) for k in HEADLINE if k in r['metrics']},
+                     'seconds': round(secs, 1) if secs is not None else None,
+                     'task': next((t['task'] for t in trains if t.get('task')), None), 'model': ' | '.join(str(t.get('model')) for t in trains) or None,
+                     **{k: round(r['metrics'][k], 4) for k in HEADLINE if k in r['metrics'] and not sweep},
                      'error': (r['error'] or '')[:80]})
     df = pd.DataFrame(rows)
-    return df.dropna(axis=1, how='all') if len(df) else df
+    if not len(df): return df
+    df = df.dropna(axis=1, how='all')
+    return df[[c for c in df.columns if c != 'error'] + ['error']]
 
 def dag(settings='settings.ini') -> str:
     "The stage graph as text: each stage, in run order, with what it needs and its parameters."
