@@ -375,7 +375,7 @@ class _Runner:
         key = self._key(n); hit = cached_outputs(self.store, key)
         if not hit: return None
         params = stage_parameters(self.p, n)
-        sid = self.store.start_stage(self.run.run_id, n, key, params)
+        sid = self.store.start_stage(self.run.run_id, n, key, {k: v['value'] for k, v in params.items()})
         self.store.record(self.run.run_id, n, hit['metrics'], {a['name']: (a['path'], a['sha256'], a['size']) for a in hit['artifacts']})
         values = {**(hit['values'] or {}), 'parameters': params}
         self.store.finish_stage(sid, 'cached', out_dir=hit['out_dir'], notebook=hit['notebook'], cached_from=hit['run_id'], values=values)
@@ -385,7 +385,7 @@ class _Runner:
     def execute(self, n, km=None) -> StageResult:
         "Run `n` in a fresh kernel and record how it ended."
         key, st, params = self._key(n), self.store, stage_parameters(self.p, n)
-        sid = st.start_stage(self.run.run_id, n, key, params)
+        sid = st.start_stage(self.run.run_id, n, key, {k: v['value'] for k, v in params.items()})
         args = (self.p, n, self.run.run_id, self.run.run_dir, self._upstream(n))
         r = self.client.submit(execute_stage, *args, pure=False).result() if self.client else execute_stage(*args, km)
         r.values['parameters'] = params
