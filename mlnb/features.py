@@ -17,10 +17,10 @@ from sklearn.utils.validation import _check_feature_names_in, check_array, check
 from .core import ConfigError, DataError
 
 # %% auto #0
-__all__ = ['NUMBER_KINDS', 'KINDS', 'TASKS', 'CALENDAR', 'IMPUTE', 'SCALERS', 'GROUPS', 'detect_task', 'to_dates', 'is_date_like',
-           'is_text_like', 'feature_schema', 'Coerce', 'OutlierClipper', 'has_times', 'DateFeatures', 'text_values',
-           'dense', 'feature_name', 'preprocessor', 'is_identifier', 'leak_score', 'ColumnPlan', 'became',
-           'column_plan', 'FeatureSteps']
+__all__ = ['NUMBER_KINDS', 'KINDS', 'TASKS', 'CALENDAR', 'ID_NAME', 'IMPUTE', 'SCALERS', 'GROUPS', 'detect_task', 'to_dates',
+           'is_date_like', 'is_text_like', 'feature_schema', 'Coerce', 'OutlierClipper', 'has_times', 'DateFeatures',
+           'text_values', 'dense', 'feature_name', 'preprocessor', 'is_identifier', 'leak_score', 'ColumnPlan',
+           'became', 'column_plan', 'FeatureSteps']
 
 # %% ../nbs/05_features.ipynb #6dbbb21c
 NUMBER_KINDS = ('number', 'int', 'float')   # int and float: kinds of schemas saved before 'number'
@@ -80,13 +80,18 @@ def _strings(s:pd.Series, n:int=200) -> pd.Series:
     return v.sample(n, random_state=0).astype(str) if len(v) > n else v.astype(str)
 
 def is_date_like(s:pd.Series) -> bool:
-    "Whether `s` holds datetimes, or strings that mostly (90 %) parse as dates and are not plain numbers."
+    "Whether `s` holds datetimes, or strings that mostly (90 %) parse as dates that name their year, and are not plain numbers."
     if pd.api.types.is_datetime64_any_dtype(s): return True
     if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s): return False
     v = _strings(s)
     if not len(v) or not v.str.contains(r'\d').mean() >= 0.9: return False            # 'may', 'march': words, not dates
     if pd.to_numeric(v, errors='coerce').notna().mean() > 0.5: return False            # '2020', '3.5': numbers
-    return to_dates(v).notna().mean() >= 0.9
+    d = to_dates(v)
+    return np.mean([pd.notna(t) and _says_year(t.year, text) for t, text in zip(d, v)]) >= 0.9
+
+def _says_year(year:int, text:str) -> bool:
+    "Whether `text` holds `year` (four digits, or two at its end): '10:30' parses as today, 'M5' as year 1, neither is a date column."
+    return str(year) in text or text.rstrip().endswith(f'{year % 100:02d}')
 
 def is_text_like(s:pd.Series) -> bool:
     "Whether `s` holds free text: strings with spaces, 20 characters long on average, mostly (80 %) unique."
@@ -181,6 +186,8 @@ def has_times(d:pd.Series) -> bool:
     "Whether datetimes `d` have a time of day (any not at midnight)."
     d = d.dropna()
     return bool(len(d)) and bool((d != d.dt.normalize()).any())
+
+ID_NAME = r'(^|[\s_\-.])(?i:id|key|uuid|guid|code|ref|no|number)$|[a-z](Id|ID)$'   # customer_id, order no, userId, SKU_ID
 
 
 _ATTR = {'dayofweek': 'day_of_week', 'dayofyear': 'day_of_year'}   # pandas' names for two of them
@@ -283,10 +290,13 @@ def preprocessor(schema:list[dict], *, impute:dict|None=None, outliers:str|None=
 
 # %% ../nbs/05_features.ipynb #d9e329c0
 def is_identifier(s:pd.Series) -> bool:
-    "Whether `s` looks like a row identifier: whole numbers or strings, no gaps, a different value in each of 10 or more rows."
+    "Whether `s` looks like a row identifier: strings, or whole numbers numbered densely or named like an id; no gaps, unique in each of 10 or more rows."
     if len(s) < 10 or s.isna().any() or pd.api.types.is_bool_dtype(s) or pd.api.types.is_datetime64_any_dtype(s): return False
-    if pd.api.types.is_numeric_dtype(s) and not np.all(np.mod(s.to_numpy(dtype=float), 1) == 0): return False
-    return s.nunique() == len(s)
+    if s.nunique() != len(s): return False
+    if not pd.api.types.is_numeric_dtype(s): return True
+    x = s.to_numpy(dtype=float)
+    if not np.all(np.mod(x, 1) == 0): return False
+    return x.max() - x.min() < 2 * len(x) or bool(pd.Series([str(s.name)]).str.contains(ID_NAME).iloc[0])
 
 # %% ../nbs/05_features.ipynb #c3dfa217
 def _leak_input(s:pd.Series, kind:str) -> np.ndarray:
