@@ -19,8 +19,8 @@ from .core import ConfigError, DataError
 # %% auto #0
 __all__ = ['NUMBER_KINDS', 'KINDS', 'TASKS', 'CALENDAR', 'ID_NAME', 'IMPUTE', 'SCALERS', 'GROUPS', 'detect_task', 'to_dates',
            'is_date_like', 'is_text_like', 'feature_schema', 'Coerce', 'OutlierClipper', 'has_times', 'DateFeatures',
-           'text_values', 'dense', 'feature_name', 'preprocessor', 'is_identifier', 'leak_score', 'ColumnPlan',
-           'became', 'column_plan', 'FeatureSteps']
+           'text_values', 'dense', 'feature_name', 'preprocessor', 'is_identifier', 'runs_bound', 'leak_score',
+           'ColumnPlan', 'became', 'column_plan', 'FeatureSteps']
 
 # %% ../nbs/05_features.ipynb #6dbbb21c
 NUMBER_KINDS = ('number', 'int', 'float')   # int and float: kinds of schemas saved before 'number'
@@ -335,22 +335,37 @@ def _interp(x:np.ndarray, y:np.ndarray):
     xs, ys, mean = x[ok][order], y[ok][order], y.mean()
     return lambda v: np.where(np.isnan(v), mean, np.interp(v, xs, ys)) if len(xs) else np.full(len(v), mean)
 
+def _tree_input(x:np.ndarray) -> np.ndarray:
+    "`x` as the float32 column a tree fits on unchecked (what scikit-learn's trees convert to), missing values below all others."
+    low = np.nanmin(x) - 1 if (~np.isnan(x)).any() else 0.0
+    return np.ascontiguousarray(np.where(np.isnan(x), low, x), dtype=np.float32).reshape(-1, 1)
+
+def runs_bound(x:np.ndarray, y:np.ndarray, pieces:int=9) -> float:
+    "An upper bound on the balanced accuracy of any classifier predicting one class (code `y`) per interval of `x`, `pieces` intervals at most."
+    runs = 1 + np.count_nonzero(np.diff(y[np.lexsort((y, x))]))    # class runs along x (ties by class, missing last)
+    counts = np.bincount(y)
+    return 1 - max(runs - pieces, 0) / 2 / ((counts > 0).sum() * counts.max())
+
 def leak_score(x:np.ndarray,          # one column as numbers (NaN for missing)
                y:np.ndarray,          # the target: numbers (regression) or class codes 0..k-1
                regression:bool, folds:list,  # (train, test) row indices
                levels:bool=False,     # `x` holds category codes: predict each level's class (mean) instead of a tree
-               screen:float=0.95):    # below this on its own training rows, the tree is not cross-validated
+               screen:float=0.95,     # below this on its own training rows, the tree is not cross-validated
+               ranks=None):           # regression: the ranks of `y`, when already computed
     "Cross-validated balanced accuracy or R² of a depth-3 tree (or a level lookup) on the single feature `x`; for regression, of an interpolation of the ranks too."
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+    X = _tree_input(x)
     def tree(tr):
-        t = (DecisionTreeRegressor if regression else DecisionTreeClassifier)(max_depth=3, random_state=0).fit(x[tr].reshape(-1, 1), y[tr])
-        return lambda v: t.predict(v.reshape(-1, 1))
-    cv = lambda fit: float(np.mean([_score(y[te], fit(tr)(x[te]), regression) for tr, te in folds]))
-    if levels: return cv(lambda tr: _lookup(x[tr], y[tr], regression))
-    seen = _score(y, tree(np.arange(len(y)))(x), regression)
+        t = (DecisionTreeRegressor if regression else DecisionTreeClassifier)(max_depth=3, random_state=0).fit(X[tr], y[tr], check_input=False)
+        return lambda rows: t.predict(X[rows], check_input=False)
+    cv = lambda fit: float(np.mean([_score(y[te], fit(tr)(te), regression) for tr, te in folds]))
+    if levels: return cv(lambda tr: (lambda rows, f=_lookup(x[tr], y[tr], regression): f(x[rows])))
+    if not regression and (bound := runs_bound(x, y)) < screen: return bound      # no tree of 8 leaves can do better: none fitted
+    everything = np.arange(len(y))
+    seen = _score(y, tree(everything)(everything), regression)
     best = cv(tree) if seen >= screen else seen
     if not regression: return best
-    ranks = pd.Series(y).rank().to_numpy()        # the target's ranks: a skewed target's extremes, clamped by the interpolation, cost little
+    ranks = pd.Series(y).rank().to_numpy() if ranks is None else ranks     # a skewed target's extremes, clamped by the interpolation, cost little as ranks
     return max(best, float(np.mean([_score(ranks[te], _interp(x[tr], ranks[tr])(x[te]), True) for tr, te in folds])))
 
 def _folds(y:np.ndarray, regression:bool, random_state:int) -> list:
@@ -395,7 +410,8 @@ def _leaks(df:pd.DataFrame, target:str, task:str, schema:list, random_state:int,
     regression = task == 'regression'
     y = _leak_target(df[target], regression)
     folds = _folds(y, regression, random_state)
-    return {f['name']: leak_score(_leak_input(df[f['name']], f['kind']), y, regression, folds, levels=f['kind'] == 'str')
+    ranks = pd.Series(y).rank().to_numpy() if regression else None
+    return {f['name']: leak_score(_leak_input(df[f['name']], f['kind']), y, regression, folds, levels=f['kind'] == 'str', ranks=ranks)
             for f in schema if f['kind'] != 'text'}
 
 def column_plan(df:pd.DataFrame, target:str,
