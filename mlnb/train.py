@@ -11,34 +11,14 @@ from scipy.stats import loguniform
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, cross_validate, train_test_split
 from sklearn.pipeline import Pipeline
-from . import features
 from .core import ConfigError, DataError
-from .features import FeatureSteps, feature_schema, preprocessor
+from .features import FeatureSteps, column_plan, detect_task, feature_schema, preprocessor
 
 # %% auto #0
-__all__ = ['detect_task', 'column_plan', 'TASKS', 'MODELS', 'DEFAULTS', 'ALIASES', 'SAMPLERS', 'SPACES', 'SEARCH_METRIC',
-           'MIN_ROWS', 'CV_METRICS', 'set_params', 'estimator', 'sampler', 'make_pipeline', 'split', 'search_space',
-           'candidates', 'first_rows', 'halving_search', 'cv_scores', 'effective_params', 'TrainResult', 'train',
-           'dask_client', 'reference_predictions', 'plot_trials']
-
-# %% ../nbs/06_train.ipynb #b7f0a001
-# TEMPORARY stand-in until 05_features exports detect_task and column_plan (issue 12, written in parallel): removed when they land
-class _Plan:
-    def __init__(self, schema): self.schema, self.dropped = schema, {}
-    @property
-    def rows(self): return [{'column': f['name'], 'kind': f['kind'], 'became': f['kind'], 'note': ''} for f in self.schema]
-    def to_dict(self): return {'features': self.schema, 'rows': self.rows, 'dropped': self.dropped}
-    def summary(self): return '\n'.join(f"{r['column']}: {r['became']}" for r in self.rows)
-    def _repr_markdown_(self): return '\n'.join(f"- {r['column']}: {r['became']}" for r in self.rows)
-
-def _detect_task(y, task='auto'):
-    if task != 'auto': return task
-    if pd.api.types.is_float_dtype(y) and not (y.dropna() % 1 == 0).all(): return 'regression'
-    if pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y) and y.nunique() > 20: return 'regression'
-    return 'binary' if y.nunique() == 2 else 'multiclass'
-
-detect_task = getattr(features, 'detect_task', _detect_task)
-column_plan = getattr(features, 'column_plan', lambda df, target, task, keep=(), random_state=0: _Plan(feature_schema(df, target)))
+__all__ = ['TASKS', 'MODELS', 'DEFAULTS', 'ALIASES', 'SAMPLERS', 'SPACES', 'SEARCH_METRIC', 'MIN_ROWS', 'CV_METRICS',
+           'set_params', 'estimator', 'sampler', 'make_pipeline', 'split', 'search_space', 'candidates', 'first_rows',
+           'halving_search', 'cv_scores', 'effective_params', 'TrainResult', 'train', 'dask_client',
+           'reference_predictions', 'plot_trials']
 
 # %% ../nbs/06_train.ipynb #24a36bb0
 TASKS = ('binary', 'multiclass', 'regression')
@@ -250,6 +230,11 @@ def _plain(v):
     if isinstance(v, (np.generic,)): v = v.item()
     return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
 
+def _short(v) -> str:
+    "`v` for reading: floats to 4 significant digits."
+    v = _plain(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
 def effective_params(est) -> dict:
     "The estimator's parameters as it was fitted, JSON-able."
     return {k: _plain(v) for k, v in est.get_params(deep=False).items()}
@@ -282,7 +267,7 @@ class TrainResult:
         if self.trials is None: return md
         best = self.trials[self.trials['iter'] == self.trials['iter'].max()].sort_values('score', ascending=self.trials['metric'].iat[0] == 'rmse').iloc[0]
         return md + (f"\n\nsearched {self.trials['trial'].nunique()} configurations by successive halving; best {best['metric']} "
-                     f"{best['score']:.4f} on {best['rows']:,} rows with " + ', '.join(f"{k}={_plain(v)}" for k, v in best.items()
+                     f"{best['score']:.4f} on {best['rows']:,} rows with " + ', '.join(f"{k}={_short(v)}" for k, v in best.items()
                                                                                       if k not in ('trial', 'iter', 'rows', 'metric', 'score', 'score_std', 'fit_s')))
 
 # %% ../nbs/06_train.ipynb #c0a1b014
