@@ -185,7 +185,11 @@ def service_module(packaged):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod                 # pydantic resolves the annotations through the module
     spec.loader.exec_module(mod)
+    mod._COUNTERS = COUNTERS
     return mod
+
+
+COUNTERS: dict = {}    # the Prometheus counters of every service module imported here: a process registers each name once
 
 
 def test_prediction_log_batches_retries_and_spills(service_module, tmp_path):
@@ -609,6 +613,7 @@ def rendered(tmp_path, name, task):
     render_service(info, name, tmp_path/name)
     spec = importlib.util.spec_from_file_location(f'mlnb_{name}_service', tmp_path/name/'service.py')
     svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
+    svc._COUNTERS = COUNTERS
     return svc
 
 

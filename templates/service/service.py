@@ -58,10 +58,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 MODEL_TAG = "$model_tag"
-TASK = "$task"                          # binary | multiclass | regression: which answer /predict gives
+# binary | multiclass | regression: which answer /predict gives (a value, or a label and probabilities)
+TASK = "$task"
 REGRESSION = TASK == "regression"
 COLUMNS = $columns
-KINDS = $kinds                          # number | bool | str | date | text (int and float: number)
+# number | bool | str | date | text (int and float, from older schemas: number)
+KINDS = $kinds
 MAX_BATCH = int(os.environ.get("MLNB_MAX_BATCH", "1000"))
 MAX_BODY = int(os.environ.get("MLNB_MAX_BODY", str(10 * 1024 * 1024)))
 MODE = os.environ.get("MLNB_MODE", "single")                 # single | ab | shadow
