@@ -421,7 +421,8 @@ def column_plan(df:pd.DataFrame, target:str,
                 max_categories:int|None=20, max_features:int=200,   # the preprocessor's caps, for the words in `became`
                 threshold:float=0.98) -> ColumnPlan:   # a column alone scoring this (balanced accuracy or R²) leaks the target
     "The plan for `df`'s columns: each one's kind and what it becomes; identifiers and columns that leak `target` are dropped."
-    schema, keep = feature_schema(df, target), list(keep or ())
+    df, target = df.rename(columns=str), str(target)                # names as the schema (and a request) spell them
+    schema, keep = feature_schema(df, target), [str(k) for k in keep or ()]
     if missing := [k for k in keep if k not in df]: raise ConfigError(f"keep names column '{missing[0]}', which is not in the data", None, 'data', 'keep')
     task = detect_task(df[target], task)
     metric = 'R²' if task == 'regression' else 'balanced accuracy'
@@ -434,6 +435,8 @@ def column_plan(df:pd.DataFrame, target:str,
         if why and name not in keep: dropped[name] = why
         rows.append({'column': name, 'kind': kind, 'became': f'dropped: {why}' if name in dropped else became(df[name], kind, max_categories, max_features),
                      'note': f'kept (keep), though it looks like: {why}' if why and name in keep else ''})
+    if schema and len(dropped) == len(schema):
+        raise DataError(f"no feature left to learn from: {'; '.join(f'{k}: {v}' for k, v in list(dropped.items())[:5])} (keep one with [data] keep = COLUMN)")
     return ColumnPlan(task, [f for f in schema if f['name'] not in dropped], rows, dropped)
 
 # %% ../nbs/05_features.ipynb #a6b7c8d9
