@@ -351,7 +351,8 @@ def leak_score(x:np.ndarray,          # one column as numbers (NaN for missing)
                regression:bool, folds:list,  # (train, test) row indices
                levels:bool=False,     # `x` holds category codes: predict each level's class (mean) instead of a tree
                screen:float=0.95,     # below this on its own training rows, the tree is not cross-validated
-               ranks=None):           # regression: the ranks of `y`, when already computed
+               ranks=None,            # regression: the ranks of `y`, when already computed
+               smooth:bool=True):     # regression: score an interpolation too (not for dates: nearby days alike are a trend, not a leak)
     "Cross-validated balanced accuracy or R² of a depth-3 tree (or a level lookup) on the single feature `x`; for regression, of an interpolation of the ranks too."
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
     X = _tree_input(x)
@@ -364,7 +365,7 @@ def leak_score(x:np.ndarray,          # one column as numbers (NaN for missing)
     everything = np.arange(len(y))
     seen = _score(y, tree(everything)(everything), regression)
     best = cv(tree) if seen >= screen else seen
-    if not regression: return best
+    if not regression or not smooth: return best
     ranks = pd.Series(y).rank().to_numpy() if ranks is None else ranks     # a skewed target's extremes, clamped by the interpolation, cost little as ranks
     return max(best, float(np.mean([_score(ranks[te], _interp(x[tr], ranks[tr])(x[te]), True) for tr, te in folds])))
 
@@ -411,7 +412,8 @@ def _leaks(df:pd.DataFrame, target:str, task:str, schema:list, random_state:int,
     y = _leak_target(df[target], regression)
     folds = _folds(y, regression, random_state)
     ranks = pd.Series(y).rank().to_numpy() if regression else None
-    return {f['name']: leak_score(_leak_input(df[f['name']], f['kind']), y, regression, folds, levels=f['kind'] == 'str', ranks=ranks)
+    return {f['name']: leak_score(_leak_input(df[f['name']], f['kind']), y, regression, folds, levels=f['kind'] == 'str', ranks=ranks,
+                                  smooth=f['kind'] != 'date')
             for f in schema if f['kind'] != 'text'}
 
 def column_plan(df:pd.DataFrame, target:str,
