@@ -5,6 +5,7 @@
 # %% ../nbs/07_evaluate.ipynb #b95127f6
 from __future__ import annotations
 import re, time
+from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd
 from sklearn import metrics as skm
@@ -166,32 +167,36 @@ def transform(pipeline, X:pd.DataFrame) -> pd.DataFrame:
 def _sample(X:pd.DataFrame, n:int, random_state:int=0) -> pd.DataFrame:
     return X.sample(n, random_state=random_state) if len(X) > n else X
 
-def _exact(shap, est, bg, Xt):
-    "SHAP's own explainers: trees (interventional, on background `bg`) then linear models; (None, None) for others."
-    for name, make in [('tree', lambda: shap.TreeExplainer(est, bg)), ('linear', lambda: shap.LinearExplainer(est, bg))]:
-        try: ex = make()
-        except Exception: continue
-        return (ex(Xt, check_additivity=False) if name == 'tree' else ex(Xt)), name
-    return None, None
+def _exact(shap, est, bg):
+    "SHAP's own explainers, as (explain rows, name): trees (interventional, on background `bg`), then linear models; (None, None) for others."
+    try: return partial(shap.TreeExplainer(est, bg.iloc[:50]), check_additivity=False), 'tree'
+    except Exception: pass
+    try: return shap.LinearExplainer(est, bg), 'linear'
+    except Exception: return None, None
 
 def _predict_fn(est, task, columns):
     "What the model-agnostic explainer explains: P(positive class), the class probabilities, or the prediction."
-    frame = (lambda a: pd.DataFrame(a, columns=columns)) if hasattr(est, 'feature_names_in_') else (lambda a: a)
+    named = hasattr(est, 'feature_names_in_')                   # fitted on a DataFrame: give it one, else an array
+    frame = lambda a: pd.DataFrame(np.asarray(a), columns=columns) if named else np.asarray(a)
     if task == 'binary': return lambda a: est.predict_proba(frame(a))[:, 1]
     if task == 'multiclass': return lambda a: est.predict_proba(frame(a))
     return lambda a: est.predict(frame(a))
 
-def _permutation(shap, f, bg, Xt, seconds:float, budget:int=20_000):
-    "Permutation SHAP of `f` over `Xt`, a few rows at a time until `seconds` have passed (at least one batch)."
-    evals = 2 * Xt.shape[1] + 1                                 # the fewest the permutation explainer accepts
+def _permutation(shap, f, bg, n_features:int, budget:int=20_000):
+    "Permutation SHAP of `f` (explain rows, rows a batch), its background cut so one row costs about `budget` predictions."
+    evals = 2 * n_features + 1                                  # the fewest the permutation explainer accepts
     bg = bg.iloc[:max(5, budget // evals)]                      # each row costs evals x background rows predictions
     ex = shap.explainers.Permutation(f, shap.maskers.Independent(bg, max_samples=len(bg)))
-    parts, start, step = [], time.monotonic(), max(1, min(10, budget // (evals * len(bg)) or 1))
+    return partial(ex, max_evals=evals, silent=True), max(1, min(10, budget // (evals * len(bg))))
+
+def _batches(call, Xt:pd.DataFrame, step:int, seconds:float):
+    "`call` on `Xt` `step` rows at a time until `seconds` have passed (at least one batch), as one explanation."
+    parts, start = [], time.monotonic()
     for i in range(0, len(Xt), step):
-        parts.append(ex(Xt.iloc[i:i+step], max_evals=evals, silent=True))
+        parts.append(call(Xt.iloc[i:i+step]))
         if time.monotonic() - start > seconds: break
-    cat = lambda a: np.concatenate([getattr(p, a) for p in parts])
-    return shap.Explanation(cat('values'), cat('base_values'), cat('data'), feature_names=list(Xt.columns))
+    cat = lambda a: np.concatenate([np.asarray(getattr(p, a)) for p in parts])
+    return parts[0].__class__(cat('values'), cat('base_values'), cat('data'), feature_names=list(Xt.columns))
 
 # %% ../nbs/07_evaluate.ipynb #9a3904a3
 def _shaped(sv, task, classes):
@@ -208,13 +213,15 @@ def _explain(pipeline, X, background=None, max_background=100, seconds=30.0, ran
     est, task = final_estimator(pipeline), task_of(pipeline)
     Xt = transform(pipeline, X)
     bg = transform(pipeline, _sample(X if background is None else background, max_background, random_state))
-    sv, method = _exact(shap, est, bg, Xt)
-    if sv is None: sv, method = _permutation(shap, _predict_fn(est, task, list(Xt.columns)), bg, Xt, seconds), 'permutation'
+    call, method = _exact(shap, est, bg)
+    step = 50 if method == 'tree' else len(Xt)
+    if call is None: (call, step), method = _permutation(shap, _predict_fn(est, task, list(Xt.columns)), bg, Xt.shape[1]), 'permutation'
+    sv = _batches(call, Xt, step, seconds)
     return _shaped(sv, task, getattr(pipeline, 'classes_', None)), method
 
 def explain(pipeline, X:pd.DataFrame, background:pd.DataFrame|None=None,
             max_background:int=100,  # background rows (sampled from `background`, default `X`)
-            seconds:float=30.0,      # time budget of the model-agnostic fallback
+            seconds:float=30.0,      # time budget: rows are explained in batches until it is spent
             random_state:int=0):
     "SHAP values (a `shap.Explanation`) of `pipeline` for rows `X`: 2-D for regression and binary (positive class), 3-D for multiclass."
     return _explain(pipeline, X, background, max_background, seconds, random_state)[0]
