@@ -652,6 +652,11 @@ def test_served_regression_model_answers_values(tmp_path, monkeypatch):
     assert REGISTRY.get_sample_value('mlnb_predictions_total', {'model': m.tag, 'label': 'value'}) == before + 2
     base, shap_values, k = m.explain(records[0], values[0])
     assert k is None and abs(base + sum(shap_values.values()) - values[0]) < 1e-6 and 'num__size' in shap_values
+    xt = m.prep(svc.FRAME(records[:1])).to_numpy()[0]
+    bg = m.prep(svc.FRAME(svc.sample_records(m.background))).to_numpy()                      # the background SHAP's explainer has
+    base, agnostic = svc.Permutation(pipe[-1].predict, bg)(xt)                                    # the model-agnostic fallback
+    assert agnostic.shape == (len(xt), 1) and abs(base[0] + agnostic.sum() - values[0]) < 1e-9
+    assert np.allclose(agnostic[:, 0], [shap_values[n] for n in m.names], atol=1e-6)     # a linear model: the permutation values are exact
     # alias following: a widened column (int -> float -> number) fits; other names or another kind of answer do not
     assert svc.fits([{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': 'int'}, {'name': 'city', 'kind': 'str'}])
     assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}])
@@ -684,7 +689,8 @@ def test_multiclass_explain_and_oversampling_pipeline(tmp_path):
     proba = m.score([rec])[0][0]
     base, values, k = m.explain(rec, proba)
     assert m.classes[k] == hgb.predict(X.iloc[[5]])[0] and k == int(proba.argmax())
-    assert abs(base + sum(values.values()) - proba[k]) < 1e-6          # the predicted class's probability, explained
+    assert abs(base + sum(values.values()) - proba[k]) < 1e-9          # the predicted class's probability, explained
+    assert isinstance(m.explainer(), svc.Permutation)                    # SHAP cannot read a multiclass HistGradientBoostingClassifier
     c = object.__new__(svc.Classifier.inner); c.current = m
     ex = svc.Classifier.inner.explain.func(c, rec)
     assert ex.label == ex.explained == m.classes[k] and ex.values == values          # the same each time

@@ -416,17 +416,28 @@ def outcome(classes: list | None, row) -> dict:
     return {"label": classes[int(row.argmax())], "probabilities": {str(c): float(v) for c, v in zip(classes, row)}}
 
 
-def background_masker(bg: np.ndarray):
-    """A SHAP masker filling the masked features from each background row in turn. (A function: SHAP's own maskers
-    compile their numba code on first use, 15 s of a request.)"""
-    def masker(mask, x): return np.where(mask, x, bg)
-    masker.shape = bg.shape
-    return masker
+class Permutation:
+    """SHAP values of any model by SHAP's permutation method, for estimators SHAP cannot read: for each of a few feature orders
+    (each one forwards and backwards), the features join one at a time, the ones not yet in taken from each background row in
+    turn; a feature's value is the mean change of the output as it joins. Exactly additive (base + values = the output), the
+    same orders every call, at most `budget` model rows a record. Not SHAP's own explainer: its masking compiles numba code
+    on first use, 10-20 s."""
+    def __init__(self, f, background: np.ndarray, permutations: int = 3, seed: int = 0, budget: int = 20_000):
+        n = background.shape[1]
+        starts = [np.random.default_rng(seed).permutation(n) for _ in range(permutations)]
+        self.f, self.orders = f, [o for first in starts for o in (first, first[::-1])]
+        self.bg = background[:max(1, min(len(background), budget // ((n + 1) * len(self.orders))))]
 
-
-def _permutation():
-    import shap
-    return shap.explainers.Permutation
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "Base values (one per output) and SHAP values (a row per feature, a column per output) of one row `x`."
+        n, values = len(x), 0.0
+        for order in self.orders:
+            at = np.argsort(order)                                          # each feature's place in `order`
+            joined = np.tril(np.ones((n + 1, n), bool), -1)[:, at]          # row i: the first i features of `order` are x's
+            out = np.asarray(self.f(np.where(joined[:, None, :], x, self.bg[None]).reshape(-1, n)), dtype=float)
+            out = out.reshape(n + 1, len(self.bg), -1).mean(1)
+            values = values + np.diff(out, axis=0)[at]
+        return out[0], values / len(self.orders)
 
 
 def transformed(steps: list, X):
@@ -511,7 +522,7 @@ class Served:
 
     def explainer(self):
         """A SHAP explainer of the estimator over the packed background sample, made once: SHAP's own for the
-        estimator when it has one, else the model-agnostic permutation explainer of its output (bounded evaluations)."""
+        estimator when it has one, else `Permutation` (model-agnostic, bounded model rows)."""
         with self._lock:
             if self._explainer is None:
                 import shap
@@ -520,8 +531,7 @@ class Served:
                 prep = self.prep(FRAME(sample_records(bg)))
                 try: self._explainer = shap.Explainer(est, prep)
                 except Exception:       # e.g. a multiclass HistGradientBoostingClassifier: "not callable ... with the given masker"
-                    self._explainer = shap.explainers.Permutation(getattr(est, self.method), background_masker(prep.to_numpy()[:20]),
-                                                                  max_evals=3 * (2 * prep.shape[1] + 1))     # three permutations
+                    self._explainer = Permutation(getattr(est, self.method), prep.to_numpy()[:20])
             return self._explainer
 
     def prep(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -542,12 +552,13 @@ class Served:
         the positive one of a binary model, the predicted one of a multiclass model (None for a regression model)."""
         ex = self.explainer()
         Xt = self.prep(FRAME([record]))
-        if isinstance(ex, _permutation()):        # random permutations from NumPy's global generator: the same ones every time
-            with self._lock: np.random.seed(0); sv = ex(Xt, silent=True)
+        if isinstance(ex, Permutation): base, values = ex(Xt.to_numpy()[0])
         else:
             try: sv = ex(Xt, check_additivity=False)
             except TypeError: sv = ex(Xt)
-        values, base, k = sv.values[0], np.ravel(sv.base_values[0]), None
+            values, base = sv.values[0], sv.base_values[0]
+        values, base, k = np.asarray(values), np.ravel(base), None
+        if values.ndim == 2 and values.shape[1] == 1: values = values[:, 0]     # one output (a regression model's, from Permutation)
         if self.classes is not None:
             k = len(self.classes) - 1 if len(self.classes) == 2 else int(np.argmax(row))
             if values.ndim == 2: values, base = values[:, k], base[k:k + 1]     # one column of values per class
