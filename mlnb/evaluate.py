@@ -39,7 +39,12 @@ def _ovr_auc(y, proba, classes) -> float:
     if len(present) < 2: return float('nan')
     return float(np.mean([skm.roc_auc_score(y == classes[i], proba[:, i]) for i in present]))
 
-def _classification(y, pred, proba, classes, task) -> dict:
+def _scores(model, X):
+    "Class probabilities, else decision scores (a model without `predict_proba`); binary: the positive class's only."
+    s = model.predict_proba(X) if hasattr(model, 'predict_proba') else model.decision_function(X)
+    return s[:, 1] if s.ndim == 2 and s.shape[1] == 2 else s
+
+def _classification(y, pred, scores, proba:bool, classes, task) -> dict:
     m = {'accuracy': skm.accuracy_score(y, pred), 'balanced_accuracy': skm.balanced_accuracy_score(y, pred)}
     if task == 'binary':
         pos = classes[1]
@@ -47,9 +52,10 @@ def _classification(y, pred, proba, classes, task) -> dict:
                   [('precision', skm.precision_score), ('recall', skm.recall_score), ('f1', skm.f1_score)]})
     m['f1_macro'] = skm.f1_score(y, pred, average='macro', zero_division=0)
     m['f1_weighted'] = skm.f1_score(y, pred, average='weighted', zero_division=0)
-    m['roc_auc'] = _ovr_auc(y, proba, classes) if task == 'multiclass' else _ovr_auc(y, np.c_[1 - proba[:, 1], proba[:, 1]], classes)
-    m['log_loss'] = skm.log_loss(y, proba, labels=classes)
-    if task == 'binary': m['brier'] = skm.brier_score_loss(np.asarray(y) == classes[1], proba[:, 1])
+    m['roc_auc'] = _ovr_auc(y, scores if task == 'multiclass' else np.c_[-scores, scores], classes)
+    if not proba: return m
+    m['log_loss'] = skm.log_loss(y, scores if task == 'multiclass' else np.c_[1 - scores, scores], labels=classes)
+    if task == 'binary': m['brier'] = skm.brier_score_loss(np.asarray(y) == classes[1], scores)
     return m
 
 def _regression(y, pred) -> dict:
@@ -59,7 +65,7 @@ def holdout_metrics(pipeline, X:pd.DataFrame, y, task:str|None=None) -> dict:
     "The metrics of `task` (default: `task_of(pipeline)`) for `pipeline` on (`X`, `y`), as plain floats."
     task = task or task_of(pipeline)
     if task == 'regression': m = _regression(y, pipeline.predict(X))
-    else: m = _classification(y, pipeline.predict(X), pipeline.predict_proba(X), list(pipeline.classes_), task)
+    else: m = _classification(y, pipeline.predict(X), _scores(pipeline, X), hasattr(pipeline, 'predict_proba'), list(pipeline.classes_), task)
     return {k: float(v) for k,v in m.items()}
 
 # %% ../nbs/07_evaluate.ipynb #4848eacf
@@ -141,9 +147,9 @@ def regression_plots(pipeline, X:pd.DataFrame, y, path=None):
     return _save(fig, path)
 
 def task_plots(pipeline, X:pd.DataFrame, y, task:str, folder) -> list[Path]:
-    "The plots of `task` written into `folder`: calibration for binary, residuals for regression (none for multiclass)."
+    "The plots of `task` written into `folder`: calibration for binary (with probabilities), residuals for regression."
     f = {'binary': ('calibration.png', calibration_plot), 'regression': ('residuals.png', regression_plots)}.get(task)
-    if f is None: return []
+    if f is None or (task == 'binary' and not hasattr(pipeline, 'predict_proba')): return []
     f[1](pipeline, X, y, Path(folder)/f[0])
     return [Path(folder)/f[0]]
 
@@ -175,12 +181,11 @@ def _exact(shap, est, bg):
     except Exception: return None, None
 
 def _predict_fn(est, task, columns):
-    "What the model-agnostic explainer explains: P(positive class), the class probabilities, or the prediction."
+    "What the model-agnostic explainer explains: P(positive class), the class probabilities (else decision scores), or the prediction."
     named = hasattr(est, 'feature_names_in_')                   # fitted on a DataFrame: give it one, else an array
     frame = lambda a: pd.DataFrame(np.asarray(a), columns=columns) if named else np.asarray(a)
-    if task == 'binary': return lambda a: est.predict_proba(frame(a))[:, 1]
-    if task == 'multiclass': return lambda a: est.predict_proba(frame(a))
-    return lambda a: est.predict(frame(a))
+    if task == 'regression': return lambda a: est.predict(frame(a))
+    return lambda a: _scores(est, frame(a))
 
 def _permutation(shap, f, bg, n_features:int, budget:int=20_000):
     "Permutation SHAP of `f` (explain rows, rows a batch), its background cut so one row costs about `budget` predictions."
