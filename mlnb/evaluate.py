@@ -130,7 +130,7 @@ def calibration_plot(pipeline, X:pd.DataFrame, y, path=None, bins:int=10):
     ax.plot(mean, frac, 'o-', label='model')
     ax.set(xlabel=f'predicted P({pos})', ylabel=f'observed fraction {pos}',
            title=f'calibration (Brier {skm.brier_score_loss(hit, proba):.3f})')
-    ax.legend(loc='upper left')
+    ax.legend(loc='lower right')
     return _save(fig, path)
 
 def regression_plots(pipeline, X:pd.DataFrame, y, path=None):
