@@ -77,7 +77,8 @@ def baseline(y_fit, task:str):
     return est.fit(np.zeros((len(y), 1)), y)
 
 def compare(metrics:dict, base:dict) -> pd.DataFrame:
-    "Model and baseline metrics side by side; `lift` is positive when the model does better."
+    "Model and baseline metrics (named `<name>` or `baseline_<name>`) side by side; `lift` is positive when the model does better."
+    base = {k.removeprefix('baseline_'): v for k,v in base.items()}
     df = pd.DataFrame({'model': pd.Series(metrics, dtype=float), 'baseline': pd.Series(base, dtype=float)})
     sign = np.where(df.index.isin(LOWER_BETTER), -1, 1)
     return df.assign(lift=(df.model - df.baseline) * sign)
