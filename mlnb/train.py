@@ -201,6 +201,14 @@ def first_rows(n:int, n_candidates:int, factor:int=3, floor:int=MIN_ROWS) -> int
     possible = 1 + math.floor(math.log(n / min(floor, n), factor))
     return n // factor ** (min(needed, possible) - 1)
 
+def _chosen(r:dict, best:int, n_splits:int) -> int:
+    "The row of `r` (cv_results_) to keep: the configured estimator (row 0's candidate) unless `best` beats it by more than a standard error."
+    last = r['iter'].max()
+    own = [i for i, (p, it) in enumerate(zip(r['params'], r['iter'])) if p == r['params'][0] and it == last]
+    if not own or not np.isfinite(r['mean_test_score'][own[0]]): return best
+    gain = r['mean_test_score'][best] - r['mean_test_score'][own[0]]
+    return best if gain > r['std_test_score'][best] / math.sqrt(n_splits) else own[0]
+
 def halving_search(pipe, X, y, task:str, folds, space:dict, n_trials:int=20, random_state:int=0, n_jobs:int|None=None, client=None):
     "Successive halving over `n_trials` candidates from `space` for `pipe`: the trials (a DataFrame) and the best parameters."
     from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (scikit-learn's switch for the halving searches)
@@ -211,9 +219,10 @@ def halving_search(pipe, X, y, task:str, folds, space:dict, n_trials:int=20, ran
                             min_resources=first_rows(len(X), len(cands)), refit=False, random_state=random_state,
                             n_jobs=-1 if client is not None else n_jobs)
     with _parallel(client): s.fit(X, y)
-    trials = _trials(s.cv_results_, metric)
+    chosen = _chosen(s.cv_results_, s.best_index_, s.n_splits_)
+    trials = _trials(s.cv_results_, metric).assign(chosen=lambda t: t['trial'] == t['trial'].iat[chosen])
     if trials['score'].isna().all(): raise ConfigError(f"search: every one of the {len(cands)} trials failed; check the space", None, 'stage:train', 'search')
-    return trials, s.best_params_
+    return trials, s.cv_results_['params'][chosen]
 
 # %% ../nbs/06_train.ipynb #fa6b0ed8
 CV_METRICS = {'classification': {'accuracy': 'accuracy', 'balanced_accuracy': 'balanced_accuracy', 'f1_macro': 'f1_macro'},
@@ -265,10 +274,10 @@ class TrainResult:
         md = (f"**{type(self.pipeline[-1]).__name__}**, {self.task}, {len(self.schema)} features{fitted}, {len(self.holdout):,} held out"
               f"\n\n| cv metric | mean | std |\n|---|---|---|\n{rows}")
         if self.trials is None: return md
-        best = self.trials[self.trials['iter'] == self.trials['iter'].max()].sort_values('score', ascending=self.trials['metric'].iat[0] == 'rmse').iloc[0]
-        return md + (f"\n\nsearched {self.trials['trial'].nunique()} configurations by successive halving; best {best['metric']} "
+        best = self.trials[self.trials['chosen']].iloc[-1]
+        return md + (f"\n\nsearched {self.trials['trial'].nunique()} configurations by successive halving; chose trial {best['trial']}, {best['metric']} "
                      f"{best['score']:.4f} on {best['rows']:,} rows with " + ', '.join(f"{k}={_short(v)}" for k, v in best.items()
-                                                                                      if k not in ('trial', 'iter', 'rows', 'metric', 'score', 'score_std', 'fit_s')))
+                                                                                      if k not in ('trial', 'iter', 'rows', 'metric', 'score', 'score_std', 'fit_s', 'chosen')))
 
 # %% ../nbs/06_train.ipynb #c0a1b014
 def _checked_target(df:pd.DataFrame, target:str) -> pd.Series:
