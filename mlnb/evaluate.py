@@ -219,11 +219,14 @@ def _explain(pipeline, X, background=None, max_background=100, seconds=30.0, ran
     est, task = final_estimator(pipeline), task_of(pipeline)
     Xt = transform(pipeline, X)
     bg = transform(pipeline, _sample(X if background is None else background, max_background, random_state))
-    call, method = _exact(shap, est, bg)
-    step = 50 if method == 'tree' else len(Xt)
-    if call is None: (call, step), method = _permutation(shap, _predict_fn(est, task, list(Xt.columns)), bg, Xt.shape[1]), 'permutation'
-    sv = _batches(call, Xt, step, seconds)
-    return _shaped(sv, task, getattr(pipeline, 'classes_', None)), method
+    classes, (call, method) = getattr(pipeline, 'classes_', None), _exact(shap, est, bg)
+    try: sv = _batches(call, Xt, 50 if method == 'tree' else len(Xt), seconds) if call else None
+    except Exception: sv = None                                 # read, but not explainable after all: fall back
+    if sv is not None and task == 'multiclass' and np.shape(sv.values)[2:] != (len(classes),): sv = None   # e.g. one-vs-one SVM
+    if sv is None:
+        (call, step), method = _permutation(shap, _predict_fn(est, task, list(Xt.columns)), bg, Xt.shape[1]), 'permutation'
+        sv = _batches(call, Xt, step, seconds)
+    return _shaped(sv, task, classes), method
 
 def explain(pipeline, X:pd.DataFrame, background:pd.DataFrame|None=None,
             max_background:int=100,  # background rows (sampled from `background`, default `X`)
