@@ -168,6 +168,10 @@ def _parallel(client):
     import joblib
     return joblib.parallel_backend('dask', client=client)
 
+def _jobs(client, n_jobs:int|None) -> int|None:
+    "joblib's n_jobs: `n_jobs` locally; on a cluster two tasks a worker thread (never 1: joblib would run the fits here, not on the cluster)."
+    return n_jobs if client is None else max(2, 2 * sum(client.nthreads().values()))
+
 def _column(values:list) -> pd.Series:
     "A parameter's values as a column: numbers stay ints where None is among them (max_depth=None is not NaN)."
     s = pd.Series(values, dtype=object)
@@ -217,7 +221,7 @@ def halving_search(pipe, X, y, task:str, folds, space:dict, n_trials:int=20, ran
     cands = candidates(pipe[-1], space, n_trials, random_state)
     s = HalvingGridSearchCV(clone(pipe), [{k: [v] for k, v in c.items()} for c in cands], scoring=scorer, cv=folds, factor=3,
                             min_resources=first_rows(len(X), len(cands)), refit=False, random_state=random_state,
-                            n_jobs=-1 if client is not None else n_jobs)
+                            n_jobs=_jobs(client, n_jobs))
     with _parallel(client): s.fit(X, y)
     chosen = _chosen(s.cv_results_, s.best_index_, s.n_splits_)
     trials = _trials(s.cv_results_, metric).assign(chosen=lambda t: t['trial'] == t['trial'].iat[chosen])
@@ -231,7 +235,7 @@ CV_METRICS = {'classification': {'accuracy': 'accuracy', 'balanced_accuracy': 'b
 def cv_scores(pipe, X, y, task:str, folds, n_jobs:int|None=None, client=None) -> dict:
     "Cross-validated scores of `pipe` per metric of `task` (RMSE positive), one value a fold."
     scoring = CV_METRICS['regression' if task == 'regression' else 'classification']
-    with _parallel(client): s = cross_validate(clone(pipe), X, y, cv=folds, scoring=scoring, n_jobs=-1 if client is not None else n_jobs)
+    with _parallel(client): s = cross_validate(clone(pipe), X, y, cv=folds, scoring=scoring, n_jobs=_jobs(client, n_jobs))
     return {k: (-s[f'test_{k}'] if k == 'rmse' else s[f'test_{k}']).tolist() for k in scoring}
 
 def _plain(v):
