@@ -169,8 +169,8 @@ def _parallel(client):
     return joblib.parallel_backend('dask', client=client)
 
 def _jobs(client, n_jobs:int|None) -> int|None:
-    "joblib's n_jobs: `n_jobs` locally; on a cluster two tasks a worker thread (never 1: joblib would run the fits here, not on the cluster)."
-    return n_jobs if client is None else max(2, 2 * sum(client.nthreads().values()))
+    "joblib's n_jobs: `n_jobs` locally; on a cluster, its worker threads (joblib runs a one-thread cluster's tasks in this process)."
+    return n_jobs if client is None else -1
 
 def _column(values:list) -> pd.Series:
     "A parameter's values as a column: numbers stay ints where None is among them (max_depth=None is not NaN)."
