@@ -253,7 +253,7 @@ def effective_params(est) -> dict:
     return {k: _plain(v) for k, v in est.get_params(deep=False).items()}
 
 # %% ../nbs/06_train.ipynb #c0a1b013
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
     "A fitted Pipeline, its cross-validation scores, the holdout it never saw, and how it came to be."
     pipeline: Pipeline
@@ -271,6 +271,10 @@ class TrainResult:
         "schema.json: target, task, request features, and the classes of a classifier."
         classes = {'classes': [_plain(c) for c in self.pipeline.classes_]} if self.task != 'regression' else {}
         return {'target': self.target, 'task': self.task, 'features': self.schema, **classes}
+
+    def __repr__(self):
+        scores = ', '.join(f"cv {k} {np.mean(v):.4f}" for k, v in self.cv_scores.items())
+        return f"TrainResult({type(self.pipeline[-1]).__name__}, {self.task}, {len(self.schema)} features, {scores})"
 
     def _repr_markdown_(self):
         rows = '\n'.join(f"| {k} | {np.mean(v):.4f} | {np.std(v):.4f} |" for k, v in self.cv_scores.items())
