@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #62b22bec
 from __future__ import annotations
-import json, os, shutil, sys, time
+import json, os, secrets, shutil, sys, tempfile, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +12,11 @@ from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash
 from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
-__all__ = ['RECORD', 'ICONS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings', 'ancestors', 'descendants', 'select',
-           'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep', 'notebook_params', 'stage_parameters',
-           'check_params', 'params_line', 'content_hash', 'project_inputs', 'param_files', 'cache_key',
-           'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool', 'shutdown', 'progress_line',
-           'TerminalProgress', 'columns_lines', 'RunResult', 'run', 'runs', 'dag']
+__all__ = ['RECORD', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings', 'ancestors', 'descendants',
+           'select', 'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep', 'notebook_params',
+           'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs', 'param_files',
+           'cache_key', 'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool', 'shutdown',
+           'progress_line', 'TerminalProgress', 'columns_lines', 'search_line', 'RunResult', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -241,7 +241,7 @@ def execute_stage(p:Project, name:str, run_id:str, run_dir:Path, upstream:dict, 
     try:
         pm.execute_notebook(str(stage.notebook), str(nb_out), parameters={'mlnb_context': ctx, **stage.params},
                             cwd=str(p.root), kernel_name='python3', progress_bar=False, log_output=False,
-                            start_timeout=120, **({'km': km} if km else {}))
+                            start_timeout=120, shutdown_kernel='immediate', **({'km': km} if km else {}))   # a kernel serves one stage: no graceful wait
     except Exception as e:
         failed = run_dir/f'{name}.failed'; shutil.rmtree(failed, ignore_errors=True); os.replace(tmp, failed)
         return StageResult(name, 'failed', time.time() - t0, None, str(nb_out), error=_kernel_error(e, name, nb_out))
@@ -267,7 +267,8 @@ class KernelPool:
     def _start(self):
         from jupyter_client import AsyncKernelManager     # async, as nbclient expects: it can then notice a dead kernel
         from jupyter_core.utils import run_sync
-        km = AsyncKernelManager(kernel_name='python3')
+        sockets = Path(tempfile.gettempdir())/f'mlnb-kernel-{secrets.token_hex(6)}'   # Unix sockets of its own: no TCP port to race for
+        km = AsyncKernelManager(kernel_name='python3', transport='ipc', ip=str(sockets))
         err = open(self.log, 'a') if self.log else None   # the kernels' own start-up chatter goes to a log, not the terminal
         run_sync(km.start_kernel)(cwd=self.cwd, **({'stderr': err, 'stdout': err} if err else {}), **({'env': self.env} if self.env else {}))
         self.started.append(km); return km
@@ -326,6 +327,16 @@ def columns_lines(plan, shown:int=4) -> list[str]:
     for r in rows: by.setdefault(r['became'], []).append(str(r['column']))
     return [f"{k}: {len(v)} column{'s' if len(v) > 1 else ''} ({', '.join(v[:shown])}{', ...' if len(v) > shown else ''})" for k, v in by.items()]
 
+TRIAL_KEYS = ('trial', 'iter', 'rows', 'metric', 'score', 'score_std', 'fit_s', 'chosen')   # the rest of a trial's keys are its parameters
+
+def search_line(trials) -> str|None:
+    "A search in one line: the configurations tried and the one chosen, with its score on the most rows it saw."
+    if not trials: return None
+    chosen = [t for t in trials if t.get('chosen')] or trials
+    t = max(chosen, key=lambda t: (t['iter'], t['rows']))
+    params = ', '.join(f"{k}={v!r}" for k, v in t.items() if k not in TRIAL_KEYS)
+    return f"{len({x['trial'] for x in trials})} configurations by successive halving; chosen: {params} ({t['metric']} {t['score']:.4g} on {t['rows']} rows)"
+
 @dataclass
 class RunResult:
     "A finished run: its id, status, stages, and the metrics they recorded."
@@ -339,6 +350,7 @@ class RunResult:
         lines += [f"  {s.stage:<12} {s.status:<8} {s.seconds:6.1f}s" + (f"  {s.notebook}" if s.notebook else '') for s in self.stages.values()]
         lines += [f"  parameters of {s.stage}: {params_line(s.values['parameters'])}" for s in self.stages.values() if s.values.get('parameters')]
         lines += [f"  columns: {c}" for s in self.stages.values() if '@' not in s.stage for c in columns_lines(s.values.get('columns'))]
+        lines += [f"  search of {s.stage}: {l}" for s in self.stages.values() if (l := search_line(s.values.get('trials')))]
         if (t := self.variants()) is not None: lines += ['  sweep:', '    ' + t.round(4).to_string().replace('\n', '\n    ')]
         elif self.metrics:
             own, base = [{k: v for k, v in self.metrics.items() if k.startswith('baseline_') == b} for b in (False, True)]
@@ -420,7 +432,7 @@ def _start_ready(runner:_Runner, pending:list, running:dict, since:dict, jobs:in
         pending.remove(n)
         if (hit := runner.try_cache(n)): runner.finished(hit); return True
         runner.on_event(n, 'running'); since[n] = time.time()
-        km = runner.pool.take(min(len(pending), jobs)) if runner.pool else None
+        km = runner.pool.take(len(pending)) if runner.pool else None
         running[workers.submit(runner.execute, n, km)] = n
     return False
 
