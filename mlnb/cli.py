@@ -110,7 +110,8 @@ def cmd_feedback(a):
 def cmd_label(a):
     from mlnb.feedback import uncertain
     rows = uncertain(_settings(a), a.n, a.model)
-    print('\n'.join(f"{r['request_id']}  {r['model_tag']}  predicted {r['label']}  confidence {r['confidence']:.2f}  {str(r['created'])[:19]}"
+    said = lambda r: f"predicted {r['label']}  confidence {r['confidence']:.2f}" if r['value'] is None else f"predicted value {r['value']:.4g}"
+    print('\n'.join(f"{r['request_id']}  {r['model_tag']}  {said(r)}  {str(r['created'])[:19]}"
                     for r in rows) or "nothing to label: every logged prediction has a label, or none is logged yet")
 
 def cmd_ab(a):
@@ -170,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add('label', cmd_label, 'list the least certain logged predictions that have no label yet')
     sp.add_argument('-n', type=int, default=20); sp.add_argument('--model', help='model tag (default: all)')
     sp = add('ab', cmd_ab, 'compare champion and challenger on labelled traffic, with a significance test and a recommendation')
-    sp.add_argument('--metric', choices=['accuracy', 'f1'], default='accuracy'); sp.add_argument('--alpha', type=float, default=0.05)
+    sp.add_argument('--metric', choices=['accuracy', 'f1', 'mae', 'rmse'], help="default: accuracy, or mae for a regression model")
+    sp.add_argument('--alpha', type=float, default=0.05)
     sp.add_argument('--min-labels', type=int, default=30, help='labels per arm before recommending (default %(default)s)')
     sp.add_argument('--apply', action='store_true', help='carry out the recommendation'); sp.add_argument('--force', action='store_true', help='promote past the holdout gate')
     sp = add('retrain', cmd_retrain, 'run the pipeline with the labelled rows added; the new model becomes the challenger')
