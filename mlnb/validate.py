@@ -103,14 +103,14 @@ _INDEX = 'mlnb_index'     # meta key carrying an expectation's position in the s
 
 def _gx_suite(gx, suite:dict, only:set|None=None):
     "The GX `ExpectationSuite` of `suite` (just the expectations at positions `only`, when given)."
-    s = gx.ExpectationSuite(name=suite.get('name', 'suite'))
+    exps = []
     for i, e in enumerate(suite['expectations']):
         if only is not None and i not in only: continue
         cls = ''.join(w.title() for w in e['type'].split('_'))
         if not hasattr(gx.expectations, cls): raise MlnbError(f"suite {suite.get('name')}: unknown expectation type '{e['type']}'")
-        try: s.add_expectation(getattr(gx.expectations, cls)(**e['kwargs'], severity=e.get('severity', 'critical'), meta={**(e.get('meta') or {}), _INDEX: i}))
+        try: exps.append(getattr(gx.expectations, cls)(**e['kwargs'], severity=e.get('severity', 'critical'), meta={**(e.get('meta') or {}), _INDEX: i}))
         except Exception as err: raise MlnbError(f"suite {suite.get('name')}: {e['type']} {e['kwargs'].get('column', '')}: {str(err).splitlines()[0]}") from None
-    return s
+    return gx.ExpectationSuite(name=suite.get('name', 'suite'), expectations=exps)   # at once: add_expectation compares each with all before it
 
 def _cache_templates():
     "Give GX's Data Docs views a jinja2 bytecode cache (in the user's temp folder): they compile some 50 templates on every build otherwise."
