@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #62b22bec
 from __future__ import annotations
-import json, os, secrets, shutil, sys, tempfile, time
+import functools, json, os, secrets, shutil, sys, tempfile, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +12,12 @@ from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash
 from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
-__all__ = ['RECORD', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings', 'ancestors', 'descendants',
-           'select', 'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep', 'notebook_params',
-           'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs', 'param_files',
-           'cache_key', 'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool', 'shutdown',
-           'progress_line', 'TerminalProgress', 'columns_lines', 'search_line', 'RunResult', 'run', 'runs', 'dag']
+__all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
+           'ancestors', 'descendants', 'select', 'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
+           'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
+           'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool',
+           'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress', 'columns_lines', 'search_line',
+           'RunResult', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -260,15 +261,21 @@ def kernel_env(jobs:int) -> dict:
     return env
 
 class KernelPool:
-    "Fresh `python3` kernels started ahead in `cwd` (with environment `env`); each is taken by one stage, then shut down."
-    def __init__(self, cwd, ahead:int=2, log=None, env:dict|None=None):
+    "Fresh `python3` kernels started ahead in `cwd` (with environment `env`), forked from a zygote when `fork`; each is taken by one stage, then shut down."
+    def __init__(self, cwd, ahead:int=2, log=None, env:dict|None=None, fork:bool=True):
         self.cwd, self.ahead, self.ready, self.started, self.log, self.env = str(cwd), ahead, [], [], log, env
+        self.fork, self.zygote = fork and hasattr(os, 'pidfd_open'), None     # forking needs Linux (pidfds, see below)
+
+    def _zygote(self):
+        "The process kernels are forked from (see below), started with the first kernel: a run whose stages all come from the cache starts none."
+        if self.fork and self.zygote is None: self.zygote = Zygote(self.cwd, self.env, self.log)
+        return self.zygote
 
     def _start(self):
-        from jupyter_client import AsyncKernelManager     # async, as nbclient expects: it can then notice a dead kernel
         from jupyter_core.utils import run_sync
         sockets = Path(tempfile.gettempdir())/f'mlnb-kernel-{secrets.token_hex(6)}'   # Unix sockets of its own: no TCP port to race for
-        km = AsyncKernelManager(kernel_name='python3', transport='ipc', ip=str(sockets))
+        km = _forked_manager()(kernel_name='python3', transport='ipc', ip=str(sockets))   # async, as nbclient expects: it can then notice a dead kernel
+        km.zygote = self._zygote()
         err = open(self.log, 'a') if self.log else None   # the kernels' own start-up chatter goes to a log, not the terminal
         run_sync(km.start_kernel)(cwd=self.cwd, **({'stderr': err, 'stdout': err} if err else {}), **({'env': self.env} if self.env else {}))
         self.started.append(km); return km
@@ -283,9 +290,10 @@ class KernelPool:
         self.fill(wanted_after); return km
 
     def close(self):
-        "Shut down every kernel this pool started that is still alive."
+        "Shut down every kernel this pool started that is still alive, and its zygote."
         for km in self.started: shutdown(km)
         self.ready, self.started = [], []
+        if self.zygote: self.zygote.close()
 
 def shutdown(km):
     "Stop kernel `km` now, whether it is alive or not."
@@ -293,6 +301,214 @@ def shutdown(km):
     try:
         if km.has_kernel: run_sync(km.shutdown_kernel)(now=True)
     except Exception: pass
+
+# %% ../nbs/08_pipeline.ipynb #5a7dc665
+def _send(f, obj):
+    "Write `obj` to binary file `f` as one JSON message, prefixed by its length."
+    b = json.dumps(obj).encode()
+    f.write(len(b).to_bytes(8, 'big') + b)
+    f.flush()
+
+def _recv(f, timeout:float|None=None):
+    "The next message on binary file `f`; None at its end, or when nothing came within `timeout` seconds."
+    import select
+    if timeout is not None and not select.select([f], [], [], timeout)[0]: return None
+    n = f.read(8)
+    return json.loads(f.read(int.from_bytes(n, 'big'))) if len(n) == 8 else None
+
+# %% ../nbs/08_pipeline.ipynb #5c1ab1fd
+PRELOAD = ('ipykernel.kernelapp', 'ipykernel.ipkernel', 'ipykernel.zmqshell', 'jedi', 'mlnb.pipeline')   # what a kernel imports anyway; none of it starts a thread
+
+def _become_kernel(req:dict):
+    "In a forked child: set up the process as `req` says (cwd, env, argv), then run ipykernel in it."
+    import signal
+    os.setsid()
+    for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE): signal.signal(s, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)                                    # the zygote's requests are not the kernel's stdin
+    os.close(null)
+    os.dup2(2, 1)                                       # its replies are not the kernel's stdout: both go to the log
+    os.chdir(req['cwd'])
+    os.environ.clear()
+    os.environ.update(req['env'])
+    sys.argv = [*req['argv'], f'--IPKernelApp.parent_handle={os.getppid()}']   # ipykernel read JPY_PARENT_PID when the zygote imported it
+    from ipykernel import kernelapp
+    kernelapp.launch_new_instance()
+
+def _kernel_child(req:dict):
+    "The forked child's whole life: a kernel, then `os._exit` (never back into the zygote's loop)."
+    import atexit, traceback
+    code = 1
+    try:
+        _become_kernel(req)
+        code = 0
+    except SystemExit as e: code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException: traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+
+# %% ../nbs/08_pipeline.ipynb #4d45ec14
+def _threads() -> int:
+    "How many threads this process has (Linux: /proc; elsewhere what `threading` knows)."
+    import threading
+    try: return len(os.listdir('/proc/self/task'))
+    except OSError: return threading.active_count()
+
+def _reap(children:set):
+    "Collect every child that exited, so none stays a zombie."
+    while True:
+        try: pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError: return
+        if not pid: return
+        children.discard(pid)
+
+def _fork(req:dict, children:set) -> dict:
+    "Fork a kernel child for `req`; the reply for the runner."
+    if _threads() > 1: return {'error': f'the zygote has {_threads()} threads: forking it is unsafe'}
+    pid = os.fork()
+    if pid == 0: _kernel_child(req)
+    children.add(pid)
+    return {'pid': pid}
+
+def zygote_serve():
+    "The zygote's main loop (`python -c 'from mlnb.pipeline import zygote_serve; zygote_serve()'`): import once, fork a kernel per request."
+    import importlib, signal
+    if sys.path and sys.path[0] in ('', os.getcwd()): del sys.path[0]
+    for m in PRELOAD: importlib.import_module(m)
+    children = set()
+    signal.signal(signal.SIGCHLD, lambda *_: _reap(children))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    src, out = sys.stdin.buffer, sys.stdout.buffer
+    while (req := _recv(src)) is not None: _send(out, _fork(req, children))
+    for pid in list(children):
+        try: os.killpg(pid, signal.SIGKILL)
+        except OSError: pass
+
+# %% ../nbs/08_pipeline.ipynb #51ed6267
+class _Forked:
+    "A `subprocess.Popen`-like handle on a process that is not our child, through its pidfd."
+    stdin = stdout = stderr = None
+    def __init__(self, pid:int):
+        self.pid, self.fd, self.returncode = pid, os.pidfd_open(pid), None
+
+    def poll(self) -> int|None:
+        import select
+        if self.returncode is None and select.select([self.fd], [], [], 0)[0]: self._ended()
+        return self.returncode
+    def wait(self, timeout:float|None=None) -> int|None:
+        import select
+        if self.returncode is None and select.select([self.fd], [], [], timeout)[0]: self._ended()
+        return self.returncode
+    def _ended(self):
+        self.returncode = 0
+        os.close(self.fd)
+
+    def send_signal(self, sig:int):
+        import signal
+        if self.returncode is not None: raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self.fd, sig)
+    def kill(self): self.send_signal(9)
+    def terminate(self): self.send_signal(15)
+
+# %% ../nbs/08_pipeline.ipynb #b99702a2
+ZYGOTE = 'from mlnb.pipeline import zygote_serve; zygote_serve()'   # the zygote's program, run with `python -c`
+
+def _python_vars(env:dict) -> dict:
+    "The environment variables a Python interpreter reads when it starts (jupyter_client drops PYTHONEXECUTABLE)."
+    return {k: v for k, v in env.items() if k.startswith('PYTHON') and k != 'PYTHONEXECUTABLE'}
+
+class Zygote:
+    "A helper process that imported a kernel's modules once and forks a fresh kernel per `spawn`."
+    def __init__(self,
+                 cwd,                      # the folder it runs in (its kernels choose their own)
+                 env:dict|None=None,       # its environment; a kernel whose PYTHON* variables differ starts the normal way
+                 log=None,                 # file for its and its kernels' output, and for the line saying it failed
+                 timeout:float=60):        # seconds to wait for it to fork a kernel
+        import subprocess, threading
+        self.env, self.log, self.timeout, self.lock, self.error = dict(env or os.environ), log, timeout, threading.Lock(), None
+        err = open(log, 'a') if log else None
+        try: self.proc = subprocess.Popen([sys.executable, '-c', ZYGOTE], cwd=str(cwd), env=self.env, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+        except OSError as e: self.proc = self._failed(e)
+        finally:
+            if err: err.close()
+
+    def spawn(self, cmd:list, cwd, env:dict) -> _Forked|None:
+        "A kernel forked for jupyter_client's `cmd`, in `cwd` with `env`; None when it must start the normal way."
+        if self.error or cmd[:3] != [sys.executable, '-m', 'ipykernel_launcher'] or _python_vars(env) != _python_vars(self.env): return None
+        import importlib.util
+        argv = [importlib.util.find_spec('ipykernel_launcher').origin, *cmd[3:]]
+        with self.lock:
+            try:
+                _send(self.proc.stdin, {'argv': argv, 'cwd': str(cwd), 'env': {**env, 'JPY_PARENT_PID': str(self.proc.pid)}})
+                r = _recv(self.proc.stdout, self.timeout) or {'error': 'no answer'}
+                return _Forked(r['pid']) if 'pid' in r else self._failed(r['error'])
+            except OSError as e: return self._failed(e)
+
+    def _failed(self, why) -> None:
+        "Stop asking a zygote that failed; say so once, in the log."
+        self.error = str(why)
+        msg = f"mlnb: the kernel zygote failed ({why}); kernels start the normal way\n"
+        if self.log:
+            with open(self.log, 'a') as f: f.write(msg)
+        return None
+
+    def close(self):
+        "End the zygote: it kills the kernels it forked that still run, then exits."
+        if self.proc is None: return
+        try: self.proc.stdin.close()
+        except OSError: pass
+        try: self.proc.wait(5)
+        except Exception: self.proc.kill(); self.proc.wait()
+
+# %% ../nbs/08_pipeline.ipynb #0f14aa8b
+@functools.cache
+def _forked_manager():
+    "`AsyncKernelManager` whose kernel its `zygote` forks (the normal launch without one, or when it cannot)."
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+    class _ForkedKernelManager(AsyncKernelManager):
+        zygote = None
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            child = self.zygote.spawn(kernel_cmd, kw.get('cwd', os.getcwd()), kw['env']) if self.zygote else None
+            if child is None: return await super()._async_launch_kernel(kernel_cmd, **kw)
+            pv = self.provisioner
+            pv.process, pv.pid, pv.pgid, pv.cwd = child, child.pid, child.pid, kw.get('cwd')
+            self._reconcile_connection_info(pv.connection_info)
+        async def _async_wait(self, pollinterval:float=0.1):
+            await super()._async_wait(pollinterval=0.005)       # a killed kernel is gone in a few ms: do not sleep 0.1 s to see it
+        @default('client_factory')
+        def _client_factory(self): return _ready_client()
+    return _ForkedKernelManager
+
+
+# %% ../nbs/08_pipeline.ipynb #71cd1bd9
+@functools.cache
+def _ready_client():
+    "`AsyncKernelClient` ready once the kernel answered on shell and IOPub, without waiting for IOPub to fall silent."
+    from jupyter_client.asynchronous import AsyncKernelClient
+    class _ReadyClient(AsyncKernelClient):
+        async def wait_for_ready(self, timeout:float|None=None):
+            deadline = time.time() + (float('inf') if timeout is None else timeout)
+            while not await self._answered():
+                if not await self._async_is_alive(): raise RuntimeError("Kernel died before replying to kernel_info")
+                if time.time() > deadline: raise RuntimeError(f"Kernel didn't respond in {timeout} seconds")
+        async def _answered(self) -> bool:
+            "Ask for kernel_info: True once the reply came on shell and a message on IOPub (IOPub is connected)."
+            from queue import Empty
+            self.kernel_info()
+            try:
+                msg = await self.shell_channel.get_msg(timeout=1)
+                if msg['msg_type'] != 'kernel_info_reply': return False
+                await self.iopub_channel.get_msg(timeout=0.2)
+            except Empty: return False
+            self._handle_kernel_info_reply(msg)
+            return True
+    return _ReadyClient
+
 
 # %% ../nbs/08_pipeline.ipynb #b8f9cb6c
 ICONS = {'waiting': '·', 'running': '▶', 'done': '✓', 'cached': '↺', 'failed': '✗', 'skipped': '-'}
