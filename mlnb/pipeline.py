@@ -6,6 +6,7 @@
 from __future__ import annotations
 import functools, json, os, secrets, shutil, sys, tempfile, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash_notebook_code, hash_obj, need, quiet_env
@@ -15,9 +16,9 @@ from .config import Project, load_project, parse_value, topo_order
 __all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
            'ancestors', 'descendants', 'select', 'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
-           'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'execute_stage', 'kernel_env', 'KernelPool',
-           'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress', 'columns_lines', 'search_line',
-           'RunResult', 'run', 'runs', 'dag']
+           'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'off_worker_threads', 'execute_stage',
+           'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
+           'columns_lines', 'search_line', 'RunResult', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -231,6 +232,17 @@ def _kernel_error(e, stage:str, nb:Path) -> StageFailed:
     return StageFailed(stage, getattr(e, 'cell_index', None), getattr(e, 'ename', type(e).__name__),
                        str(getattr(e, 'evalue', e)).splitlines()[0] if str(getattr(e, 'evalue', e)) else '', nb)
 
+@contextmanager
+def off_worker_threads():
+    "On a Dask worker, leave its thread pool while the block runs: the tasks a stage submits (a search's trials) can then run on this worker too."
+    if 'distributed' not in sys.modules: yield; return       # not on a worker: distributed was never imported
+    import distributed
+    try: distributed.get_worker()
+    except ValueError: yield; return
+    distributed.secede()
+    try: yield
+    finally: distributed.rejoin()
+
 def execute_stage(p:Project, name:str, run_id:str, run_dir:Path, upstream:dict, km=None) -> StageResult:
     "Run stage `name` of `p` in a fresh kernel (`km`, started ahead, or a new one); its outputs end up in `run_dir/name`."
     pm = need('papermill'); quiet_env()
@@ -240,9 +252,10 @@ def execute_stage(p:Project, name:str, run_id:str, run_dir:Path, upstream:dict, 
     ctx = dict(run_id=run_id, stage=name, settings=str(p.path), out_dir=str(tmp), upstream={base_name(k): str(v) for k,v in upstream.items()})
     t0 = time.time()
     try:
-        pm.execute_notebook(str(stage.notebook), str(nb_out), parameters={'mlnb_context': ctx, **stage.params},
-                            cwd=str(p.root), kernel_name='python3', progress_bar=False, log_output=False,
-                            start_timeout=120, shutdown_kernel='immediate', **({'km': km} if km else {}))   # a kernel serves one stage: no graceful wait
+        with off_worker_threads():
+            pm.execute_notebook(str(stage.notebook), str(nb_out), parameters={'mlnb_context': ctx, **stage.params},
+                                cwd=str(p.root), kernel_name='python3', progress_bar=False, log_output=False,
+                                start_timeout=120, shutdown_kernel='immediate', **({'km': km} if km else {}))   # a kernel serves one stage: no graceful wait
     except Exception as e:
         failed = run_dir/f'{name}.failed'; shutil.rmtree(failed, ignore_errors=True); os.replace(tmp, failed)
         return StageResult(name, 'failed', time.time() - t0, None, str(nb_out), error=_kernel_error(e, name, nb_out))

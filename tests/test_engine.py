@@ -115,3 +115,15 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     r = mlnb('run', '--scheduler', 'tcp://127.0.0.1:1', cwd=root, check=False, timeout=120)
     assert r.returncode == 2 and 'cannot reach the Dask scheduler' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (root/'.mlnb').exists()
+
+
+def test_a_stage_on_a_one_thread_dask_worker_can_use_the_cluster(tmp_path):
+    "A stage run on the cluster's only worker thread submits tasks to the same cluster (as a search does): it leaves the thread pool while it runs."
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        submit = (f'import distributed; c = distributed.Client({cluster.scheduler_address!r}, set_as_default=False); '
+                  'ctx.record({"answer": c.submit(lambda: 21 * 2, pure=False).result(timeout=120)}); c.close()')
+        root = project(tmp_path/'p', {'a': ([], submit)})
+        mlnb('run', '--scheduler', cluster.scheduler_address, cwd=root, timeout=300)
+    run, st = stages_of(root)
+    assert run['status'] == 'succeeded' and Store(load_project(root/'settings.ini').store_url).get_run()['metrics']['answer'] == 42
