@@ -329,14 +329,20 @@ def source_columns(data:dict, root='.') -> list[str]:
         with open(path, newline='', encoding='utf-8', errors='replace') as f: return next(csv.reader(f), [])
     return list(read_source(data, root, nrows=0).columns)
 
+def _named(data:dict) -> list[tuple[str, str]]:
+    "The `[data]` keys naming columns (`time`, `keep`), as (key, column) pairs."
+    return [(k, c) for k in ('time', 'keep') for c in (data.get(k) or '').split()]
+
 def check_source(data:dict, root='.', settings=None) -> None:
-    "Check, without reading rows, that the source is there and has the target column; errors name settings.ini."
+    "Check, without reading rows, that the source is there with the target column and the columns `time` and `keep` name; errors name settings.ini."
     src = data['source']
-    if source_kind(src) == 'sklearn' and src.split(':', 1)[1] in SKLEARN_SETS and data['target'] == 'target': return   # their frames always have it
+    if source_kind(src) == 'sklearn' and src.split(':', 1)[1] in SKLEARN_SETS and data['target'] == 'target' and not _named(data): return   # their frames always have it
     try: cols = source_columns(data, root)
     except ConfigError as e: raise ConfigError(str(e).split(': ', 1)[-1], settings, 'data', e.key or 'source') from None
-    if data['target'] not in cols:
-        raise DataError(f"target column '{data['target']}' is not in {data['source']} (columns: {', '.join(map(str, cols[:12]))}{', ...' if len(cols) > 12 else ''})")
+    shown = f"{', '.join(map(str, cols[:12]))}{', ...' if len(cols) > 12 else ''}"
+    if data['target'] not in cols: raise DataError(f"target column '{data['target']}' is not in {data['source']} (columns: {shown})")
+    for key, col in _named(data):
+        if col not in cols: raise ConfigError(f"column '{col}' is not in {data['source']} (columns: {shown})", settings, 'data', key)
 
 
 # %% ../nbs/03_ingest.ipynb #ff935dfb
