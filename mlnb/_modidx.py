@@ -258,6 +258,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'mlnb.ingest._jsonl_tables': ('ingest.html#_jsonl_tables', 'mlnb/ingest.py'),
                              'mlnb.ingest._malformed': ('ingest.html#_malformed', 'mlnb/ingest.py'),
                              'mlnb.ingest._misfits': ('ingest.html#_misfits', 'mlnb/ingest.py'),
+                             'mlnb.ingest._named': ('ingest.html#_named', 'mlnb/ingest.py'),
                              'mlnb.ingest._newer': ('ingest.html#_newer', 'mlnb/ingest.py'),
                              'mlnb.ingest._next_url': ('ingest.html#_next_url', 'mlnb/ingest.py'),
                              'mlnb.ingest._norm_type': ('ingest.html#_norm_type', 'mlnb/ingest.py'),
