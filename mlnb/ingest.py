@@ -88,8 +88,10 @@ def _widened(current:str, value:str):
     return pa.string()
 
 def _csv_names(path:str) -> list[str]:
-    "The column names in the CSV header at `path`."
+    "The column names in the CSV header at `path` (a plain local file is read without loading pyarrow)."
     import csv, io
+    if '://' not in path and not path.endswith(COMPRESSED):
+        with open(path, newline='', encoding='utf-8', errors='replace') as f: return next(csv.reader(f), [])
     pa = need('pyarrow')
     with _open(path) as f:
         head = (pa.input_stream(f, compression='detect') if isinstance(f, str) else f).read(1 << 20)
@@ -324,9 +326,7 @@ def source_columns(data:dict, root='.') -> list[str]:
     if source_kind(src) == 'file' and '://' not in src and _ext(src) in ('.csv', '.parquet') and not src.endswith(COMPRESSED):
         path = Path(_file_path(src, root))
         if not path.is_file(): raise ConfigError(f"data source not found: {path}", None, 'data', 'source')
-        if _ext(src) == '.parquet': return need('pyarrow.parquet', 'pyarrow').read_schema(path).names
-        import csv
-        with open(path, newline='', encoding='utf-8', errors='replace') as f: return next(csv.reader(f), [])
+        return need('pyarrow.parquet', 'pyarrow').read_schema(path).names if _ext(src) == '.parquet' else _csv_names(str(path))
     return list(read_source(data, root, nrows=0).columns)
 
 def _named(data:dict) -> list[tuple[str, str]]:
