@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #08f7e905
 from __future__ import annotations
-import hashlib, importlib, json, os, socket
+import hashlib, importlib, json, os, re, socket
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MlnbError', 'ConfigError', 'DataError', 'ValidationFailed', 'StageFailed', 'ServeError', 'hash_bytes', 'hash_obj',
-           'hash_file', 'hash_dir', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'atomic_write',
-           'templates_dir']
+__all__ = ['SECRET_PARAMS', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed', 'StageFailed', 'ServeError',
+           'is_secret_name', 'redact', 'hash_bytes', 'hash_obj', 'hash_file', 'hash_dir', 'hash_notebook_code', 'need',
+           'quiet_env', 'free_port', 'atomic_write', 'templates_dir']
 
 # %% ../nbs/00_core.ipynb #7c087be8
 class MlnbError(Exception):
@@ -43,6 +43,31 @@ class StageFailed(MlnbError):
 class ServeError(MlnbError):
     "The model server could not be built, started or reached."
     exit_code = 1
+
+# %% ../nbs/00_core.ipynb #3b788aa4
+SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
+_SECRET_NAME = re.compile(r'(?:^|[_.-])(?:token|key|secret|password|passwd|pwd|apikey|signature|sig|credential|auth)$', re.I)
+_USERINFO = re.compile(r'(\b[a-zA-Z][\w+.-]*://)([^/?#\s:@]*):([^/?#\s]+)@')   # the password runs to the authority's last '@'
+_PAIR = re.compile(r'(?<![\w.-])([\w.-]+)(\s*=\s*)([^&\s;,\'")]+)')           # name=value in a query, a DSN or prose
+_BEARER = re.compile(r'\b(Bearer|Basic|Token)\s+[\w.~+/=-]{8,}', re.I)
+_ENV_REF = re.compile(r'\$\{\w+\}')
+
+def is_secret_name(name:str) -> bool:
+    "Whether a parameter or key called `name` holds a credential (`token`, `api_key`, `X-Amz-Signature`, `client_secret`, …)."
+    return name.lower() in SECRET_PARAMS or bool(_SECRET_NAME.search(name))
+
+def _hide_pair(m) -> str:
+    name, eq, value = m.groups()
+    return m.group(0) if not is_secret_name(name) or _ENV_REF.fullmatch(value) else f"{name}{eq}***"
+
+def _hide_userinfo(m) -> str:
+    return m.group(0) if _ENV_REF.fullmatch(m.group(3)) else f"{m.group(1)}{m.group(2)}:***@"
+
+def redact(text) -> str:
+    "`text` (a URL, a message) with passwords in URLs, secret query parameters and bearer tokens replaced by `***`."
+    s = _USERINFO.sub(_hide_userinfo, str(text))
+    s = _PAIR.sub(_hide_pair, s)
+    return _BEARER.sub(lambda m: f"{m.group(1)} ***", s)
 
 # %% ../nbs/00_core.ipynb #5694ad19
 def hash_bytes(b:bytes) -> str:
