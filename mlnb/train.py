@@ -205,13 +205,17 @@ def first_rows(n:int, n_candidates:int, factor:int=3, floor:int=MIN_ROWS) -> int
     possible = 1 + math.floor(math.log(n / min(floor, n), factor))
     return n // factor ** (min(needed, possible) - 1)
 
+def _row(r:dict, params:dict, it:int) -> int:
+    "The row of `r` (cv_results_) for the candidate `params` at halving iteration `it`."
+    return next(i for i, (p, k) in enumerate(zip(r['params'], r['iter'])) if p == params and k == it)
+
 def _chosen(r:dict, best:int, n_splits:int) -> int:
-    "The row of `r` (cv_results_) to keep: the configured estimator (row 0's candidate) unless `best` beats it by more than a standard error."
-    last = r['iter'].max()
-    own = [i for i, (p, it) in enumerate(zip(r['params'], r['iter'])) if p == r['params'][0] and it == last]
-    if not own or not np.isfinite(r['mean_test_score'][own[0]]): return best
-    gain = r['mean_test_score'][best] - r['mean_test_score'][own[0]]
-    return best if gain > r['std_test_score'][best] / math.sqrt(n_splits) else own[0]
+    "The row of `r` (cv_results_) to keep: the configured estimator (row 0's candidate) unless `best` beat it by more than a standard error on the same rows."
+    own = max((i for i, p in enumerate(r['params']) if p == r['params'][0]), key=lambda i: r['iter'][i])
+    if not np.isfinite(r['mean_test_score'][own]): return best
+    rival = _row(r, r['params'][best], r['iter'][own])
+    gain = r['mean_test_score'][rival] - r['mean_test_score'][own]
+    return best if gain > r['std_test_score'][rival] / math.sqrt(n_splits) else own
 
 def halving_search(pipe, X, y, task:str, folds, space:dict, n_trials:int=20, random_state:int=0, n_jobs:int|None=None, client=None):
     "Successive halving over `n_trials` candidates from `space` for `pipe`: the trials (a DataFrame) and the best parameters."
