@@ -4,14 +4,15 @@
 
 # %% ../nbs/14_cli.ipynb #24fe2cb5
 from __future__ import annotations
-import argparse, sys
+import argparse, sys, textwrap
 from pathlib import Path
+from . import __version__
 from .core import MlnbError, quiet_env
 
 # %% auto #0
 __all__ = ['cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor', 'monitor_loop', 'cmd_dag',
-           'cmd_package', 'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score', 'cmd_feedback', 'cmd_label',
-           'cmd_ab', 'cmd_retrain', 'parser', 'main']
+           'cmd_package', 'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score', 'cmd_feedback', 'inputs_text',
+           'cmd_label', 'cmd_ab', 'cmd_retrain', 'parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #cd54dbe4
 def _settings(a):
@@ -103,15 +104,27 @@ def cmd_score(a):
     print(f"{r.rows} rows scored by {r.model} -> {r.output}")
 
 def cmd_feedback(a):
-    from mlnb.feedback import add_label
-    add_label(_settings(a), a.request_id, a.label, source='cli')
-    print(f"label {a.label} recorded for request {a.request_id}")
+    from mlnb.feedback import add_label, add_labels, read_labels
+    if (a.file is None) == (a.request_id is None) or (a.request_id is None) != (a.label is None):
+        raise MlnbError("give a request id and its label (mlnb feedback REQUEST_ID LABEL), or a CSV file of them (mlnb feedback --file labels.csv)")
+    if a.file is None:
+        add_label(_settings(a), a.request_id, a.label, source='cli')
+        return print(f"label {a.label} recorded for request {a.request_id}")
+    r = add_labels(_settings(a), read_labels(a.file), source='file', skip_unknown=a.skip_unknown)
+    print(f"{r['stored']} labels recorded from {a.file}" + (f" ({r['repeated']} request ids given again: their last label kept)" if r['repeated'] else ''))
+    if r['unknown']: print(f"{len(r['unknown'])} request ids are no logged prediction and were not stored: {', '.join(r['unknown'][:5])}" + (' ...' if len(r['unknown']) > 5 else ''))
+
+def inputs_text(x:dict, width:int=100) -> str:
+    "A request's inputs as indented name=value lines (numbers to four significant digits): what `mlnb label` shows under each prediction."
+    fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+    text = ', '.join(f'{k}={fmt(v)}' for k, v in x.items()) or '(no inputs logged)'
+    return textwrap.fill(text, width, initial_indent='    ', subsequent_indent='    ', break_on_hyphens=False)
 
 def cmd_label(a):
     from mlnb.feedback import uncertain
     rows = uncertain(_settings(a), a.n, a.model)
     said = lambda r: f"predicted {r['label']}  confidence {r['confidence']:.2f}" if r['value'] is None else f"predicted value {r['value']:.4g}"
-    print('\n'.join(f"{r['request_id']}  {r['model_tag']}  {said(r)}  {str(r['created'])[:19]}"
+    print('\n'.join(f"{r['request_id']}  {r['model_tag']}  {said(r)}  {str(r['created'])[:19]}\n{inputs_text(r['inputs'])}"
                     for r in rows) or "nothing to label: every logged prediction has a label, or none is logged yet")
 
 def cmd_ab(a):
@@ -135,6 +148,7 @@ def cmd_retrain(a):
 def parser() -> argparse.ArgumentParser:
     "The `mlnb` argument parser."
     ap = argparse.ArgumentParser(prog='mlnb', description='Notebooks in, production ML system out.')
+    ap.add_argument('--version', action='version', version=f'mlnb {__version__}')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     def add(name, fn, help, project=True):
         sp = sub.add_parser(name, help=help, description=help); sp.set_defaults(fn=fn)
@@ -166,9 +180,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument('--auto-retrain', action='store_true', help='with --check: retrain when the trigger fires')
     sp.add_argument('--alerts', action='store_true', help='print recent alerts'); sp.add_argument('--limit', type=int, default=20)
     sp.add_argument('--accuracy', action='store_true', help='live accuracy and F1 per model from labels'); sp.add_argument('--by-time', action='store_true')
-    sp = add('feedback', cmd_feedback, 'record the true label of a logged prediction')
-    sp.add_argument('request_id'); sp.add_argument('label')
-    sp = add('label', cmd_label, 'list the least certain logged predictions that have no label yet')
+    sp = add('feedback', cmd_feedback, 'record the true label of a logged prediction, or of many from a CSV file')
+    sp.add_argument('request_id', nargs='?'); sp.add_argument('label', nargs='?')
+    sp.add_argument('--file', metavar='CSV', help='labels to import at once: a CSV file with the columns request_id,label (one transaction)')
+    sp.add_argument('--skip-unknown', action='store_true', help='with --file: store the labels of logged requests, leave out (and count) the others')
+    sp = add('label', cmd_label, 'list the least certain logged predictions that have no label yet, with their inputs')
     sp.add_argument('-n', type=int, default=20); sp.add_argument('--model', help='model tag (default: all)')
     sp = add('ab', cmd_ab, 'compare champion and challenger on labelled traffic, with a significance test and a recommendation')
     sp.add_argument('--metric', choices=['accuracy', 'f1', 'mae', 'rmse'], help="default: accuracy, or mae for a regression model")

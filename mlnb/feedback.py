@@ -4,26 +4,26 @@
 
 # %% ../nbs/12_feedback.ipynb #2cb29bea
 from __future__ import annotations
-import html, json, logging, math, os, urllib.error, urllib.request
+import csv, html, json, logging, math, os, urllib.error, urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from .core import ConfigError, DataError, MlnbError, hash_obj
+from .core import ConfigError, DataError, MlnbError, hash_obj, redact
 from .config import Project, load_project
 from .store import Store, store_at, utcnow, alerts as alerts_table, feedback as feedback_table, predictions, runs as runs_table, stage_runs
-from .monitoring import DEFAULT_LAST, LEVELS as DRIFT_LEVELS, check_drift, drift_history, duration, health
+from .monitoring import ANSWERED, DEFAULT_LAST, failed, LEVELS as DRIFT_LEVELS, check_drift, drift_history, duration, health
 
 # %% auto #0
 __all__ = ['logger', 'SHADOW', 'METRIC_COLUMNS', 'VALUE_METRIC_COLUMNS', 'AB_COLUMNS', 'AB_VALUE_COLUMNS', 'LOWER_BETTER',
            'ACTIONS', 'ALERT_LEVELS', 'WEBHOOK_TIMEOUT', 'RETRAIN_DRIFT', 'open_store', 'classes_of', 'is_value',
-           'as_number', 'as_class', 'add_label', 'window_of', 'labelled_ids', 'uncertain', 'latest_labels', 'labelled',
-           'f1', 'live_metrics', 'compare', 'compare_errors', 'ABSummary', 'traffic', 'logs_values', 'ab_summary',
-           'post_webhook', 'alert', 'alerts', 'retrain_labels', 'retrain_drift', 'last_trained', 'new_labels',
-           'champion_drift', 'should_retrain', 'labelled_rows', 'export_labels', 'retrain', 'check', 'check_summary',
-           'update_online', 'online_rows']
+           'as_number', 'as_class', 'checked_label', 'add_label', 'window_of', 'labelled_ids', 'uncertain',
+           'logged_outputs', 'add_labels', 'read_labels', 'latest_labels', 'labelled', 'f1', 'live_metrics', 'compare',
+           'compare_errors', 'ABSummary', 'traffic', 'logs_values', 'ab_summary', 'post_webhook', 'alert', 'alerts',
+           'retrain_labels', 'retrain_drift', 'last_trained', 'new_labels', 'champion_drift', 'should_retrain',
+           'labelled_rows', 'export_labels', 'retrain', 'check', 'check_summary', 'update_online', 'online_rows']
 
 # %% ../nbs/12_feedback.ipynb #359afffa
 logger = logging.getLogger('mlnb')
@@ -62,16 +62,22 @@ def as_class(label, output):
     return s
 
 # %% ../nbs/12_feedback.ipynb #192146a5
+def checked_label(request_id:str, label, output):
+    "`label` of the logged prediction `output` of `request_id`, typed like its classes (a number for a regression model); refused in one line when it does not fit."
+    if failed(output): raise MlnbError(f"request {request_id} failed (status {output['status']}): there is no prediction to label")
+    if is_value(output): return as_number(label, request_id)
+    if (cls := classes_of(output)) is not None and str(label) not in cls:
+        raise MlnbError(f"label {label!r} of request {request_id} is not one of the model's classes {cls}")
+    return as_class(label, output)
+
 def add_label(settings, request_id:str, label, source:str='widget') -> None:
     "Store the true `label` (a class, or a number for a regression model) of the logged prediction `request_id` (the feedback the widget and `POST /feedback` give)."
     p, st = open_store(settings)
     rows = st.read(sa.select(predictions.c.output).where(predictions.c.request_id == request_id))
-    if not rows: raise MlnbError(f"no logged prediction with request id {request_id!r} in {st.url}")
-    out = rows[0]['output']
-    if is_value(out): label = as_number(label, request_id)
-    elif (cls := classes_of(out)) is not None and str(label) not in cls:
-        raise MlnbError(f"label {label!r} of request {request_id} is not one of the model's classes {cls}")
-    st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=as_class(label, out), source=source, created=utcnow()))
+    if not rows: raise MlnbError(f"no logged prediction with request id {request_id!r} in {redact(st.url)}")
+    label = checked_label(request_id, label, rows[0]['output'])
+    st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=label, source=source, created=utcnow()))
+
 
 # %% ../nbs/12_feedback.ipynb #56010efd
 def window_of(p:Project) -> dict:
@@ -94,10 +100,10 @@ def _confidence(proba) -> float:
 
 # %% ../nbs/12_feedback.ipynb #e878ad2f
 def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> list[dict]:
-    "The `n` least certain recent predictions (of `model_tag`, default all) that have no label yet, least certain first (values of a regression model: newest first)."
+    "The `n` least certain recent answered predictions (of `model_tag`, default all) that have no label yet, least certain first (values of a regression model: newest first)."
     p, st = open_store(settings)
     c, w = predictions.c, window_of(p)
-    q = sa.select(c.request_id, c.model_tag, c.inputs, c.output, c.created).where(c.request_id.notlike(f'%{SHADOW}'))
+    q = sa.select(c.request_id, c.model_tag, c.inputs, c.output, c.created).where(c.request_id.notlike(f'%{SHADOW}'), ANSWERED)
     if model_tag: q = q.where(c.model_tag == model_tag)
     q = q.where(c.created >= utcnow() - w['since']) if 'since' in w else q.order_by(c.created.desc()).limit(w['last'])
     rows = [r for r in st.read(q) if r['output']]
@@ -109,6 +115,49 @@ def uncertain(settings='settings.ini', n:int=20, model_tag:str|None=None) -> lis
     unsure = lambda r: (True, 0.0) if math.isnan(r['confidence']) else (False, r['confidence'])    # no probabilities: after those that have them
     out.sort(key=lambda r: (*unsure(r), -r['created'].timestamp()))
     return out[:n]
+
+# %% ../nbs/12_feedback.ipynb #47d74b74
+def logged_outputs(st:Store, ids) -> dict:
+    "The logged output of each of `ids` that is a logged request id."
+    c = predictions.c
+    return {r['request_id']: r['output'] for ch in _chunks(list(ids)) for r in st.read(sa.select(c.request_id, c.output).where(c.request_id.in_(ch)))}
+
+def _some(ids:list, k:int=5) -> str:
+    "The first `k` of `ids`, quoted, and how many more."
+    return ', '.join(map(repr, ids[:k])) + (f" and {len(ids) - k} more" if len(ids) > k else '')
+
+def add_labels(settings, labels, source:str='file', skip_unknown:bool=False) -> dict:
+    "Store many true `labels`, (request id, label) pairs, in one transaction, each checked as `add_label` does; request ids that were never logged are named and nothing stored, or with `skip_unknown` left out and counted."
+    p, st = open_store(settings)
+    pairs = list(labels)
+    last = dict(pairs)                                   # a request id given twice: its last label
+    outputs = logged_outputs(st, last)
+    unknown = [r for r in last if r not in outputs]
+    if unknown and not skip_unknown:
+        raise DataError(f"{len(unknown)} of {len(last)} request ids are no logged prediction in {redact(st.url)}: {_some(unknown)}; nothing stored")
+    now = utcnow()
+    rows = [dict(request_id=r.removesuffix(SHADOW), label=checked_label(r, y, outputs[r]), source=source, created=now) for r, y in last.items() if r in outputs]
+    if rows: st.write(feedback_table.insert(), rows)
+    return {'stored': len(rows), 'unknown': unknown, 'repeated': len(pairs) - len(last)}
+
+def read_labels(path) -> list[tuple[str, str]]:
+    "(request id, label) pairs from the CSV file `path`, whose header names the columns `request_id` and `label` (others are ignored)."
+    path = Path(path)
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            names, rows = reader.fieldnames or [], list(reader)
+    except (FileNotFoundError, IsADirectoryError): raise DataError(f"{path}: no such labels file") from None
+    except (UnicodeDecodeError, csv.Error) as e: raise DataError(f"{path}: not a CSV file of labels ({e})") from None
+    if missing := [k for k in ('request_id', 'label') if k not in names]:
+        raise DataError(f"{path}: no {' and no '.join(missing)} column (the first line names the columns: request_id,label; found {','.join(names) or 'nothing'})")
+    out = []
+    for line, r in enumerate(rows, 2):
+        rid, y = (r['request_id'] or '').strip(), (r['label'] or '').strip()
+        if not rid or not y: raise DataError(f"{path}, line {line}: empty {'request_id' if not rid else 'label'}")
+        out.append((rid, y))
+    return out
+
 
 # %% ../nbs/12_feedback.ipynb #8434dc92
 def latest_labels(st:Store) -> pd.DataFrame:
@@ -124,7 +173,7 @@ def labelled(settings='settings.ini', inputs:bool=False) -> pd.DataFrame:
     lab, c = latest_labels(st), predictions.c
     cols = [c.request_id, c.model_tag, c.output, c.created] + ([c.inputs] if inputs else [])
     keys = list(lab.request_id) + [r + SHADOW for r in lab.request_id]
-    rows = [r for ch in _chunks(keys) for r in st.read(sa.select(*cols).where(c.request_id.in_(ch)))]
+    rows = [r for ch in _chunks(keys) for r in st.read(sa.select(*cols).where(c.request_id.in_(ch), ANSWERED))]
     df = pd.DataFrame(rows, columns=[x.name for x in cols])
     df['base'] = df.request_id.str.removesuffix(SHADOW)
     df = df.merge(lab.rename(columns={'request_id': 'base'}), on='base', how='inner')
@@ -226,7 +275,7 @@ def __str__(self:ABSummary) -> str:
     cells = [cols] + [[_fmt(r.get(k)) for k in cols] for r in self.rows]
     width = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ['  '.join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, width))).rstrip() for row in cells]
-    test = f"{self.test} p={self.p_value:.3g}" if self.test != 'none' else 'no test'
+    test = f"{self.test} p={self.p_value:.3g}" if self.test != 'none' and not math.isnan(self.p_value) else 'no test'
     return '\n'.join(lines + [f"{test}; recommendation: {self.recommendation} ({self.reason})"])
 
 @_ab
@@ -235,7 +284,7 @@ def _repr_html_(self:ABSummary) -> str:
     colour = {'promote': '#1a7f37', 'rollback': '#cf222e', 'keep': '#6e7781'}[self.recommendation]
     head = ''.join(f'<th style="text-align:left">{k}</th>' for k in self.columns)
     body = ''.join('<tr>' + ''.join(f'<td>{html.escape(_fmt(r.get(k)))}</td>' for k in self.columns) + '</tr>' for r in self.rows)
-    test = f"{self.test}, p = {self.p_value:.3g}" if self.test != 'none' else 'no test yet'
+    test = f"{self.test}, p = {self.p_value:.3g}" if self.test != 'none' and not math.isnan(self.p_value) else 'no test yet'
     return (f'<div><p><b style="color:{colour}">{self.recommendation}</b>: {html.escape(self.reason)} ({html.escape(test)})</p>'
             f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
@@ -261,9 +310,12 @@ def _arms(st:Store) -> list[tuple[str, str]]:
 def _decide(a:dict, b:dict, p:float, metric:str, alpha:float, min_labels:int) -> tuple[str, str]:
     "What to do with arm `b` (challenger or previous) against the champion `a`, and why."
     other = 'challenger' if b['arm'] == 'challenger' else 'previous model'
+    if none := [n for n, r in [('the champion', a), (f'the {other}', b)] if not r['labels']]:
+        return 'keep', f"no labels yet for {' or '.join(none)}: label their predictions (mlnb label, mlnb feedback) to compare them"
     if min(a['labels'], b['labels']) < min_labels:
         return 'keep', f"not enough labels yet: {a['labels']} for the champion, {b['labels']} for the {other} (need {min_labels} each)"
     diff = f"{metric} {b[metric]:.3f} ({b['model_tag']}) vs {a[metric]:.3f} ({a['model_tag']})"
+    if math.isnan(p): return 'keep', f"no test possible: {diff}, and the errors do not vary"
     if not p < alpha: return 'keep', f"no significant difference: {diff}, p={p:.3g} >= {alpha:g}"
     better = b[metric] < a[metric] if metric in LOWER_BETTER else b[metric] > a[metric]
     if metric not in LOWER_BETTER and better != (b['accuracy'] > a['accuracy']):   # the test is on accuracy counts: it cannot back a metric that disagrees
@@ -275,7 +327,7 @@ def _decide(a:dict, b:dict, p:float, metric:str, alpha:float, min_labels:int) ->
 def logs_values(st:Store, tags:list[str]) -> bool:
     "Whether the models `tags` answer values (regression), as their latest logged prediction shows."
     c = predictions.c
-    rows = st.read(sa.select(c.output).where(c.model_tag.in_(tags)).order_by(c.created.desc()).limit(1))
+    rows = st.read(sa.select(c.output).where(c.model_tag.in_(tags), ANSWERED).order_by(c.created.desc()).limit(1))
     return bool(rows) and is_value(rows[0]['output'])
 
 def _metric(metric:str|None, regression:bool) -> str:
@@ -461,7 +513,7 @@ def _health_alerts(out:dict, p:Project, since, max_error_rate:float, quiet):
         if budget and r['p95_ms'] > budget:
             _raise(out, p, 'warning', 'latency', f"p95 latency of {tag} is {r['p95_ms']:.0f} ms over the last {since}, above [serve] budget_ms = {budget:g}",
                    quiet, model_tag=tag, p95_ms=r['p95_ms'])
-        if r['error_rate'] == r['error_rate'] and r['error_rate'] > max_error_rate:
+        if r['error_rate'] > max_error_rate:
             _raise(out, p, 'critical', 'errors', f"{r['error_rate']:.1%} of {r['requests']} requests to {tag} failed over the last {since}",
                    quiet, model_tag=tag, error_rate=r['error_rate'])
 
@@ -469,12 +521,12 @@ def _health_alerts(out:dict, p:Project, since, max_error_rate:float, quiet):
 def check(settings='settings.ini', auto_retrain:bool=False, since='1h', max_error_rate:float=0.01, quiet='1h', jobs:int|None=None) -> dict:
     "One monitoring pass: the champion's drift, health over `since`, alerts past thresholds, and the retraining trigger."
     p, st = open_store(settings)
-    out = {'drift': None, 'health': [], 'alerts': [], 'retrain': None, 'retrained': None, 'notes': []}
+    out = {'drift': None, 'drifted': [], 'health': [], 'alerts': [], 'retrain': None, 'retrained': None, 'notes': []}
     if champ := st.alias('champion'):
         try: rep = check_drift(p, champ, **window_of(p))
         except MlnbError as e: out['notes'].append(f"drift not checked: {e}")
         else:
-            out['drift'] = rep.severity
+            out['drift'], out['drifted'] = rep.severity, rep.drifted
             if rep.severity != 'none': _raise(out, p, rep.severity, 'drift', rep.summary(), quiet, model_tag=champ, drifted=rep.drifted)
     out['health'] = health(p, None, since=since).to_dict('records')
     _health_alerts(out, p, since, max_error_rate, quiet)
@@ -486,9 +538,9 @@ def check(settings='settings.ini', auto_retrain:bool=False, since='1h', max_erro
 # %% ../nbs/12_feedback.ipynb #fea23f64
 def check_summary(out:dict) -> str:
     "What a monitoring pass found, as lines of text (what `mlnb monitor --check` prints)."
-    lines = [f"drift of the champion: {out['drift'] or 'not checked'}", *(f"  {n}" for n in out['notes'])]
-    lines += [f"{r['model_tag']}: {r['requests']} requests, p95 {r['p95_ms']:.1f} ms"
-              + (f", errors {r['error_rate']:.1%}" if r['error_rate'] == r['error_rate'] else '') for r in out['health']]
+    drifted = f" in {len(out['drifted'])} columns: {', '.join(out['drifted'])}" if out.get('drifted') else ''
+    lines = [f"drift of the champion: {out['drift'] or 'not checked'}{drifted}", *(f"  {n}" for n in out['notes'])]
+    lines += [f"{r['model_tag']}: {r['requests']} requests, p95 {r['p95_ms']:.1f} ms, errors {r['errors']} ({r['error_rate']:.1%})" for r in out['health']]
     lines += [f"alert {a['level']} ({a['kind']}): {a['message']}" for a in out['alerts']] or ['no new alerts']
     done = out['retrained']
     return '\n'.join(lines + [f"retraining: {out['retrain'] or 'not due'}" + (f" -> run {done['run_id']}, {done['role']} {done['model_tag']}" if done else '')])

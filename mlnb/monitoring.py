@@ -17,14 +17,15 @@ from .store import Store, drift_reports, predictions, store_at, utcnow
 
 # %% auto #0
 __all__ = ['KS_EXACT_N', 'BINS', 'SKETCH', 'TOP', 'NUMERIC', 'DERIVED', 'CALENDAR_ATTR', 'LEVELS', 'COLOURS', 'COLUMNS',
-           'DEFAULT_LAST', 'MINUTE_SQL', 'BIN_SQL', 'HEALTH_INDEX', 'NO_BIN', 'KEYS', 'SUMS', 'SAVE_EVERY',
-           'HEALTH_COLUMNS', 'runs', 'cdfs', 'distances', 'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test',
-           'js_distance', 'quantile_sketch', 'quantile_edges', 'bin_shares', 'numeric_stats', 'categorical_stats',
-           'derived', 'derived_stats', 'prediction_frame', 'numeric_labels', 'reference_stats', 'save_reference',
-           'read_reference', 'Thresholds', 'severity', 'numeric_drift', 'categorical_drift', 'DriftReport',
-           'drift_report', 'duration', 'reference_path', 'load_reference', 'logged_window', 'window_frames',
-           'check_drift', 'drift_history', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine', 'LatencyLog',
-           'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
+           'DEFAULT_LAST', 'ANSWERED', 'MINUTE_SQL', 'BIN_SQL', 'FAILED_SQL', 'HEALTH_INDEX', 'OLD_INDEX',
+           'CACHE_VERSION', 'NO_BIN', 'KEYS', 'SUMS', 'SAVE_EVERY', 'HEALTH_COLUMNS', 'runs', 'cdfs', 'distances',
+           'ks_pvalue', 'ks_test', 'wasserstein', 'psi', 'chi2_test', 'js_distance', 'quantile_sketch',
+           'quantile_edges', 'bin_shares', 'numeric_stats', 'categorical_stats', 'derived', 'derived_stats',
+           'prediction_frame', 'numeric_labels', 'reference_stats', 'save_reference', 'read_reference', 'Thresholds',
+           'severity', 'numeric_drift', 'categorical_drift', 'DriftReport', 'drift_report', 'duration',
+           'reference_path', 'load_reference', 'failed', 'logged_window', 'window_frames', 'check_drift',
+           'drift_history', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine', 'LatencyLog', 'latency_log',
+           'health_cache', 'window_quantiles', 'health', 'process_stats']
 
 # %% ../nbs/11_monitoring.ipynb #79d8b7be
 def _num(v) -> float|None:
@@ -340,11 +341,12 @@ class DriftReport:
     def __getitem__(self, feature:str) -> dict: return next(r for r in self.rows if r['feature'] == feature)
 
     def summary(self) -> str:
-        "One line: how many columns drifted, over which window, of which model."
+        "One line: how many columns drifted, over which window, of which model, and which (the first eight)."
         crit = sum(r['severity'] == 'critical' for r in self.rows)
         of = f" of {self.model_tag}" if self.model_tag else ''
+        names = ', '.join(self.drifted[:8]) + (f" and {len(self.drifted) - 8} more" if len(self.drifted) > 8 else '')
         return (f"drift {self.severity}: {len(self.drifted)} of {len(self.rows)} columns drifted ({crit} critical) "
-                f"in {self.window.get('rows', '?')} requests{of}")
+                f"in {self.window.get('rows', '?')} requests{of}" + (f": {names}" if names else ''))
 
     def to_dict(self) -> dict:
         "The report as JSON-able data (what `drift_reports` stores)."
@@ -448,10 +450,16 @@ def load_reference(p:Project, model_tag:str, reference=None) -> dict:
                     "package the model again, or pass reference=FILE (mlnb monitor --reference FILE)")
 
 # %% ../nbs/11_monitoring.ipynb #107b95f5
+ANSWERED = predictions.c.output['status'].as_integer().is_(None)     # SQL: the request was answered (a failed one's output holds its HTTP status)
+
+def failed(output) -> bool:
+    "Whether logged `output` is a failed request's, `{'status': 422, 'error': '...'}`: an answer has no 'status'."
+    return isinstance(output, dict) and 'status' in output
+
 def logged_window(store:Store, model_tag:str, last:int|None=None, since=None) -> list[dict]:
-    "Logged requests to `model_tag`, newest first: the latest `last` (default 1,000), or all of the last `since`."
+    "Answered requests to `model_tag`, newest first: the latest `last` (default 1,000), or all of the last `since` (failed ones are skipped)."
     c = predictions.c
-    q = sa.select(c.inputs, c.output, c.created).where(c.model_tag == model_tag).order_by(c.created.desc())
+    q = sa.select(c.inputs, c.output, c.created).where(c.model_tag == model_tag, ANSWERED).order_by(c.created.desc())
     if since is not None: q = q.where(c.created >= utcnow() - duration(since))
     if last is not None or since is None: q = q.limit(int(last or DEFAULT_LAST))
     return store.read(q)
@@ -489,7 +497,10 @@ def drift_history(settings='settings.ini', model_tag:str|None=None, limit:int=20
 # %% ../nbs/11_monitoring.ipynb #cd33ab57
 MINUTE_SQL = "substr(created, 1, 16)"                          # 'YYYY-MM-DD HH:MM' of SQLite's stored datetimes
 BIN_SQL = "CAST(ln(latency_ms) * 100 AS INTEGER)"               # 1%-wide log bins, truncated toward zero
-HEALTH_INDEX = f"CREATE INDEX IF NOT EXISTS ix_predictions_health ON predictions (model_tag, {MINUTE_SQL}, {BIN_SQL}, latency_ms, created)"
+FAILED_SQL = "CASE WHEN json_valid(output) THEN json_extract(output, '$.status') IS NOT NULL ELSE 0 END"   # 1 for a failed request (see `failed`)
+HEALTH_INDEX = f"CREATE INDEX IF NOT EXISTS ix_predictions_health_v2 ON predictions (model_tag, {MINUTE_SQL}, {BIN_SQL}, latency_ms, {FAILED_SQL}, created)"
+OLD_INDEX = "DROP INDEX IF EXISTS ix_predictions_health"       # the index before failed requests were counted: dropped, so inserts do not keep it up to date
+CACHE_VERSION = 2             # saved histograms of another version (before failed requests were counted) are not used
 NO_BIN = -10**9                                                 # the bin of a zero (or missing) latency
 KEYS, SUMS = ('model', 'minute', 'bin'), ('count', 'sum', 'errors')
 
@@ -524,26 +535,26 @@ class LatencyLog:
     def __init__(self, store:Store, cache=None):
         self.store, self.top, self.h, self.models = store, 0, None, []     # top: the last SQLite rowid counted
         self.sqlite = store.engine.dialect.name == 'sqlite'
-        self.error = 'error' in {c['name'] for c in sa.inspect(store.engine).get_columns('predictions')}
         self.fast = self.sqlite and self._index()
         self.cache, self.saved = (Path(cache) if cache and self.sqlite else None), 0.0
         if self.cache: self._load()
 
     def _index(self) -> bool:
         "Make the health index; False when this SQLite lacks ln() (then rows are binned in numpy)."
-        try: self.store.write(sa.text(HEALTH_INDEX)); return True
+        try: self.store.write(sa.text(HEALTH_INDEX))
         except sa.exc.OperationalError: return False
+        try: self.store.write(sa.text(OLD_INDEX))
+        except sa.exc.OperationalError: pass                                  # another process holds the database: dropped another time
+        return True
 
     def refresh(self) -> LatencyLog:
         "Add the requests logged since the last refresh (all of them the first time)."
         if not self.sqlite: self.h = self._binned(self._all()); return self
         if self.h is None and self.fast:
-            err = "sum(error IS NOT NULL)" if self.error else "0"
-            self.top, rows = self._query(f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, count(*), sum(latency_ms), max(latency_ms), {err} "
+            self.top, rows = self._query(f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, count(*), sum(latency_ms), max(latency_ms), sum({FAILED_SQL}) "
                                          "FROM predictions GROUP BY 1, 2, 3")
             self.h = self._grouped(rows); return self._save()
-        err = "error IS NOT NULL" if self.error else "0"
-        top, rows = self._query(f"SELECT model_tag, created, latency_ms, {err} FROM predictions WHERE rowid > {int(self.top)}")
+        top, rows = self._query(f"SELECT model_tag, created, latency_ms, {FAILED_SQL} FROM predictions WHERE rowid > {int(self.top)}")
         if top < self.top: self.h, self.top = None, 0; return self.refresh()          # the log was emptied: start again
         if self.h is None or rows:
             new = self._binned(rows)
@@ -574,7 +585,7 @@ def _save(self:LatencyLog) -> LatencyLog:
     if self.cache is None or self.h is None or (self.saved and time.monotonic() - self.saved < SAVE_EVERY): return self
     self.cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = self.cache.with_name(f'.{self.cache.name}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f: np.savez(f, **self.h, models=np.array(self.models, dtype=str), top=self.top, error=self.error)
+    with open(tmp, 'wb') as f: np.savez(f, **self.h, models=np.array(self.models, dtype=str), top=self.top, version=CACHE_VERSION)
     os.replace(tmp, self.cache); self.saved = time.monotonic()
     return self
 
@@ -583,18 +594,18 @@ def _load(self:LatencyLog):
     "The histograms an earlier process saved, if the log still holds every row they count (none was deleted since)."
     try:
         with np.load(self.cache, allow_pickle=False) as z:
-            h, models, top, error = {k: z[k] for k in KEYS + SUMS + ('max',)}, [str(m) for m in z['models']], int(z['top']), bool(z['error'])
+            h, models, top, version = {k: z[k] for k in KEYS + SUMS + ('max',)}, [str(m) for m in z['models']], int(z['top']), int(z['version'])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile): return
-    if error != self.error: return
+    if version != CACHE_VERSION: return
     _, rows = self._query(f"SELECT (SELECT count(*) FROM predictions), (SELECT count(*) FROM predictions WHERE rowid > {top})")
     if rows[0][0] - rows[0][1] == int(h['count'].sum()): self.h, self.models, self.top, self.saved = h, models, top, time.monotonic()
 
 @_log
 def _all(self:LatencyLog) -> list:
-    "Model, time, latency and error flag of every logged request (any database)."
+    "Model, time, latency and failed flag of every logged request (any database)."
     c = predictions.c
-    err = sa.column('error').isnot(None) if self.error else sa.literal(0)
-    with self.store.engine.connect() as conn: return [tuple(r) for r in conn.execute(sa.select(c.model_tag, c.created, c.latency_ms, err))]
+    with self.store.engine.connect() as conn: rows = conn.execute(sa.select(c.model_tag, c.created, c.latency_ms, sa.not_(ANSWERED))).all()
+    return [(tag, t, ms, bool(bad)) for tag, t, ms, bad in rows]
 
 @_log
 def _codes(self:LatencyLog, tags) -> np.ndarray:
@@ -666,7 +677,7 @@ def window_quantiles(gid, bins, counts, qs) -> dict:
     return out
 
 def health(settings='settings.ini', window='5min', model_tag:str|None=None, since=None) -> pd.DataFrame:
-    "Requests, throughput, latency p50/p95/p99, mean and max, and errors per model and `window` (None: one row per model) of the prediction log."
+    "Requests, throughput, latency p50/p95/p99, mean and max, and failed requests per model and `window` (None: one row per model) of the prediction log."
     w = duration(window) if window is not None else None
     if w is not None and (w < timedelta(minutes=1) or w % timedelta(minutes=1)): raise MlnbError(f"window must be a whole number of minutes, got {window!r}")
     p = load_project(settings)
@@ -686,8 +697,8 @@ def health(settings='settings.ini', window='5min', model_tag:str|None=None, sinc
                         'requests': req, 'rps': req / secs,
                         **window_quantiles(gid, h['bin'], h['count'], {'p50_ms': .5, 'p95_ms': .95, 'p99_ms': .99}),
                         'mean_ms': np.add.reduceat(h['sum'], first) / req, 'max_ms': np.fmax.reduceat(h['max'], first)})
-    errors = np.add.reduceat(h['errors'], first)
-    out['errors'], out['error_rate'] = (errors, errors / req) if log.error else (np.nan, np.nan)
+    out['errors'] = np.add.reduceat(h['errors'], first)
+    out['error_rate'] = out['errors'] / req
     return out[HEALTH_COLUMNS]
 
 # %% ../nbs/11_monitoring.ipynb #d6ffdd63

@@ -78,3 +78,9 @@ def test_import_is_light_and_help_is_fast():
     t = time.perf_counter(); r = subprocess.run([MLNB, '--help'], capture_output=True, text=True)
     assert r.returncode == 0 and 'demo' in r.stdout
     assert time.perf_counter() - t < 1.0
+
+
+def test_version():
+    import mlnb
+    r = subprocess.run([MLNB, '--version'], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f'mlnb {mlnb.__version__}'

@@ -9,7 +9,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 from mlnb.config import load_project, new_project
 from mlnb.core import MlnbError
-from mlnb.feedback import (ABSummary, ab_summary, add_label, alert, alerts, check, compare, export_labels, labelled, live_metrics,
+from mlnb.feedback import (ABSummary, ab_summary, add_label, add_labels, alert, alerts, check, compare, export_labels, labelled, live_metrics,
                            new_labels, retrain, should_retrain, uncertain, update_online)
 from mlnb.store import Store, drift_reports, feedback, predictions
 
@@ -44,6 +44,14 @@ def log(p, tag, n, classes=('0', '1'), acc=None, seed=0, start=None, every=10.0,
         out.append((rid, typed(classes[truth])))
     Store(p.store_url).write(predictions.insert(), rows)
     return out
+
+
+def fail(p, tag, n, status=422):
+    "Log `n` failed requests to `tag` as the service does (CONTRACT.md): the output holds the HTTP status and a one-line error."
+    rows = [dict(request_id=f'fail-{uuid.uuid4().hex}', model_tag=tag, inputs={'x': 'lots'}, output={'status': status, 'error': 'x: not a number'},
+                 latency_ms=1.0, created=now() - timedelta(seconds=i)) for i in range(n)]
+    Store(p.store_url).write(predictions.insert(), rows)
+    return [r['request_id'] for r in rows]
 
 
 def label_all(p, pairs, source='test'):
@@ -86,6 +94,21 @@ def test_uncertain_is_least_confident_unlabelled_recent_first(proj):
     assert len(uncertain(proj, 100)) <= 6
     proj.sections['monitor']['window'] = 'lately'
     with pytest.raises(MlnbError, match=r'\[monitor\], window'): uncertain(proj)
+
+
+def test_failed_requests_are_not_labelled_offered_or_scored(proj):
+    "A failed request has no prediction: refused as a label, never offered by uncertain, not in labelled or live metrics, nor in the A/B task guess."
+    pairs = log_values(proj, 'houses:v1', 20)
+    bad = fail(proj, 'houses:v1', 5)                                            # the newest rows of the model
+    with pytest.raises(MlnbError, match=r'failed \(status 422\): there is no prediction to label'): add_label(proj, bad[0], 1)
+    with pytest.raises(MlnbError, match='failed'): add_labels(proj, [(pairs[0][0], 1.0), (bad[1], 1.0)])
+    assert Store(proj.store_url).read(sa.select(feedback)) == []                 # nothing stored by the mistake
+    assert not {r['request_id'] for r in uncertain(proj, 100)} & set(bad)
+    Store(proj.store_url).write(feedback.insert(), [dict(request_id=b, label=1.0, source='api', created=now()) for b in bad])   # labels stored by older code
+    for rid, y in pairs: add_label(proj, rid, y)
+    assert set(labelled(proj).request_id) == {rid for rid, _ in pairs} and live_metrics(proj).labels.tolist() == [20]
+    st = Store(proj.store_url); st.set_alias('champion', 'houses:v1')
+    assert ab_summary(proj).metric == 'mae'                                      # the latest answered output says regression
 
 
 # ---- live metrics ---------------------------------------------------------------------------------------------------
@@ -232,9 +255,8 @@ def test_should_retrain_on_labels_and_on_drift(proj):
 
 
 def test_check_alerts_on_latency_errors_and_due_retraining_once(proj):
-    con = sqlite3.connect(proj.store_url[10:]); con.execute('ALTER TABLE predictions ADD COLUMN error TEXT'); con.commit()
-    pairs = log(proj, 'm:v1', 100, every=1)
-    con.execute("UPDATE predictions SET error = 'ValueError' WHERE rowid % 10 = 0"); con.commit(); con.close()
+    pairs = log(proj, 'm:v1', 90, every=1)
+    fail(proj, 'm:v1', 10)                                                      # as the service logs a failed request
     label_all(proj, pairs[:5])
     proj.sections['serve']['budget_ms'] = '1'; proj.sections['monitor']['retrain_labels'] = '5'
     out = check(proj, since='1h')
@@ -313,10 +335,13 @@ def test_cli_feedback_label_accuracy_and_alerts(proj):
     from conftest import mlnb
     pairs = log(proj, 'shop:v1', 5, seed=3)
     ini = proj.path
-    listed = mlnb('label', '-p', ini, '-n', 3).stdout.splitlines()
-    assert len(listed) == 3
+    out = mlnb('label', '-p', ini, '-n', 3).stdout.splitlines()
+    listed, shown = out[0::2], out[1::2]                                      # a prediction, then its inputs indented under it
+    assert len(listed) == 3 and all(l.startswith('    x=') and 'kind=a' in l for l in shown), out
     conf = [float(l.split('confidence ')[1].split()[0]) for l in listed]
     assert conf == sorted(conf)                                              # least certain first
+    logged = {r['request_id']: r['inputs'] for r in Store(proj.store_url).read(sa.select(predictions))}
+    assert all(f"x={logged[l.split()[0]]['x']:.4g}," in i for l, i in zip(listed, shown))      # the inputs of that very request
     rid, y = pairs[0]
     assert 'recorded' in mlnb('feedback', '-p', ini, rid, y).stdout
     rows = Store(proj.store_url).read(sa.select(feedback))
@@ -414,3 +439,59 @@ def test_update_online_learns_numeric_labels_with_an_sgd_regressor(tmp_path):
     env = {k: v for k, v in __import__('os').environ.items() if k != 'BENTOML_HOME'}     # BentoML's home: this project's
     r = subprocess.run([sys.executable, '-c', ONLINE_REGRESSOR], cwd=p.root, capture_output=True, text=True, timeout=300, env=env)
     assert r.stdout.strip().endswith('ok'), r.stdout + r.stderr
+
+
+def test_cli_feedback_file_imports_many_labels_in_one_call(proj, tmp_path):
+    "mlnb feedback --file: 1,000 labels in one call and one insert; unknown request ids named and counted, nothing stored unless --skip-unknown."
+    from conftest import mlnb
+    pairs = log(proj, 'shop:v1', 1000, every=0.5, seed=8)
+    ini, f = proj.path, tmp_path/'labels.csv'
+    f.write_text('request_id,label\n' + ''.join(f'{r},{y}\n' for r, y in pairs) + 'nope-1,1\nnope-2,0\n')
+    bad = mlnb('feedback', '-p', ini, '--file', f, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "2 of 1002 request ids are no logged prediction" in bad.stderr and "'nope-1', 'nope-2'" in bad.stderr and 'nothing stored' in bad.stderr
+    assert Store(proj.store_url).read(sa.select(feedback)) == []
+    t = time.perf_counter()
+    out = mlnb('feedback', '-p', ini, '--file', f, '--skip-unknown').stdout
+    took = time.perf_counter() - t
+    assert f'1000 labels recorded from {f}' in out and '2 request ids are no logged prediction and were not stored: nope-1, nope-2' in out
+    rows = Store(proj.store_url).read(sa.select(feedback))
+    assert sorted((r['request_id'], r['label']) for r in rows) == sorted(pairs) and {r['source'] for r in rows} == {'file'}
+    assert len({r['created'] for r in rows}) == 1                                 # one insert of all of them
+    assert took < 30, took                                                        # one call: not 1,000 calls of a second each
+    assert live_metrics(proj).labels.tolist() == [1000]
+    f.write_text('id,label\nx,1\n')
+    r = mlnb('feedback', '-p', ini, '--file', f, check=False)
+    assert r.returncode == 2 and 'no request_id column' in r.stderr and str(f) in r.stderr
+    r = mlnb('feedback', '-p', ini, check=False)
+    assert r.returncode == 2 and 'mlnb feedback --file labels.csv' in r.stderr
+
+
+def test_cli_ab_without_labels_says_so(proj):
+    from conftest import mlnb
+    st = Store(proj.store_url)
+    log(proj, 'shop:v1', 40); log(proj, 'shop:v2', 40, seed=1)
+    st.set_alias('champion', 'shop:v1'); st.set_alias('challenger', 'shop:v2')
+    for args in ([], ['--min-labels', '0']):
+        out = mlnb('ab', '-p', proj.path, *args).stdout
+        assert 'nan' not in out and 'no labels yet for the champion or the challenger' in out and 'mlnb label' in out, out
+    pairs = log(proj, 'shop:v2', 5, seed=2)
+    label_all(proj, pairs)
+    out = mlnb('ab', '-p', proj.path, '--min-labels', '0').stdout
+    assert 'nan' not in out and 'no labels yet for the champion:' in out, out
+
+
+def test_cli_monitor_check_names_drifted_columns_and_failed_requests(proj):
+    "mlnb monitor --check: the drifted columns by name, and the error rate from failed requests, which fires the error alert."
+    from conftest import mlnb
+    from mlnb.monitoring import reference_path, reference_stats, save_reference
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({'x': rng.normal(3, 1, 2000), 'kind': ['a'] * 2000})         # served x is around 0: drifted; kind is not
+    save_reference(reference_stats(train, [{'name': 'x', 'kind': 'number'}, {'name': 'kind', 'kind': 'str'}]), reference_path(proj, 'shop:v1'))
+    log(proj, 'shop:v1', 300, every=1)
+    fail(proj, 'shop:v1', 30)
+    Store(proj.store_url).set_alias('champion', 'shop:v1')
+    out = mlnb('monitor', '-p', proj.path, '--check').stdout
+    assert 'drift of the champion: critical in 1 columns: x' in out, out
+    assert 'shop:v1: 330 requests' in out and 'errors 30 (9.1%)' in out, out
+    assert 'alert critical (errors): 9.1% of 330 requests to shop:v1 failed' in out and 'alert critical (drift)' in out and ': x' in out, out

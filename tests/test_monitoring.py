@@ -173,6 +173,8 @@ def served_project(tmp_path):
 def test_check_drift_reads_the_window_and_stores_the_report(served_project):
     p, st, ref = served_project
     save_reference(ref, reference_path(p, 'demo:v1'))
+    st.write(predictions.insert(), [dict(request_id=f'f{i}', model_tag='demo:v1', inputs={'age': 'old'}, output={'status': 422, 'error': 'age: not a number'},
+                                         latency_ms=1.0, created=datetime.utcnow()) for i in range(100)])    # failed requests, the newest: not in the window
     rep = check_drift(p, last=300)
     assert rep.drifted == ['age', 'prediction', 'proba[1]'] and rep.window['rows'] == 300 and rep.model_tag == 'demo:v1'
     assert check_drift(p, last=200, since=None).window['last'] == 200
@@ -249,23 +251,37 @@ def test_health_matches_exact_percentiles_and_refreshes_incrementally(tmp_path):
         assert h[['model_tag', 'start', 'requests']].values.tolist() == ex[['model_tag', 'start', 'requests']].values.tolist()
         for c in ("p50_ms", "p95_ms", "p99_ms"): assert np.all(np.abs(h[c] / ex[c] - 1) < 0.00502), c    # half a 1% bin: e^0.005 - 1
         assert np.allclose(h.mean_ms, ex.mean_ms, rtol=1e-12) and np.array_equal(h.max_ms, ex.max_ms)
-        assert np.allclose(h.rps, h.requests / 600) and h.errors.isna().all()
+        assert np.allclose(h.rps, h.requests / 600) and (h.errors == 0).all() and (h.error_rate == 0.0).all()    # none failed: 0, not NaN
         df = pd.concat([df, health_rows(st, 3000, t0 - pd.Timedelta('5min'), rng, f'late{step}')])   # late rows, older times
+    st.write(predictions.insert(), [dict(request_id=f'f{i}', model_tag='m:2', latency_ms=3.0, created=t0.to_pydatetime() + timedelta(seconds=i),
+                                         output={'status': 422, 'error': 'x: missing'}) for i in range(7)])
     fast = LatencyLog(st).refresh().hist
+    assert fast['errors'].sum() == 7
     binned = LatencyLog(st); binned.fast = False                       # SQLite without ln(): rows binned in numpy
     other = LatencyLog(st); other.sqlite = other.fast = False          # any other database: every row read each time
     for log in (binned, other): pd.testing.assert_frame_equal(log.refresh().hist, fast, check_dtype=False)
 
 
-def test_health_error_rate_when_the_log_records_errors(tmp_path):
+def test_health_error_rate_from_failed_requests_and_its_alert(tmp_path):
+    "A failed request is logged with its HTTP status as its output (CONTRACT: no schema change): health counts it, 0.0 when none failed."
+    from mlnb.feedback import check
     st = Store(f"sqlite:///{tmp_path/'e.db'}")
-    with st.engine.begin() as c: c.execute(sa.text('ALTER TABLE predictions ADD COLUMN error TEXT'))
     p = load_project(new_project(tmp_path/'proj')); p.sections['project']['store'] = st.url
-    t0 = datetime(2026, 3, 1, 10)
-    st.write(predictions.insert(), [dict(request_id=f'r{i}', model_tag='m:1', latency_ms=2.0, created=t0 + timedelta(seconds=i)) for i in range(40)])
-    with st.engine.begin() as c: c.execute(sa.text("UPDATE predictions SET error = 'boom' WHERE request_id IN ('r1', 'r2')"))
-    h = health(p, '1h')
-    assert h[['requests', 'errors', 'error_rate']].values.tolist() == [[40, 2, 0.05]]
+    t0 = datetime.utcnow() - timedelta(minutes=30)
+    ok = {'label': 1, 'probabilities': {'0': 0.1, '1': 0.9}}
+    st.write(predictions.insert(), [dict(request_id=f'r{i}', model_tag='m:1', inputs={'x': 1.0}, output=ok, latency_ms=2.0,
+                                         created=t0 + timedelta(seconds=i)) for i in range(40)])
+    st.write(predictions.insert(), [dict(request_id=f'n{i}', model_tag='m:2', inputs={'x': 1.0}, output=ok, latency_ms=2.0,
+                                         created=t0 + timedelta(seconds=i)) for i in range(10)])
+    assert health(p, None)[['model_tag', 'errors', 'error_rate']].values.tolist() == [['m:1', 0, 0.0], ['m:2', 0, 0.0]]
+    assert check(p)['alerts'] == []
+    st.write(predictions.insert(), [dict(request_id=f'e{i}', model_tag='m:1', inputs={'x': 'a lot'}, latency_ms=1.0, created=t0 + timedelta(seconds=50 + i),
+                                         output={'status': 422 if i else 500, 'error': 'x: not a number'}) for i in range(10)])
+    h = health(p, None)
+    assert h[['model_tag', 'requests', 'errors', 'error_rate']].values.tolist() == [['m:1', 50, 10, 0.2], ['m:2', 10, 0, 0.0]]
+    fired = check(p)['alerts']
+    assert [(a['kind'], a['level'], a['data']['model_tag']) for a in fired] == [('errors', 'critical', 'm:1')]
+    assert '20.0% of 50 requests to m:1 failed' in fired[0]['message']
 
 
 def test_health_histograms_are_saved_for_the_next_process_and_dropped_when_rows_go(tmp_path):
