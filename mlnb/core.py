@@ -8,14 +8,39 @@ import hashlib, importlib, json, os, re, socket
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SECRET_PARAMS', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed', 'StageFailed', 'ServeError',
-           'is_secret_name', 'redact', 'hash_bytes', 'hash_obj', 'hash_file', 'hash_dir', 'hash_notebook_code', 'need',
-           'quiet_env', 'free_port', 'atomic_write', 'templates_dir']
+__all__ = ['SECRET_PARAMS', 'is_secret_name', 'redact', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed',
+           'StageFailed', 'ServeError', 'read_secrets', 'expand', 'unexpand', 'hash_bytes', 'hash_obj', 'hash_file',
+           'hash_dir', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'atomic_write', 'templates_dir']
+
+# %% ../nbs/00_core.ipynb #3b788aa4
+SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
+_SECRET_NAME = re.compile(r'(?:^|[_.-])(?:token|key|secret|password|passwd|pwd|apikey|signature|sig|credential|auth)$', re.I)
+_USERINFO = re.compile(r'(\b[a-zA-Z][\w+.-]*://)([^/?#\s:@]*):([^/?#\s]+)@')   # the password runs to the authority's last '@'
+_QUERY = re.compile(r'([?&;])([\w.~-]+)=([^&#\s\'")]*?)(?=[&#\s\'")]|:\s|:?$)')   # name=value in a URL's query (a ': ' after it is prose)
+_FREE = re.compile(r'(?<![\w.?&;-])(password|passwd|pwd|secret|token|api_key|apikey|access_token|client_secret)(\s*=\s*)([^\s&;,\'")]+)', re.I)
+_BEARER = re.compile(r'\b(Bearer|Basic|Token)\s+[\w.~+/=-]{8,}', re.I)
+_ENV_REF = re.compile(r'\$\{\w+\}')
+
+def is_secret_name(name:str) -> bool:
+    "Whether a parameter or key called `name` holds a credential (`token`, `api_key`, `X-Amz-Signature`, `client_secret`, …)."
+    return name.lower() in SECRET_PARAMS or bool(_SECRET_NAME.search(name))
+
+def _hide(m, value:str, head:str, tail:str='') -> str:
+    "The match `m` as it was when `value` is empty or a `${NAME}` reference, else `head***tail`."
+    return m.group(0) if not value or _ENV_REF.fullmatch(value) else f"{head}***{tail}"
+
+def redact(text) -> str:
+    "`text` (a URL, a message) with passwords in URLs, secret query parameters, DSN passwords and bearer tokens replaced by `***`."
+    s = _USERINFO.sub(lambda m: _hide(m, m[3], f"{m[1]}{m[2]}:", "@"), str(text))
+    s = _QUERY.sub(lambda m: _hide(m, m[3], f"{m[1]}{m[2]}=") if is_secret_name(m[2]) else m[0], s)
+    s = _FREE.sub(lambda m: _hide(m, m[3], f"{m[1]}{m[2]}"), s)
+    return _BEARER.sub(lambda m: f"{m[1]} ***", s)
 
 # %% ../nbs/00_core.ipynb #7c087be8
 class MlnbError(Exception):
-    "Root of every error a user can cause; `str()` is the one line the CLI prints."
+    "Root of every error a user can cause; `str()` is the one line the CLI prints, with any secret in it `redact`ed."
     exit_code = 2
+    def __init__(self, *args): super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 class ConfigError(MlnbError):
     "settings.ini is missing, malformed, or names something that does not exist."
@@ -35,7 +60,7 @@ class StageFailed(MlnbError):
     "A pipeline stage raised; carries the stage, cell index, error name and message."
     exit_code = 1
     def __init__(self, stage:str, cell:int|None=None, ename:str='', evalue:str='', notebook=None):
-        self.stage,self.cell,self.ename,self.evalue,self.notebook = stage,cell,ename,evalue,notebook
+        self.stage,self.cell,self.ename,self.evalue,self.notebook = stage,cell,ename,redact(evalue),notebook
         at = f" at cell {cell}" if cell is not None else ""
         super().__init__(f"stage '{stage}' failed{at}: {ename}: {evalue}" + (f" (see {notebook})" if notebook else ""))
     def __reduce__(self): return (StageFailed, (self.stage, self.cell, self.ename, self.evalue, self.notebook))
@@ -44,30 +69,39 @@ class ServeError(MlnbError):
     "The model server could not be built, started or reached."
     exit_code = 1
 
-# %% ../nbs/00_core.ipynb #3b788aa4
-SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
-_SECRET_NAME = re.compile(r'(?:^|[_.-])(?:token|key|secret|password|passwd|pwd|apikey|signature|sig|credential|auth)$', re.I)
-_USERINFO = re.compile(r'(\b[a-zA-Z][\w+.-]*://)([^/?#\s:@]*):([^/?#\s]+)@')   # the password runs to the authority's last '@'
-_PAIR = re.compile(r'(?<![\w.-])([\w.-]+)(\s*=\s*)([^&\s;,\'")]+)')           # name=value in a query, a DSN or prose
-_BEARER = re.compile(r'\b(Bearer|Basic|Token)\s+[\w.~+/=-]{8,}', re.I)
-_ENV_REF = re.compile(r'\$\{\w+\}')
+# %% ../nbs/00_core.ipynb #c4018ce2
+_REF = re.compile(r'\$\{(\w+)\}')
 
-def is_secret_name(name:str) -> bool:
-    "Whether a parameter or key called `name` holds a credential (`token`, `api_key`, `X-Amz-Signature`, `client_secret`, …)."
-    return name.lower() in SECRET_PARAMS or bool(_SECRET_NAME.search(name))
+def read_secrets(path) -> dict:
+    "`{NAME: value}` from a secrets file of `NAME=value` lines (blank lines and `#` comments skipped, values may be quoted)."
+    path = Path(path)
+    try: text = path.read_text(encoding='utf-8')
+    except FileNotFoundError: raise ConfigError("no such secrets file", path) from None
+    except (OSError, UnicodeDecodeError) as e: raise ConfigError(f"not a readable text file ({type(e).__name__})", path) from None
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith('#'): continue
+        name, eq, value = line.removeprefix('export ').partition('=')
+        if not eq or not name.strip().isidentifier(): raise ConfigError(f"line {n}: expected NAME=value", path)
+        out[name.strip()] = value.strip().strip('"\'')
+    return out
 
-def _hide_pair(m) -> str:
-    name, eq, value = m.groups()
-    return m.group(0) if not is_secret_name(name) or _ENV_REF.fullmatch(value) else f"{name}{eq}***"
+def expand(text:str, secrets=None, where=()) -> tuple[str, dict]:
+    "`text` with each `${NAME}` replaced by the environment's NAME, else the `secrets` file's; and `{NAME: value}` of those used."
+    names = _REF.findall(text or '')
+    if not names: return text, {}
+    found = {**(read_secrets(secrets) if secrets else {}), **os.environ}
+    missing = [n for n in names if n not in found]
+    if missing: raise ConfigError(f"${{{missing[0]}}} is not set: export {missing[0]}=… or put it in the file [data] secrets names", *where)
+    used = {n: found[n] for n in names}
+    return _REF.sub(lambda m: used[m[1]], text), used
 
-def _hide_userinfo(m) -> str:
-    return m.group(0) if _ENV_REF.fullmatch(m.group(3)) else f"{m.group(1)}{m.group(2)}:***@"
-
-def redact(text) -> str:
-    "`text` (a URL, a message) with passwords in URLs, secret query parameters and bearer tokens replaced by `***`."
-    s = _USERINFO.sub(_hide_userinfo, str(text))
-    s = _PAIR.sub(_hide_pair, s)
-    return _BEARER.sub(lambda m: f"{m.group(1)} ***", s)
+def unexpand(text:str, used:dict) -> str:
+    "`text` with the values `expand` put in turned back into their `${NAME}` references (for a message)."
+    for name, value in sorted(used.items(), key=lambda kv: -len(kv[1])):
+        if len(value) >= 3: text = text.replace(value, f'${{{name}}}')
+    return text
 
 # %% ../nbs/00_core.ipynb #5694ad19
 def hash_bytes(b:bytes) -> str:

@@ -8,13 +8,13 @@ import hashlib, json, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
-from .core import ConfigError, DataError, hash_bytes, need
+from .core import ConfigError, DataError, MlnbError, expand, hash_bytes, need, redact, unexpand
 
 # %% auto #0
 __all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'FILE_READERS', 'MAX_PAGES',
-           'META_KEY', 'source_kind', 'sql_url', 'source_batches', 'read_source', 'source_columns', 'check_source',
-           'TableHash', 'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta', 'write_snapshot',
-           'source_rows', 'ingest', 'previous_snapshot', 'list_snapshots']
+           'META_KEY', 'STRAY', 'source_kind', 'sql_url', 'resolved', 'source_batches', 'read_source', 'source_columns',
+           'check_source', 'TableHash', 'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta',
+           'write_snapshot', 'source_rows', 'ingest', 'previous_snapshot', 'list_snapshots']
 
 # %% ../nbs/03_ingest.ipynb #586c9643
 SKLEARN_SETS = {'breast_cancer': 'load_breast_cancer', 'iris': 'load_iris', 'wine': 'load_wine',
@@ -87,15 +87,34 @@ def _widened(current:str, value:str):
     if (current == 'null' or current.startswith(('int', 'uint'))) and fits(float): return pa.float64()
     return pa.string()
 
+def _text_head(path:str, head:bytes|None=None) -> None:
+    "A DataError when the start of the CSV at `path` (or `head`, its first bytes) is not text: a binary file named .csv, or UTF-16."
+    if head is None:
+        if '://' in path or path.endswith(COMPRESSED): return
+        with open(path, 'rb') as f: head = f.read(1 << 13)
+    if (i := head.find(b'\x00')) >= 0: raise DataError(f"{path}: not a CSV text file (a NUL byte at byte {i}: binary data, or text not saved as UTF-8)")
+
+def _unique(names:list, path:str) -> None:
+    "A DataError naming the first column name that appears twice in `names`."
+    seen = {}
+    for i, n in enumerate(names, 1):
+        if n in seen: raise DataError(f"{path}: column name '{n}' appears twice (columns {seen[n]} and {i}): names must be unique")
+        seen[n] = i
+
 def _csv_names(path:str) -> list[str]:
-    "The column names in the CSV header at `path` (a plain local file is read without loading pyarrow)."
+    "The column names in the CSV header at `path` (a plain local file is read without loading pyarrow); they must be unique."
     import csv, io
     if '://' not in path and not path.endswith(COMPRESSED):
-        with open(path, newline='', encoding='utf-8', errors='replace') as f: return next(csv.reader(f), [])
-    pa = need('pyarrow')
-    with _open(path) as f:
-        head = (pa.input_stream(f, compression='detect') if isinstance(f, str) else f).read(1 << 20)
-    return next(csv.reader(io.StringIO(head.decode('utf-8', 'replace').split('\n', 1)[0])), [])
+        _text_head(path)
+        with open(path, newline='', encoding='utf-8', errors='replace') as f: names = next(csv.reader(f), [])
+    else:
+        pa = need('pyarrow')
+        with _open(path) as f:
+            head = (pa.input_stream(f, compression='detect') if isinstance(f, str) else f).read(1 << 20)
+        _text_head(path, head[:1 << 13])
+        names = next(csv.reader(io.StringIO(head.decode('utf-8', 'replace').split('\n', 1)[0])), [])
+    _unique(names, path)
+    return names
 
 def _csv_error(e, path:str, opts:dict):
     "Turn pyarrow's error into a DataError, or into `_Widen` when a column just needs a wider type."
@@ -110,11 +129,13 @@ def _csv_tables(path:str, opts:dict):
     pa, pcsv = need('pyarrow'), need('pyarrow.csv', 'pyarrow')
     types, bad = {**opts.get('widened', {}), **opts.get('types', {})}, opts.setdefault('bad', [])
     def on_bad(row): bad.append(row); return 'skip'
+    _text_head(path)                                   # before pyarrow sees it: a binary file is one line, not its noise
     with _open(path) as f:
         try:
             reader, empty = pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
                                           parse_options=pcsv.ParseOptions(invalid_row_handler=on_bad),
                                           convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True)), True
+            _unique(reader.schema.names, path)
             for b in reader: empty = False; yield _table([b])
         except pa.ArrowInvalid as e: raise _csv_error(e, path, opts) from None
         if empty: yield reader.schema.empty_table()
@@ -217,16 +238,14 @@ def _sql_tables(data:dict, since=None, nrows=None):
                 empty = False
                 yield pa.table({k: _sql_array([r[i] for r in part]) for i, k in enumerate(cols)})
             if empty: yield pa.table({k: pa.array([], pa.null()) for k in cols})
-    except sa.exc.SQLAlchemyError as e: raise DataError(f"SQL source {_redact(url)}: {str(e).splitlines()[0]}") from None
-    except ImportError as e: raise DataError(f"SQL source {_redact(url)}: driver missing ({e}); pip install psycopg[binary] for PostgreSQL") from None
+    except sa.exc.SQLAlchemyError as e: raise DataError(f"SQL source {redact(url)}: {str(e).splitlines()[0]}") from None
+    except ImportError as e: raise DataError(f"SQL source {redact(url)}: driver missing ({e}); pip install psycopg[binary] for PostgreSQL") from None
 
 def _sql_array(values:list):
     "An Arrow array of one column's values; decimals become floats."
     pa = need('pyarrow')
     arr = pa.array(values)
     return arr.cast(pa.float64()) if pa.types.is_decimal(arr.type) else arr
-
-def _redact(url:str) -> str: return re.sub(r'://([^:/@]+):[^@]*@', r'://\1:***@', url)
 
 # %% ../nbs/03_ingest.ipynb #b3f22a4b
 MAX_PAGES = 10_000
@@ -238,7 +257,7 @@ def _get_json(url:str, timeout:float=30):
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: body, headers = r.read(), r.headers
     except urllib.error.HTTPError as e: raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e: raise DataError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
+    except (urllib.error.URLError, OSError, ValueError) as e: raise DataError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from None
     try: return json.loads(body), headers
     except ValueError: raise DataError(f"{url}: the response is not JSON ({body[:60]!r})") from None
 
@@ -288,9 +307,27 @@ def _api_tables(data:dict, nrows=None):
 def _file_path(source:str, root) -> str:
     return source if '://' in source else str(Path(root, source).resolve())
 
+def resolved(data:dict, root='.') -> tuple[dict, dict]:
+    "`data` with the `${NAME}` references in its source and query filled in (environment, else the `[data] secrets` file), and the values used."
+    secrets = Path(root, data['secrets']) if data.get('secrets') else None
+    out, used = dict(data), {}
+    for key in ('source', 'query'):
+        if data.get(key): out[key], u = expand(data[key], secrets, (None, 'data', key)); used.update(u)
+    return out, used
+
+def _masked(tables, used:dict):
+    "`tables`, with the secret values in any error message turned back into their `${NAME}` references."
+    try: yield from tables
+    except MlnbError as e: raise type(e)(unexpand(str(e), used)) from None
+
 def source_batches(data:dict, root='.', opts:dict|None=None, since=None, nrows:int|None=None):
-    "The `[data]` source as an iterator of Arrow tables."
-    src, kind, opts = data['source'], source_kind(data['source']), opts if opts is not None else {}
+    "The `[data]` source as an iterator of Arrow tables; secrets are filled into its URL here, at fetch time, and nowhere else."
+    data, used = resolved(data, root)
+    tables = _source_batches(data, root, opts if opts is not None else {}, since, nrows)
+    return _masked(tables, used) if used else tables
+
+def _source_batches(data:dict, root, opts:dict, since, nrows):
+    src, kind = data['source'], source_kind(data['source'])
     if kind == 'sklearn': return _sklearn_tables(src.split(':', 1)[1])
     if kind == 'sql': return _sql_tables(data, since, nrows)
     if kind == 'api': return _api_tables(data, nrows)
@@ -339,6 +376,7 @@ def check_source(data:dict, root='.', settings=None) -> None:
     if source_kind(src) == 'sklearn' and src.split(':', 1)[1] in SKLEARN_SETS and data['target'] == 'target' and not _named(data): return   # their frames always have it
     try: cols = source_columns(data, root)
     except ConfigError as e: raise ConfigError(str(e).split(': ', 1)[-1], settings, 'data', e.key or 'source') from None
+    _unique(cols, redact(src))
     shown = f"{', '.join(map(str, cols[:12]))}{', ...' if len(cols) > 12 else ''}"
     if data['target'] not in cols: raise DataError(f"target column '{data['target']}' is not in {data['source']} (columns: {shown})")
     for key, col in _named(data):
@@ -532,6 +570,35 @@ def _check(data:dict, schema, nulls:list, rows:int, src:str):
     empty = [n for n, k in zip(schema.names, nulls) if k == rows]
     if empty: raise DataError(f"{src}: column{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} {'are' if len(empty) > 1 else 'is'} empty (all {rows} rows null)")
 
+def _check_target(path, target:str|None, src:str):
+    "The target column of the snapshot at `path` has a label in every row and at least two distinct values."
+    pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
+    if not target: return
+    col = pq.read_table(path, columns=[target])[target]
+    missing = pc.is_null(col, nan_is_null=True)
+    if pc.any(missing).as_py():
+        rows = pc.indices_nonzero(missing).to_numpy() + 1
+        raise DataError(f"target column '{target}' of {src} has no label in {_rows(rows)}: every row needs one (drop or label those rows)")
+    values = pc.unique(col)
+    if len(values) < 2: raise DataError(f"target column '{target}' of {src} holds one value ({values[0].as_py()!r}) in all {len(col)} rows: nothing to learn")
+
+STRAY = 0.05   # a text column whose values are all numbers but this share (or less) holds a typo, not text
+
+def _stray_text(path, src:str):
+    "A DataError naming a text column of the snapshot at `path` whose values are numbers but for a few stray words."
+    pq, pa, pd = need('pyarrow.parquet', 'pyarrow'), need('pyarrow'), need('pandas')
+    f = pq.ParquetFile(path)
+    text = [x.name for x in f.schema_arrow if pa.types.is_string(x.type) or pa.types.is_large_string(x.type)]
+    if not text or not f.metadata.num_rows: return
+    head = next(f.iter_batches(batch_size=1000, columns=text)).to_pandas()
+    for name in text:
+        h = head[name].dropna()
+        if not len(h) or pd.to_numeric(h, errors='coerce').notna().mean() < 1 - 2 * STRAY: continue   # a first look: text, not numbers
+        s = pq.read_table(path, columns=[name])[name].to_pandas()
+        bad = s.notna() & pd.to_numeric(s, errors='coerce').isna()
+        if 0 < bad.sum() <= STRAY * s.notna().sum():
+            raise DataError(f"column '{name}' of {src} holds numbers, but {_rows(s.index[bad] + 1)} {_hold(s[bad])}: fix or blank {'that value' if bad.sum() == 1 else 'those values'}")
+
 # %% ../nbs/03_ingest.ipynb #bbfcb3d6
 def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
     "Copy the previous snapshot, then the source's new rows, into writer `w`; returns the largest watermark."
@@ -561,7 +628,7 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
            extra=None) -> Snapshot:  # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
     "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
     pq = need('pyarrow.parquet', 'pyarrow')
-    col, src = data.get('watermark'), data['source']
+    col, src = data.get('watermark'), redact(data['source'])   # what is recorded and shown: no password, no token
     if col and sample: raise ConfigError("a sample cannot be combined with a watermark (incremental snapshots keep every row)", None, 'data', 'sample')
     previous = Path(previous) if previous and col else None
     path = Path(out_dir)/name; path.parent.mkdir(parents=True, exist_ok=True)
@@ -571,7 +638,7 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
         w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None, opts.get('widened'))
         try:
             wm = _stream(data, root, w, opts, since, previous)
-            if opts.get('bad'): raise DataError(_malformed(_file_path(src, root), opts['bad']))
+            if opts.get('bad'): raise DataError(_malformed(_file_path(data['source'], root), opts['bad']))
             n_extra = _append_extra(w, extra) if extra else 0
             w.flush(); w.wait(); _check(data, w.schema, w.nulls, w.rows, src)
             meta = {'source': src, 'watermark_column': col, 'watermark': wm, **({'extra': str(extra), 'extra_rows': n_extra} if extra else {})}
@@ -579,6 +646,12 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
             break
         except _Widen as e: w.abort(); opts.setdefault('widened', {})[e.column] = e.type; opts['bad'] = []
         except BaseException: w.abort(); raise
+    try:
+        _check_target(tmp, data.get('target'), src)
+        _stray_text(tmp, src)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     repeats = _repeats(tmp, n_extra)
     if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra)
     os.replace(tmp, path)
@@ -645,7 +718,8 @@ def previous_snapshot(store_url:str, data:dict) -> Path|None:
     "The latest recorded snapshot of `data`'s source made with the same watermark column, if its file is still there."
     import sqlalchemy as sa
     from mlnb.store import Store, snapshots
-    rows = Store(store_url).read(sa.select(snapshots).where(snapshots.c.source == data['source']).order_by(snapshots.c.created.desc()))
+    shown = {data['source'], redact(data['source'])}                  # recorded redacted (older stores: as written)
+    rows = Store(store_url).read(sa.select(snapshots).where(snapshots.c.source.in_(shown)).order_by(snapshots.c.created.desc()))
     for r in rows:
         p = Path(r['path'])
         if p.is_file() and snapshot_meta(p).get('watermark_column') == data.get('watermark'): return p
@@ -662,5 +736,5 @@ def list_snapshots(settings='settings.ini', limit:int=50) -> pd.DataFrame:
     snaps = st.read(sa.select(snapshots).order_by(snapshots.c.created.desc()).limit(limit))
     used = st.read(sa.select(runs.c.id, runs.c.data_hash).where(runs.c.data_hash.in_([s['hash'] for s in snaps])).order_by(runs.c.started))
     return pd.DataFrame([{'created': s['created'], 'hash': s['hash'][:12], 'rows': s['rows'], 'columns': len(s['columns'] or []),
-                          'source': s['source'], 'runs': ' '.join(u['id'] for u in used if u['data_hash'] == s['hash']),
+                          'source': redact(s['source']), 'runs': ' '.join(u['id'] for u in used if u['data_hash'] == s['hash']),
                           'path': s['path']} for s in snaps], columns=['created', 'hash', 'rows', 'columns', 'source', 'runs', 'path'])

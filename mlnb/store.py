@@ -4,17 +4,19 @@
 
 # %% ../nbs/02_store.ipynb #bbb63a00
 from __future__ import annotations
-import json, secrets, threading, time
+import json, os, secrets, socket, threading, time
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 import sqlalchemy as sa
-from .core import MlnbError
+from .core import MlnbError, redact
 
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
-           'drift_reports', 'alerts', 'utcnow', 'new_run_id', 'Store', 'start_run', 'finish_run', 'start_stage',
-           'finish_stage', 'record', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot',
-           'add_model', 'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at']
+           'drift_reports', 'alerts', 'utcnow', 'sqlite_file', 'check_sqlite', 'new_run_id', 'Store', 'start_run',
+           'finish_run', 'start_stage', 'finish_stage', 'record', 'get_run', 'list_runs', 'cached_stage',
+           'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model',
+           'store_at']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -75,6 +77,53 @@ alerts = sa.Table('alerts', meta,
     sa.Column('level', sa.String(20)), sa.Column('kind', sa.String(50)),           # level: warning|critical; kind: drift|labels|latency|…
     sa.Column('message', sa.Text), sa.Column('data', J))
 
+# %% ../nbs/02_store.ipynb #22ede8aa
+_CHECKED: dict[str, list] = {}   # database file -> [size, mtime_ns] it passed quick_check at, in this process
+
+def sqlite_file(engine) -> Path|None:
+    "The database file of a SQLite `engine` (None for another database or an in-memory one)."
+    db = engine.url.database
+    if engine.dialect.name != 'sqlite' or not db or db == ':memory:' or 'mode=memory' in str(engine.url): return None
+    return Path(db.removeprefix('file:').split('?', 1)[0])
+
+def _stamp(f:Path) -> list:
+    st = f.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+def _runs_in(folder:Path) -> int:
+    "How many run folders `folder/runs` holds."
+    runs_dir = folder/'runs'
+    return sum(1 for d in runs_dir.iterdir() if d.is_dir()) if runs_dir.is_dir() else 0
+
+def _quick_check(f:Path) -> str|None:
+    "What `PRAGMA quick_check` finds wrong with the SQLite file `f` (its first complaint), or None."
+    import sqlite3
+    try:
+        with closing(sqlite3.connect(str(f), timeout=30)) as c: rows = c.execute('PRAGMA quick_check(1)').fetchall()
+    except sqlite3.DatabaseError as e: return str(e)
+    return None if rows == [('ok',)] else ' '.join(str(rows[0][0]).split())[:120]
+
+def check_sqlite(f:Path):
+    "Refuse SQLite store file `f` when it is damaged, or gone while its workspace shows it had runs; make its folder otherwise."
+    f = Path(f).resolve()
+    if not f.exists() or f.stat().st_size == 0:
+        if (n := _runs_in(f.parent)):
+            what = 'empty (0 bytes)' if f.exists() else 'missing'
+            raise MlnbError(f"store {f} is {what}, but {f.parent/'runs'} holds {n} run{'s' if n > 1 else ''}: its history is gone. "
+                            f"Restore the file from a backup, or move {f.parent/'runs'} away to start a new store")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        return
+    stamp, side = _stamp(f), f.with_name(f'.{f.name}.checked')
+    if _CHECKED.get(str(f)) == stamp: return
+    try: seen = json.loads(side.read_text())
+    except (OSError, ValueError): seen = None
+    if seen != stamp:
+        if (problem := _quick_check(f)):
+            raise MlnbError(f"store {f} is damaged ({problem}): restore it from a backup, or move it away to start a new store")
+        try: side.write_text(json.dumps(stamp))
+        except OSError: pass                       # a read-only folder: checked again next time
+    _CHECKED[str(f)] = stamp
+
 # %% ../nbs/02_store.ipynb #37e8f79a
 def new_run_id() -> str:
     "A sortable, readable run id: UTC time plus 4 random hex digits."
@@ -85,16 +134,16 @@ def _sqlite_pragmas(dbapi_conn, _):
     cur.execute('PRAGMA journal_mode=WAL'); cur.execute('PRAGMA busy_timeout=30000'); cur.close()
 
 class Store:
-    "The run store at SQLAlchemy `url`; tables are created on first use."
+    "The run store at SQLAlchemy `url`; tables are created on first use; a damaged SQLite file is refused."
     def __init__(self, url:str):
-        self.url = url
-        if url.startswith('sqlite:///'): Path(url[10:]).parent.mkdir(parents=True, exist_ok=True)
+        self.url = redact(url)                        # what messages and reprs show; the password stays in the engine
         try:
             self.engine = sa.create_engine(url)
+            if (f := sqlite_file(self.engine)): check_sqlite(f)
             if self.engine.dialect.name == 'sqlite': sa.event.listen(self.engine, 'connect', _sqlite_pragmas)
             meta.create_all(self.engine)
-        except (sa.exc.ArgumentError, sa.exc.OperationalError, ImportError) as e:
-            raise MlnbError(f"store {url}: cannot open ({str(e).splitlines()[0]})") from None
+        except (sa.exc.ArgumentError, sa.exc.DatabaseError, ImportError) as e:
+            raise MlnbError(f"store {self.url}: cannot open ({str(e).splitlines()[0]})") from None
 
     def __repr__(self): return f"Store({self.url!r})"
     def write(self, stmt, rows=None):
