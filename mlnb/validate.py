@@ -4,15 +4,17 @@
 
 # %% ../nbs/04_validate.ipynb #e65225dc
 from __future__ import annotations
-import functools, html, json, os, shutil
+import functools, html, json, os, shutil, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+import numpy as np
 import pandas as pd
 from .core import DataError, MlnbError, ValidationFailed, atomic_write, need
 
 # %% auto #0
-__all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'TEXT_TYPES', 'RESULT_FORMAT', 'profile', 'save_suite', 'load_suite', 'Failure',
-           'ValidationReport', 'validate', 'gate', 'batch_suite', 'validate_batch', 'suite_path', 'expect']
+__all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'TEXT_TYPES', 'PARTIAL', 'WIDE', 'VERY_WIDE', 'BULK_KWARGS', 'RESULT_FORMAT', 'profile',
+           'save_suite', 'load_suite', 'Failure', 'ValidationReport', 'bulkable', 'check_each', 'validate', 'gate',
+           'batch_suite', 'validate_batch', 'suite_path', 'expect']
 
 # %% ../nbs/04_validate.ipynb #e01665f0
 NUMERIC_TYPES = ([f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
@@ -98,20 +100,158 @@ class ValidationReport:
         return (f"<p style='color:{colour}'><b>{html.escape(self.summary())}</b></p>{link}" +
                 (f"<table><tr><th>severity</th><th>expectation</th><th>column</th><th>unexpected</th><th>examples</th><th>rows</th></tr>{rows}</table>" if rows else ''))
 
-# %% ../nbs/04_validate.ipynb #cfc42cf4
-_INDEX = 'mlnb_index'     # meta key carrying an expectation's position in the suite through GX (which groups results by column)
+# %% ../nbs/04_validate.ipynb #afaaa404
+PARTIAL = 20          # unexpected values (and their rows) kept per failed column, as in GX's SUMMARY results
+WIDE = 100            # from this many columns, per-column rules are checked in bulk
+VERY_WIDE = 1000      # above this many columns, validation warns
+BULK_KWARGS = {'expect_column_values_to_not_be_null': {'column', 'mostly'},
+               'expect_column_values_to_be_in_type_list': {'column', 'type_list'},
+               'expect_column_values_to_be_between': {'column', 'min_value', 'max_value', 'strict_min', 'strict_max', 'mostly'},
+               'expect_column_values_to_be_in_set': {'column', 'value_set', 'mostly'}}
 
-def _gx_suite(gx, suite:dict, only:set|None=None):
-    "The GX `ExpectationSuite` of `suite` (just the expectations at positions `only`, when given)."
-    exps = []
+def _is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _dtypes(df:pd.DataFrame) -> dict:
+    "Each column's dtype, looked up once (`df.dtypes` builds a Series on every call); none when column names repeat."
+    return dict(zip(df.columns, df.dtypes)) if df.columns.is_unique else {}
+
+def bulkable(dtypes:dict, # each column's dtype in the data (`_dtypes`)
+             e:dict) -> bool:
+    "Whether expectation `e` can be checked in bulk on data with `dtypes`, with GX's per-column answer; otherwise GX checks it alone."
+    kw, t = e['kwargs'], e['type']
+    if t not in BULK_KWARGS or not set(kw) <= BULK_KWARGS[t] or kw.get('column') not in dtypes: return False
+    dtype = dtypes[kw['column']]
+    if t == 'expect_column_values_to_be_in_type_list': return dtype.type.__name__ != 'object_' and kw.get('type_list') is not None
+    if t == 'expect_column_values_to_be_between':                   # GX's vectorized path: int64 and float64 columns
+        lo, hi = kw.get('min_value'), kw.get('max_value')
+        return dtype in [int, float] and _is_number(lo) and _is_number(hi) and lo <= hi
+    if t == 'expect_column_values_to_be_in_set': return kw.get('value_set') is not None
+    return True
+
+# %% ../nbs/04_validate.ipynb #8bd39268
+def _details(s:pd.Series, bad) -> dict:
+    "GX's SUMMARY details of the values of `s` flagged in `bad`: how many, the first ones and their rows."
+    idx = np.flatnonzero(bad)
+    return {'unexpected_count': len(idx), 'partial_unexpected_list': s.iloc[idx[:PARTIAL]].tolist(),
+            'partial_unexpected_index_list': s.index[idx[:PARTIAL]].tolist()}
+
+def _mostly(considered:int, unexpected:int, mostly:float) -> bool:
+    "GX's rule for a map expectation: vacuously true without values, else the share of good values reaches `mostly`."
+    return considered == 0 or (considered - unexpected) / considered >= mostly
+
+def _blocks(df:pd.DataFrame, rules:list):
+    "`rules` in blocks of one dtype, each with its columns' values as one 2-D array."
+    groups, dtypes = {}, _dtypes(df)
+    for r in rules: groups.setdefault(dtypes[r['column']], []).append(r)
+    for rs in groups.values(): yield rs, df[[r['column'] for r in rs]].to_numpy()
+
+def _not_null(df, rules):
+    n = len(df)
+    for rs, x in _blocks(df, rules):
+        nulls = pd.isna(x)
+        for j, (r, k) in enumerate(zip(rs, nulls.sum(axis=0))):
+            ok = n == 0 or (n - k) / n >= r.get('mostly', 1.0)
+            yield r, ok, None if ok else _details(df[r['column']], nulls[:, j])
+
+def _between(df, rules):
+    for rs, x in _blocks(df, rules):
+        lo, hi = np.array([r['min_value'] for r in rs]), np.array([r['max_value'] for r in rs])
+        smin, smax = np.array([bool(r.get('strict_min')) for r in rs]), np.array([bool(r.get('strict_max')) for r in rs])
+        present = ~pd.isna(x)
+        with np.errstate(invalid='ignore'): inside = np.where(smin, lo < x, lo <= x) & np.where(smax, x < hi, x <= hi)
+        bad = present & ~inside
+        for j, (r, k, m) in enumerate(zip(rs, bad.sum(axis=0), present.sum(axis=0))):
+            ok = _mostly(int(m), int(k), r.get('mostly', 1.0))
+            yield r, ok, None if ok else _details(df[r['column']], bad[:, j])
+
+def _in_set(df, rules):
+    for r in rules:
+        s = df[r['column']]
+        present = s.notna().to_numpy()
+        bad = present & ~s.isin(r['value_set']).to_numpy()
+        ok = _mostly(int(present.sum()), int(bad.sum()), r.get('mostly', 1.0))
+        yield r, ok, None if ok else _details(s, bad)
+
+def _type_list(df, rules):
+    from great_expectations.expectations.core.expect_column_values_to_be_in_type_list import ExpectColumnValuesToBeInTypeList
+    judge = functools.cache(lambda dtype, types: ExpectColumnValuesToBeInTypeList._validate_pandas(None, dtype, list(types)))   # GX's own dtype rule
+    dtypes = _dtypes(df)
+    for r in rules:
+        res = judge(dtypes[r['column']], tuple(r['type_list']))
+        yield r, res['success'], None if res['success'] else dict(res['result'])
+
+_CHECKS = {'expect_column_values_to_not_be_null': _not_null, 'expect_column_values_to_be_between': _between,
+           'expect_column_values_to_be_in_set': _in_set, 'expect_column_values_to_be_in_type_list': _type_list}
+
+def check_each(df:pd.DataFrame, expectation:str, columns:list) -> list[dict]:
+    "The columns that fail `expectation` on `df` (`columns` holds each column's kwargs), with GX's SUMMARY details."
+    return [{'column': r['column'], **d} for r, ok, d in _CHECKS[expectation](df, columns) if not ok]
+
+# %% ../nbs/04_validate.ipynb #979d3dcb
+@functools.cache
+def _each_column():
+    "The GX expectation `ExpectEachColumn` and its metric, defined on first use (they import GX)."
+    from great_expectations.core.metric_domain_types import MetricDomainTypes
+    from great_expectations.execution_engine import PandasExecutionEngine
+    from great_expectations.expectations.expectation import BatchExpectation
+    from great_expectations.expectations.metrics.metric_provider import metric_value
+    from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+
+    class EachColumnFailures(TableMetricProvider):
+        metric_name = 'mlnb.each_column.failures'
+        value_keys = ('expectation', 'columns')
+        @metric_value(engine=PandasExecutionEngine)
+        def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+            df, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
+            return check_each(df, metric_value_kwargs['expectation'], json.loads(metric_value_kwargs['columns']))
+
+    class ExpectEachColumn(BatchExpectation):
+        "Every column listed meets the per-column `expectation` with its own kwargs; all are checked in one pass and the failed ones named."
+        expectation: str
+        columns: str                 # the columns' kwargs as JSON: GX copies an expectation's kwargs dozens of times a validation
+        metric_dependencies = ('mlnb.each_column.failures',)
+        success_keys = ('expectation', 'columns')
+        args_keys = ('expectation', 'columns')
+        def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+            failed = metrics['mlnb.each_column.failures']
+            n = len(json.loads(self.columns))
+            return {'success': not failed, 'result': {'observed_value': f"{len(failed)} of {n} columns failed" + (': ' + ', '.join(f['column'] for f in failed[:50]) if failed else ''),
+                                                      'details': {'failed': failed}}}
+    return ExpectEachColumn
+
+# %% ../nbs/04_validate.ipynb #cfc42cf4
+_INDEX = 'mlnb_index'     # meta key carrying an expectation's position in the plan through GX (which groups results by column)
+
+def _plan(df:pd.DataFrame, suite:dict, bulk:bool) -> list[list[int]]:
+    "The suite's expectations (positions) as GX runs them: alone, or with `bulk` many columns of one rule and severity in one `ExpectEachColumn`."
+    units, groups, dtypes = [], {}, _dtypes(df) if bulk else {}
     for i, e in enumerate(suite['expectations']):
-        if only is not None and i not in only: continue
-        cls = ''.join(w.title() for w in e['type'].split('_'))
-        if not hasattr(gx.expectations, cls): raise MlnbError(f"suite {suite.get('name')}: unknown expectation type '{e['type']}'")
-        try: exps.append(getattr(gx.expectations, cls)(**e['kwargs'], severity=e.get('severity', 'critical'), meta={**(e.get('meta') or {}), _INDEX: i}))
-        except Exception as err: raise MlnbError(f"suite {suite.get('name')}: {e['type']} {e['kwargs'].get('column', '')}: {str(err).splitlines()[0]}") from None
+        if not bulkable(dtypes, e): units.append([i]); continue
+        key = (e['type'], e.get('severity', 'critical'))
+        if key not in groups:
+            groups[key] = []
+            units.append(groups[key])
+        groups[key].append(i)
+    return units
+
+def _gx_expectation(gx, suite:dict, unit:list, at:int):
+    "The GX expectation for `unit` (one expectation, or many columns of one rule), marked with its position `at` in the plan."
+    e = suite['expectations'][unit[0]]
+    sev, meta = e.get('severity', 'critical'), {**(e.get('meta') or {}), _INDEX: at}
+    if len(unit) > 1:
+        cols = json.dumps([suite['expectations'][i]['kwargs'] for i in unit], default=str)
+        return _each_column()(expectation=e['type'], columns=cols, severity=sev, meta={_INDEX: at})
+    cls = ''.join(w.title() for w in e['type'].split('_'))
+    if not hasattr(gx.expectations, cls): raise MlnbError(f"suite {suite.get('name')}: unknown expectation type '{e['type']}'")
+    try: return getattr(gx.expectations, cls)(**e['kwargs'], severity=sev, meta=meta)
+    except Exception as err: raise MlnbError(f"suite {suite.get('name')}: {e['type']} {e['kwargs'].get('column', '')}: {str(err).splitlines()[0]}") from None
+
+def _gx_suite(gx, suite:dict, plan:list, only:set|None=None):
+    "The GX `ExpectationSuite` of `suite` as `plan` groups it (just the units at positions `only`, when given)."
+    exps = [_gx_expectation(gx, suite, u, at) for at, u in enumerate(plan) if only is None or at in only]
     return gx.ExpectationSuite(name=suite.get('name', 'suite'), expectations=exps)   # at once: add_expectation compares each with all before it
 
+# %% ../nbs/04_validate.ipynb #eb3f6c7f
 def _cache_templates():
     "Give GX's Data Docs views a jinja2 bytecode cache (in the user's temp folder): they compile some 50 templates on every build otherwise."
     from jinja2 import FileSystemBytecodeCache
@@ -151,31 +291,37 @@ def _shared():
 def _batch_definition(ctx): return ctx.data_sources.add_pandas('mlnb').add_dataframe_asset('data').add_batch_definition_whole_dataframe('all')
 
 # %% ../nbs/04_validate.ipynb #1a586690
-RESULT_FORMAT = {'result_format': 'SUMMARY', 'partial_unexpected_count': 20, 'return_unexpected_index_query': False}
+RESULT_FORMAT = {'result_format': 'SUMMARY', 'partial_unexpected_count': PARTIAL, 'return_unexpected_index_query': False}
 
-def _failures(res) -> list[Failure]:
-    out = []
-    for r in res.results:
+def _failure(e:dict, r:dict) -> Failure:
+    "A `Failure` of expectation `e` (a suite entry) from GX's `result` dict `r`."
+    rows = [int(i) if isinstance(i, (int, float)) else i for i in r.get('partial_unexpected_index_list') or []]
+    examples = r.get('partial_unexpected_list') or ([r['observed_value']] if 'observed_value' in r else [])
+    return Failure(e['type'], e['kwargs'].get('column'), str(e.get('severity', 'critical')), r.get('unexpected_count'), examples, rows)
+
+def _failures(res, suite:dict, plan:list) -> list[Failure]:
+    "The failed expectations in suite order: a failed `ExpectEachColumn` names each of its failed columns."
+    out = {}
+    for u, r in zip(plan, res.results):
         if r.success: continue
-        c = r.expectation_config; sev = getattr(c.severity, 'value', c.severity)
-        out.append(Failure(c.type, c.kwargs.get('column'), str(sev), r.result.get('unexpected_count'),
-                           r.result.get('partial_unexpected_list') or ([r.result['observed_value']] if 'observed_value' in r.result else []),
-                           [int(i) if isinstance(i, (int, float)) else i for i in r.result.get('partial_unexpected_index_list') or []]))
-    return out
+        if len(u) == 1: out[u[0]] = _failure(suite['expectations'][u[0]], r.result); continue
+        at = {suite['expectations'][i]['kwargs']['column']: i for i in u}
+        for f in r.result['details']['failed']: out[at[f['column']]] = _failure(suite['expectations'][at[f['column']]], f)
+    return [out[i] for i in sorted(out)]
 
 def _in_order(results, n:int) -> list:
-    "GX's `results` put back in suite order (it groups them by column), the position marker dropped."
+    "GX's `results` put back in plan order (it groups them by column), the position marker dropped."
     out = [None] * n
     for r in results: out[r.expectation_config.meta.pop(_INDEX)] = r
     return out
 
-def _run(gx, batch, suite:dict, s):
+def _run(gx, batch, suite:dict, plan:list, s):
     "Validate in two passes: pass/fail for every expectation, then details (counts, values, rows) for the failed ones only."
     res = batch.validate(s, result_format='BOOLEAN_ONLY')
-    results = _in_order(res.results, len(suite['expectations']))
+    results = _in_order(res.results, len(plan))
     failed = {i for i, r in enumerate(results) if not r.success}
     if failed:
-        for i, r in enumerate(_in_order(batch.validate(_gx_suite(gx, suite, failed), result_format=RESULT_FORMAT).results, len(results))):
+        for i, r in enumerate(_in_order(batch.validate(_gx_suite(gx, suite, plan, failed), result_format=RESULT_FORMAT).results, len(plan))):
             if r is not None: results[i] = r
     res.results = results
     return res
@@ -191,18 +337,28 @@ def _build_docs(ctx, s, res):
 def _for_gx(df:pd.DataFrame, suite:dict) -> pd.DataFrame:
     "`df` with the type-checked columns GX cannot judge by dtype (pandas' string dtypes, all-null columns) as `object` columns."
     typed = {e['kwargs'].get('column') for e in suite['expectations'] if e['type'] == 'expect_column_values_to_be_in_type_list'}
-    conv = [c for c in df.columns if c in typed and (isinstance(df[c].dtype, pd.StringDtype) or df[c].isna().all())]
+    empty = df.isna().all()
+    conv = [c for c, dtype, none in zip(df.columns, df.dtypes, empty) if c in typed and (isinstance(dtype, pd.StringDtype) or none)]
     return df.astype({c: object for c in conv}) if conv else df
 
-def validate(df:pd.DataFrame, suite:dict, docs_dir=None) -> ValidationReport:
+def _warn_width(df:pd.DataFrame):
+    if df.shape[1] > VERY_WIDE:
+        warnings.warn(f"mlnb: {df.shape[1]:,} columns (over {VERY_WIDE:,}): per-column rules are checked in bulk; profiling, training and explanations grow with the width", stacklevel=3)
+
+def validate(df:pd.DataFrame, suite:dict, docs_dir=None,
+             bulk:bool|None=None,   # check many columns of one rule in one GX expectation (default: from `WIDE` columns)
+            ) -> ValidationReport:
     "Validate `df` against `suite` with Great Expectations; with `docs_dir`, build Data Docs there."
+    _warn_width(df)
     if docs_dir is None: gx, ctx, bd = _shared()
     else: gx, ctx = _context(docs_dir); bd = _batch_definition(ctx)
-    s = _gx_suite(gx, suite)
+    df = _for_gx(df, suite)
+    plan = _plan(df, suite, df.shape[1] >= WIDE if bulk is None else bulk)
+    s = _gx_suite(gx, suite, plan)
     if docs_dir is not None: s = ctx.suites.add(s)
-    res = _run(gx, bd.get_batch(batch_parameters={'dataframe': _for_gx(df, suite)}), suite, s)
+    res = _run(gx, bd.get_batch(batch_parameters={'dataframe': df}), suite, plan, s)
     if docs_dir is not None: _build_docs(ctx, s, res)
-    return ValidationReport(suite.get('name', 'suite'), len(res.results), _failures(res), _docs_page(docs_dir) if docs_dir else None)
+    return ValidationReport(suite.get('name', 'suite'), len(suite['expectations']), _failures(res, suite, plan), _docs_page(docs_dir) if docs_dir else None)
 
 def _docs_page(docs_dir) -> Path|None:
     "The newest validation page in the Data Docs at `docs_dir` (unused static images removed)."
