@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_registry.ipynb #ddb3a8cc
 from __future__ import annotations
-import json, os
+import hmac, json, os, secrets
 from dataclasses import dataclass
 from pathlib import Path
 from .core import MlnbError, hash_file, need
@@ -12,9 +12,11 @@ from .config import Project, load_project
 from .store import Store
 
 # %% auto #0
-__all__ = ['GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'training_frame', 'background_sample', 'train_reference',
-           'ModelInfo', 'verified', 'load_pipeline', 'latest_evaluated', 'run_outputs', 'model_task', 'save_model',
-           'gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag', 'rollback_store', 'promote', 'rollback']
+__all__ = ['KEY_ENV', 'KEY_FILE', 'SIGNATURE', 'MAX_SIGNATURE', 'GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'model_key',
+           'sign_model', 'check_signature', 'verified', 'load_file', 'load_pipeline', 'load_output', 'load_model',
+           'training_frame', 'background_sample', 'train_reference', 'ModelInfo', 'latest_evaluated', 'run_outputs',
+           'model_task', 'save_model', 'gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag', 'rollback_store',
+           'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -29,6 +31,107 @@ def bentoml_for(p:Project):
         raise MlnbError(f"BentoML is already loaded for {current}; use a new process for the project at {p.root}")
     os.environ['BENTOML_HOME'] = home
     return need('bentoml')
+
+# %% ../nbs/09_registry.ipynb #b1081b88
+KEY_ENV, KEY_FILE, SIGNATURE = 'MLNB_MODEL_KEY', 'model.key', 'mlnb.sig'
+MAX_SIGNATURE = 1 << 20     # bytes: a signature file is a few hundred
+
+def _key(text:str, where:str) -> bytes:
+    try: key = bytes.fromhex(text.strip())
+    except ValueError: key = b''
+    if len(key) < 16: raise MlnbError(f"{where}: a model key is at least 32 hex digits")
+    return key
+
+def _new_key(f:Path):
+    "Write a random key to `f`, readable by its owner only; a key another process wrote first stays."
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f'.{f.name}.{os.getpid()}')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as out: out.write(secrets.token_hex(32))
+    try: os.link(tmp, f)
+    except FileExistsError: pass
+    finally: tmp.unlink()
+
+def model_key(p:Project|None=None) -> bytes:
+    "The key that signs and checks models: `$MLNB_MODEL_KEY`, else `p`'s key file (made on first use)."
+    if os.environ.get(KEY_ENV): return _key(os.environ[KEY_ENV], KEY_ENV)
+    if p is None: raise MlnbError(f"no model key: set {KEY_ENV} to the project's key (the hex in <workspace>/{KEY_FILE})")
+    f = p.workspace/KEY_FILE
+    if not f.is_file(): _new_key(f)
+    return _key(f.read_text(), str(f))
+
+
+# %% ../nbs/09_registry.ipynb #7599cc1e
+def _file_hashes(folder:Path) -> dict:
+    return {str(f.relative_to(folder)): hash_file(f) for f in sorted(folder.rglob('*')) if f.is_file() and f.name != SIGNATURE}
+
+def _mac(key:bytes, files:dict) -> str:
+    return hmac.new(key, json.dumps(files, sort_keys=True).encode(), 'sha256').hexdigest()
+
+def sign_model(folder:Path, key:bytes) -> Path:
+    "Sign the model in `folder`: each file's SHA-256 and an HMAC of them with `key`, in its signature file."
+    files = _file_hashes(Path(folder))
+    sig = Path(folder)/SIGNATURE
+    sig.write_text(json.dumps({'files': files, 'hmac': _mac(key, files)}, indent=1))
+    return sig
+
+def _signed(sig:Path) -> tuple[dict, str]:
+    "The file hashes and HMAC a signature file holds."
+    if not sig.is_file(): raise MlnbError(f"{sig.parent}: the model is not signed (no {SIGNATURE}): refusing to load it; package the run again (`mlnb package`)")
+    try:
+        if sig.stat().st_size > MAX_SIGNATURE: raise ValueError('too large')
+        rec = json.loads(sig.read_text())
+        return {str(k): str(v) for k, v in rec['files'].items()}, str(rec['hmac'])
+    except (ValueError, KeyError, TypeError, AttributeError): raise MlnbError(f"{sig}: not a model signature: refusing to load {sig.parent}") from None
+
+def check_signature(folder:Path, key:bytes) -> Path:
+    "`folder`, once every file in it is as `key` signed it; else `MlnbError` naming the file and both hashes."
+    folder = Path(folder)
+    files, mac = _signed(folder/SIGNATURE)
+    if not hmac.compare_digest(_mac(key, files), mac): raise MlnbError(f"{folder/SIGNATURE}: the signature does not match this project's model key: refusing to load {folder}")
+    now = _file_hashes(folder)
+    if (bad := next((n for n in sorted(files.keys() | now.keys()) if files.get(n) != now.get(n)), None)):
+        raise MlnbError(f"{folder/bad}: content hash {now.get(bad, 'missing')[:16]} is not the {files.get(bad, 'absent')[:16]} signed: refusing to load a changed model")
+    return folder
+
+
+# %% ../nbs/09_registry.ipynb #fd981069
+def _unchanged(path:Path, recorded:list, whose:str) -> Path:
+    "`path`, once its content hash is one of `recorded`; else `MlnbError` naming both hashes."
+    got = hash_file(path) if path.is_file() else 'missing'
+    if got not in recorded: raise MlnbError(f"{path}: content hash {got[:16]} is not the {recorded[-1][:16]} recorded for {whose}: refusing to load a changed file")
+    return path
+
+def verified(store:Store, run_id:str, stage:str, name:str) -> Path:
+    "Path of output `name` of `stage` in run `run_id`, once its content hash equals the one recorded; `MlnbError` naming both."
+    import sqlalchemy as sa
+    from mlnb.store import artifacts
+    rows = store.read(sa.select(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.stage == stage, artifacts.c.name == name))
+    if not rows: raise MlnbError(f"run {run_id} recorded no {name} for stage '{stage}'")
+    return _unchanged(Path(rows[0]['path']), [rows[0]['sha256']], f"run {run_id}")
+
+def load_file(store:Store, path:Path):
+    "Unpickle `path` (a stage's output) once its content hash equals one the store recorded for that file."
+    import joblib, sqlalchemy as sa
+    from mlnb.store import artifacts
+    rows = store.read(sa.select(artifacts.c.sha256).where(artifacts.c.path == str(path)))
+    if not rows: raise MlnbError(f"{path}: the store recorded no content hash for this file: refusing to unpickle it")
+    return joblib.load(_unchanged(Path(path), [r['sha256'] for r in rows], 'it'))
+
+def load_pipeline(store:Store, run_id:str):
+    "The Pipeline run `run_id` trained, unpickled only after its hash was checked against the store's record."
+    return load_file(store, verified(store, run_id, 'train', 'model.joblib'))
+
+def load_output(ctx, stage:str, name:str):
+    "In a stage notebook: unpickle output `name` of the upstream `stage`, checked against the hash its run recorded."
+    return load_file(Store(ctx.project.store_url), ctx.input(stage, name))
+
+def load_model(model, key:bytes) -> tuple:
+    "The Pipeline and custom objects of BentoML `model` (a `bentoml.Model`), unpickled only after its signature checked with `key`."
+    import bentoml
+    check_signature(Path(model.path), key)
+    return bentoml.sklearn.load_model(model), model.custom_objects
+
 
 # %% ../nbs/09_registry.ipynb #6f62ef93
 def training_frame(run:dict, target:str, train_dir:Path):
@@ -60,22 +163,6 @@ class ModelInfo:
     def _repr_markdown_(self):
         m = ', '.join(f"{k}={v:.4f}" for k,v in self.metrics.items() if not k.startswith(('baseline_', 'cv_')) and k in GATED)
         return f"{self.schema.get('task', '')} model `{self.tag}` from run `{self.run_id}` (data `{(self.data_hash or '')[:12]}`): {m}"
-
-def verified(store:Store, run_id:str, stage:str, name:str) -> Path:
-    "Path of output `name` of `stage` in run `run_id`, once its content hash equals the one recorded; `MlnbError` naming both."
-    import sqlalchemy as sa
-    from mlnb.store import artifacts
-    rows = store.read(sa.select(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.stage == stage, artifacts.c.name == name))
-    if not rows: raise MlnbError(f"run {run_id} recorded no {name} for stage '{stage}'")
-    path, want = Path(rows[0]['path']), rows[0]['sha256']
-    got = hash_file(path) if path.is_file() else 'missing'
-    if got != want: raise MlnbError(f"{path}: content hash {got[:16]} is not the {want[:16]} recorded for run {run_id}: refusing to load a changed file")
-    return path
-
-def load_pipeline(store:Store, run_id:str):
-    "The Pipeline run `run_id` trained, unpickled only after its hash was checked against the store's record."
-    import joblib
-    return joblib.load(verified(store, run_id, 'train', 'model.joblib'))
 
 def _evaluated(run:dict) -> bool:
     return run['status'] == 'succeeded' and (run['stages'].get('evaluate') or {}).get('status') in ('done', 'cached')
@@ -120,6 +207,7 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
         labels={'run': run['id'], 'project': p.name, 'task': task}, custom_objects=packed,
         metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
                   'task': task, 'primary_metric': PRIMARY[task]})
+    sign_model(Path(bentoml.models.get(model.tag).path), model_key(p))   # the stored copy (save_model returns its temporary folder)
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
