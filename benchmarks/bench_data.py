@@ -8,9 +8,13 @@
 2. ingest of a 5,000,000-row CSV (about 1 GB, generated into /tmp) into a snapshot: peak memory (target: at most 1.5 GB)
    and wall time vs pyarrow.csv.read_csv + pyarrow.parquet.write_table of the same file (target: at most 1.5x).
    Each is measured in its own subprocess (its own peak RSS), alternating, best of two.
+3. very wide data (issue 14, item 10): the gate (mlnb.validate.gate: GX validation, Data Docs, reports) on 300 rows x 2,000
+   numeric columns with its profiled suite (6,005 expectations) vs the same rules as vectorized pandas checks
+   (`pandas_rules`, one vectorized check a rule) (target: at most 5x), and the gate's time on 2,000 columns over 1,000
+   (target: at most 2.2); a whole-frame numpy check of the same rules on its own line, for scale.
 
 Run: .venv/bin/python benchmarks/bench_data.py   (appends to benchmarks/RESULTS.md with --write; --rows N for a smaller CSV;
-     --validation-only [--vrows N] to iterate on the gate alone, never written)
+     --validation-only [--vrows N] to iterate on the gate alone, --wide-only for item 3 alone, never written)
 """
 import json, os, platform, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
@@ -64,6 +68,9 @@ def pandas_rules(df, suite) -> list:
         if t == 'expect_table_row_count_to_be_between':
             out.append((t, None, len(df) >= kw['min_value'], None, [], [])); continue
         s = df[kw['column']]; present = s.notna()
+        if t == 'expect_column_values_to_be_in_type_list':
+            numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+            out.append((t, kw['column'], numeric == ('float64' in kw['type_list']), None, [str(s.dtype)], [])); continue
         if t == 'expect_column_values_to_not_be_null': bad = ~present; denom = len(s)
         elif t == 'expect_column_values_to_be_between': bad = present & ~s.between(kw['min_value'], kw['max_value']); denom = int(present.sum())
         else: bad = present & ~s.isin(kw['value_set']); denom = int(present.sum())
@@ -94,6 +101,56 @@ def bench_validation(n=1_000_000):
         gate(df.head(1000), s, d)                                    # Data Docs templates loaded outside the timings
         t_docs, _ = best(lambda: gate(df, s, d))
     return start, t_gx, t_pd, t_docs
+
+
+# ---- 3. very wide data --------------------------------------------------------------------------------------------
+
+def wide_frame(cols, rows=300, seed=7) -> pd.DataFrame:
+    "The tryout's wide case: `rows` x `cols` normal floats and a binary target `y`."
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.normal(size=(rows, cols)), columns=[f'f{i}' for i in range(cols)])
+    return df.assign(y=(df.f0 + df.f1 > 0).astype(int))
+
+
+def numpy_rules(df, suite):
+    "The same rules checked on the whole frame at once (pass/fail only): how fast the rules themselves can go."
+    kinds = {}
+    for x in suite['expectations']: kinds.setdefault(x['type'], []).append(x['kwargs'])
+    x = df.to_numpy(); cols = {c: i for i, c in enumerate(df.columns)}
+    nulls = np.isnan(x).sum(axis=0)
+    ok = [nulls[[cols[k['column']] for k in kinds['expect_column_values_to_not_be_null']]] <= 0]
+    b = kinds['expect_column_values_to_be_between']; j = [cols[k['column']] for k in b]
+    lo, hi = np.array([k['min_value'] for k in b]), np.array([k['max_value'] for k in b])
+    ok.append(((x[:, j] >= lo) & (x[:, j] <= hi)).all(axis=0))
+    return np.concatenate(ok)
+
+
+def bench_wide(widths=(1000, 2000)):
+    import warnings
+    from mlnb.validate import gate, profile
+    warnings.simplefilter('ignore')                                  # the width warning, once per gate
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        small = wide_frame(20); gate(small, profile(small, 'y'), d)   # GX imported, templates compiled outside the timings
+        for cols in widths:
+            df = wide_frame(cols); s = profile(df, 'y', 'wide')
+            bad = df.copy(); bad.loc[:4, 'f3'] = np.nan; bad.loc[7, 'f10'] = 1e6     # a critical and a warning failure
+            t_pd, rules = best(lambda: pandas_rules(bad, s))
+            t_np, _ = best(lambda: numpy_rules(bad, s))
+            def run():
+                try: return gate(bad, s, d)
+                except Exception as e: return e
+            t_gate, err = best(run)
+            rep = validate_report(bad, s)
+            assert {(f.column, f.severity) for f in rep.failures} == {(r[1], x['severity']) for r, x in zip(rules, s['expectations']) if not r[2]}, (rep.failures, [r for r in rules if not r[2]])
+            assert 'f3' in str(err), err
+            out[cols] = (len(s['expectations']), t_gate, t_pd, t_np)
+    return out
+
+
+def validate_report(df, s):
+    from mlnb.validate import validate
+    return validate(df, s)
 
 
 # ---- 2. ingest -----------------------------------------------------------------------------------------------------
@@ -162,14 +219,23 @@ def main():
         print(f"{n:,} rows: GX import {imp:.2f} s, context {ctx:.3f} s; validate {t_gx:.3f} s, pandas {t_pd:.3f} s, ratio {t_gx/t_pd:.2f}; "
               f"gate with Data Docs {t_docs:.3f} s, ratio {t_docs/t_pd:.2f}")
         return
+    if '--wide-only' in sys.argv:
+        for cols, (n, t_gate, t_pd, t_np) in (w := bench_wide()).items():
+            print(f"300 x {cols:,} ({n:,} expectations): gate {t_gate:.3f} s, pandas {t_pd:.3f} s, ratio {t_gate/t_pd:.2f}; numpy {t_np*1e3:.1f} ms")
+        print(f"t(2,000) / t(1,000): {w[2000][1]/w[1000][1]:.2f}")
+        return
     header = f"\n## Data layer ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()})\n"
     size, gen, (t_ing, rss_ing), (t_pa, rss_pa) = bench_ingest(rows)
     (imp, ctx), t_gx, t_pd, t_docs = bench_validation()
+    wide = bench_wide(); (n2, g2, p2, np2), g1 = wide[2000], wide[1000][1]
     lines = [header, "`.venv/bin/python benchmarks/bench_data.py --write`\n",
              "| measure | mlnb | baseline | ratio | target |", "|---|---|---|---|---|",
              f"| GX import / context start-up (fresh process, once per kernel, not per validation) | {imp:.2f} s | {ctx:.3f} s | - | - |",
              f"| the gate's validation, 1,000,000 x 20, 20 expectations: GX (mlnb.validate.validate) / vectorized pandas, same rules and results | {t_gx:.2f} s | {t_pd:.2f} s | {t_gx/t_pd:.2f} | <= 3{' (met)' if t_gx/t_pd <= 3 else ' (MISSED)'} |",
              f"| the whole gate, Data Docs built and reports written (mlnb.validate.gate) / vectorized pandas | {t_docs:.2f} s | {t_pd:.2f} s | {t_docs/t_pd:.2f} | - |",
+             f"| very wide data: the gate (validation, Data Docs, reports) on 300 x 2,000 numeric, {n2:,} profiled expectations / vectorized pandas, same rules and failures | {g2:.2f} s | {p2:.2f} s | {g2/p2:.2f} | <= 5{' (met)' if g2/p2 <= 5 else ' (MISSED)'} |",
+             f"| same, gate at 2,000 columns / at 1,000 | {g2:.2f} s | {g1:.2f} s | {g2/g1:.2f} | <= 2.2{' (met)' if g2/g1 <= 2.2 else ' (MISSED)'} |",
+             f"| same rules as one whole-frame numpy check (pass/fail only, for scale) | {g2:.2f} s | {np2*1e3:.1f} ms | {g2/np2:.0f} | - |",
              f"| ingest {rows:,}-row CSV ({size/1e9:.2f} GB) to a snapshot: wall, mlnb.ingest / pyarrow read_csv + write_table | {t_ing:.2f} s | {t_pa:.2f} s | {t_ing/t_pa:.2f} | <= 1.5{' (met)' if t_ing/t_pa <= 1.5 else ' (MISSED)'} |",
              f"| same: peak RSS, mlnb.ingest (pyarrow's) | {rss_ing/GB:.2f} GiB | {rss_pa/GB:.2f} GiB | {rss_ing/rss_pa:.2f} | <= 1.5 GB{' (met)' if rss_ing <= 1.5e9 else ' (MISSED)'} |"]
     text = '\n'.join(lines) + f"\n\n(CSV generated in {gen:.0f} s; times are the best of two alternating runs, each in its own process.)\n"
