@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast, configparser, re
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError
+from .core import ConfigError, expand
 
 # %% auto #0
 __all__ = ['SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'TASKS', 'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order',
@@ -18,7 +18,8 @@ SECTIONS = {  # section -> {key: default}
     'project':  {'name': None, 'workspace': '.mlnb', 'store': None},
     'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0',
                  'watermark': None, 'records': None, 'paging': 'auto',    # incremental column; API records key and paging
-                 'task': 'auto', 'time': None, 'keep': ''},               # the task, a time column for the holdout, columns never dropped
+                 'task': 'auto', 'time': None, 'keep': '',                # the task, a time column for the holdout, columns never dropped
+                 'secrets': None},                                         # a file of NAME=value lines for ${NAME} in source, query and store
     'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
     'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000', 'weight': '0.1', 'cache': '0',
                  'budget_ms': '0', 'fallback_after': '3', 'batch_size': '64'},   # latency budget and fallback; adaptive batching
@@ -69,8 +70,17 @@ class Project:
     @property
     def workspace(self) -> Path: return self.root/self.sections['project']['workspace']
     @property
+    def secrets(self) -> Path|None:
+        "The secrets file `[data] secrets` names (NAME=value lines for `${NAME}`), or None."
+        return self.resolve(self.data['secrets']) if self.data.get('secrets') else None
+    @property
     def store_url(self) -> str:
-        return self.sections['project']['store'] or f"sqlite:///{self.workspace/'mlnb.db'}"
+        "The store's SQLAlchemy URL with `${NAME}` filled in; a relative SQLite path is taken from the project folder."
+        url = self.sections['project']['store']
+        if not url: return f"sqlite:///{self.workspace/'mlnb.db'}"
+        url = expand(url, self.secrets, (self.path, 'project', 'store'))[0]
+        rel = url[len('sqlite:///'):] if url.startswith('sqlite:///') else ''
+        return f"sqlite:///{self.resolve(rel)}" if rel and not rel.startswith(('/', ':memory:', 'file:')) else url
     @property
     def data(self) -> dict: return self.sections['data']
     @property
@@ -87,7 +97,10 @@ class Project:
 def _read_ini(path:Path) -> configparser.ConfigParser:
     if not path.is_file(): raise ConfigError("no such project file (run `mlnb new DIR` to make one)", path)
     cp = configparser.ConfigParser(inline_comment_prefixes=(';', '#'), interpolation=None)
-    try: cp.read_string(path.read_text(), source=str(path))
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e: raise ConfigError(f"not a text file (byte {e.start} is not UTF-8)", path) from None
+    if (i := text.find('\x00')) >= 0: raise ConfigError(f"not a text file (a NUL character at {i})", path)
+    try: cp.read_string(text, source=str(path))
     except configparser.Error as e: raise ConfigError(f"malformed: {e.message.splitlines()[0]}", path) from None
     return cp
 
@@ -145,6 +158,14 @@ def topo_order(stages:dict, path=None) -> list[str]:
     return order
 
 # %% ../nbs/01_config.ipynb #607bf106
+def _check_store_folder(p:Project):
+    "A SQLite store outside the workspace goes in a folder that exists: mlnb makes its workspace, never a folder elsewhere."
+    raw = p.sections['project']['store'] or ''
+    if not raw.startswith('sqlite:///') or '${' in raw: return
+    folder, ws = Path(p.store_url[len('sqlite:///'):].split('?', 1)[0]).parent, p.workspace.resolve()
+    if folder.is_dir() or folder == ws or ws in folder.parents: return
+    raise ConfigError(f"the folder {folder} does not exist (mlnb creates only its workspace, {ws}): create it, or put the store in the workspace", p.path, 'project', 'store')
+
 def load_project(path='settings.ini') -> Project:
     "Read and check the project file at `path` (a file, or a folder holding settings.ini); a `Project` is returned as it is."
     if isinstance(path, Project): return path
@@ -157,11 +178,14 @@ def load_project(path='settings.ini') -> Project:
     return p
 
 def _check_values(p:Project):
-    "Values with a fixed form: numbers and the serving mode."
-    for sec, key, kind in [('data','sample',int), ('pipeline','jobs',int), ('serve','port',int),
-                           ('monitor','psi_warn',float), ('monitor','psi_critical',float)]:
-        try: kind(p.sections[sec][key])
-        except ValueError: raise ConfigError(f"expected a {kind.__name__}, got '{p.sections[sec][key]}'", p.path, sec, key) from None
+    "Values with a fixed form: numbers in their ranges, the serving mode, the store's folder."
+    for sec, key, kind, lo, hi in [('data','sample',int,0,None), ('pipeline','jobs',int,0,None), ('serve','port',int,1,65535),
+                                   ('monitor','psi_warn',float,0,None), ('monitor','psi_critical',float,0,None)]:
+        v = p.sections[sec][key]
+        try: ok = lo <= kind(v) <= (hi if hi is not None else float('inf'))
+        except ValueError: ok = False
+        if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} from {lo}{f' to {hi}' if hi is not None else ' up'}, got '{v}'", p.path, sec, key)
+    _check_store_folder(p)
     if p.data['task'] not in TASKS:
         raise ConfigError(f"expected one of {', '.join(TASKS)}, got '{p.data['task']}'", p.path, 'data', 'task')
     if p.serve['mode'] not in ('single', 'ab', 'shadow'):

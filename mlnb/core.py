@@ -10,7 +10,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SECRET_PARAMS', 'is_secret_name', 'redact', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed',
            'StageFailed', 'ServeError', 'read_secrets', 'expand', 'unexpand', 'hash_bytes', 'hash_obj', 'hash_file',
-           'hash_dir', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'atomic_write', 'templates_dir']
+           'hash_dir', 'read_notebook', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'atomic_write',
+           'templates_dir']
 
 # %% ../nbs/00_core.ipynb #3b788aa4
 SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
@@ -58,7 +59,8 @@ class ValidationFailed(MlnbError):
 
 class StageFailed(MlnbError):
     "A pipeline stage raised; carries the stage, cell index, error name and message."
-    exit_code = 1
+    @property
+    def exit_code(self) -> int: return 2 if self.ename in ('MlnbError', 'ConfigError', 'DataError') else 1   # the user's data or settings, as outside a stage
     def __init__(self, stage:str, cell:int|None=None, ename:str='', evalue:str='', notebook=None):
         self.stage,self.cell,self.ename,self.evalue,self.notebook = stage,cell,ename,redact(evalue),notebook
         at = f" at cell {cell}" if cell is not None else ""
@@ -91,9 +93,11 @@ def expand(text:str, secrets=None, where=()) -> tuple[str, dict]:
     "`text` with each `${NAME}` replaced by the environment's NAME, else the `secrets` file's; and `{NAME: value}` of those used."
     names = _REF.findall(text or '')
     if not names: return text, {}
-    found = {**(read_secrets(secrets) if secrets else {}), **os.environ}
+    found = dict(os.environ)
+    if secrets and Path(secrets).exists() and any(n not in found for n in names): found = {**read_secrets(secrets), **found}   # the file only when needed (CI: the environment)
     missing = [n for n in names if n not in found]
-    if missing: raise ConfigError(f"${{{missing[0]}}} is not set: export {missing[0]}=… or put it in the file [data] secrets names", *where)
+    file = f"the secrets file {secrets}{'' if Path(secrets).exists() else ', which does not exist'}" if secrets else "a file named by [data] secrets"
+    if missing: raise ConfigError(f"${{{missing[0]}}} is not set: export {missing[0]}=… or put it in {file}", *where)
     used = {n: found[n] for n in names}
     return _REF.sub(lambda m: used[m[1]], text), used
 
@@ -125,9 +129,16 @@ def hash_dir(path) -> dict[str,str]:
     return {p.relative_to(path).as_posix(): hash_file(p) for p in sorted(path.rglob('*')) if p.is_file()}
 
 # %% ../nbs/00_core.ipynb #31558a3d
+def read_notebook(path) -> dict:
+    "The notebook at `path` as a dict; a file that is not a notebook is a `ConfigError` naming it."
+    try: nb = json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError) as e: raise ConfigError(f"not a notebook ({type(e).__name__}: {str(e).splitlines()[0][:80]})", path) from None
+    if not isinstance(nb, dict) or not isinstance(nb.get('cells'), list): raise ConfigError("not a notebook (no list of cells)", path)
+    return nb
+
 def hash_notebook_code(path) -> str:
     "Hash of the code cells' sources of the notebook at `path` (not outputs, metadata or markdown)."
-    nb = json.loads(Path(path).read_text())
+    nb = read_notebook(path)
     return hash_obj([''.join(c['source']) if isinstance(c['source'], list) else c['source']
                      for c in nb['cells'] if c['cell_type'] == 'code'])
 

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash_notebook_code, hash_obj, need, quiet_env
+from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash_notebook_code, hash_obj, need, quiet_env, read_notebook, redact
 from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
@@ -18,7 +18,7 @@ __all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'H
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
            'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'off_worker_threads', 'execute_stage',
            'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
-           'columns_lines', 'search_line', 'RunResult', 'run', 'runs', 'dag']
+           'columns_lines', 'search_line', 'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -139,7 +139,7 @@ def expand_sweep(p:Project, sweeps) -> Project:
 def notebook_params(path) -> dict:
     "`{name: default}` of the cell tagged `parameters` in notebook `path` (a default that is no literal: its source text); None without one."
     import ast
-    nb = json.loads(Path(path).read_text())
+    nb = read_notebook(path)
     cell = next((c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])), None)
     if cell is None: return None
     src = ''.join(cell['source'])
@@ -598,6 +598,13 @@ class RunResult:
     __str__ = summary
 
 # %% ../nbs/08_pipeline.ipynb #08dc8c5e
+def _redacted(o):
+    "`o` (JSON-like) with every string `redact`ed."
+    if isinstance(o, str): return redact(o)
+    if isinstance(o, dict): return {k: _redacted(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_redacted(v) for v in o]
+    return o
+
 class _Runner:
     "Executes the selected stages of one run, recording each in the store."
     def __init__(self, p:Project, store:Store, run:RunResult, forced:set, on_event, pool:KernelPool|None=None, client=None):
@@ -634,6 +641,7 @@ class _Runner:
             e = r.error
             st.finish_stage(sid, 'failed', notebook=r.notebook, error_cell=e.cell, error_name=e.ename, error_value=e.evalue)
             return r
+        r.values = _redacted(r.values)                  # a URL a stage recorded shows no password or token
         arts = {k: v for k,v in hash_dir(r.out_dir).items() if k != RECORD}
         st.record(self.run.run_id, n, r.metrics, {k: (str(Path(r.out_dir)/k), h, (Path(r.out_dir)/k).stat().st_size) for k,h in arts.items()})
         if 'snapshot' in r.values:
@@ -686,6 +694,25 @@ def _schedule(runner:_Runner, order:list[str], jobs:int):
         if runner.pool: runner.pool.close()
 
 
+# %% ../nbs/08_pipeline.ipynb #b9c24be6
+class Terminated(KeyboardInterrupt):
+    "SIGTERM or SIGHUP reached a run: it stops as on Ctrl-C."
+
+@contextmanager
+def signals_interrupt(signals=('SIGTERM', 'SIGHUP')):
+    "While the block runs in the main thread, `signals` (whose action is the default) raise `Terminated` once, as Ctrl-C raises KeyboardInterrupt."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    sigs = [getattr(signal, s) for s in signals if hasattr(signal, s)]
+    old = {s: signal.getsignal(s) for s in sigs if signal.getsignal(s) == signal.SIG_DFL}
+    def stop(sig, _):
+        for s in old: signal.signal(s, signal.SIG_IGN)      # once: the cleanup that follows is not cut short
+        raise Terminated(signal.Signals(sig).name)
+    for s in old: signal.signal(s, stop)
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
 # %% ../nbs/08_pipeline.ipynb #a2aa189b
 def _dask_client(address:str):
     "A Dask distributed client for `address`; `ConfigError` when it cannot be reached."
@@ -730,11 +757,14 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     on_event = TerminalProgress() if on_event is None else on_event
     runner = _Runner(p, store, res, set(order) if force else forced, on_event, pool, client)
     for n in order: on_event(n, 'waiting')
-    try: _schedule(runner, order, jobs)
-    except BaseException as e:
-        store.finish_run(rid, 'interrupted', f"{type(e).__name__}: {e}"); res.status = 'interrupted'; raise
-    finally:
-        if client: client.close()
+    with signals_interrupt():                    # SIGTERM and SIGHUP as Ctrl-C, until the run is marked
+        try: _schedule(runner, order, jobs)
+        except BaseException as e:
+            store.finish_run(rid, 'interrupted', f"{type(e).__name__}: {e}")
+            res.status = 'interrupted'
+            raise
+        finally:
+            if client: client.close()
     failed = [s.error for s in res.stages.values() if s.status == 'failed']
     res.status = 'failed' if failed else 'succeeded'
     store.finish_run(rid, res.status, str(failed[0]) if failed else None, res.values.get('data_hash'))

@@ -14,9 +14,9 @@ from .core import MlnbError, redact
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'predictions', 'feedback',
            'drift_reports', 'alerts', 'utcnow', 'sqlite_file', 'check_sqlite', 'new_run_id', 'Store', 'start_run',
-           'finish_run', 'start_stage', 'finish_stage', 'record', 'get_run', 'list_runs', 'cached_stage',
-           'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model',
-           'store_at']
+           'finish_run', 'start_stage', 'finish_stage', 'record', 'runner', 'runner_gone', 'mark_stale_runs', 'get_run',
+           'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model', 'set_alias', 'alias',
+           'alias_info', 'drop_alias', 'get_model', 'store_at']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -34,7 +34,7 @@ runs = sa.Table('runs', meta,
 stage_runs = sa.Table('stage_runs', meta,
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True),
     sa.Column('run_id', sa.String(40), sa.ForeignKey('runs.id'), index=True), sa.Column('stage', sa.String(100)),
-    sa.Column('status', sa.String(20)),                                             # running|done|cached|failed
+    sa.Column('status', sa.String(20)),                                             # running|done|cached|failed|interrupted
     sa.Column('started', sa.DateTime), sa.Column('finished', sa.DateTime),
     sa.Column('cache_key', sa.String(64), index=True), sa.Column('params', J), sa.Column('values', J),
     sa.Column('out_dir', sa.Text), sa.Column('notebook', sa.Text), sa.Column('cached_from', sa.String(40)),
@@ -158,17 +158,20 @@ def _store(method):
 
 @_store
 def start_run(self:Store, project:str, params:dict|None=None, run_id:str|None=None) -> str:
-    "Record a new run as running; returns its id."
+    "Record a new run as running, with this process as its runner (see below); returns its id."
+    self.mark_stale_runs()
     rid = run_id or new_run_id()
-    self.write(runs.insert().values(id=rid, project=project, status='running', started=utcnow(), params=params or {}))
+    self.write(runs.insert().values(id=rid, project=project, status='running', started=utcnow(), params={**(params or {}), 'runner': runner()}))
     return rid
 
 @_store
 def finish_run(self:Store, run_id:str, status:str, error:str|None=None, data_hash:str|None=None):
-    "Mark a run finished with `status` (succeeded, failed or interrupted)."
-    vals = dict(status=status, finished=utcnow(), error=error)
+    "Mark a run finished with `status` (succeeded, failed or interrupted); an interrupted run's running stages are marked so too."
+    vals = dict(status=status, finished=utcnow(), error=redact(error) if error else error)
     if data_hash: vals['data_hash'] = data_hash
     self.write(runs.update().where(runs.c.id == run_id).values(**vals))
+    if status == 'interrupted':
+        self.write(stage_runs.update().where(stage_runs.c.run_id == run_id, stage_runs.c.status == 'running').values(status='interrupted', finished=utcnow()))
 
 @_store
 def start_stage(self:Store, run_id:str, stage:str, cache_key:str, params:dict) -> int:
@@ -189,10 +192,37 @@ def record(self:Store, run_id:str, stage:str, metrics_:dict|None=None, artifacts
     if artifacts_: self.write(artifacts.insert(), [dict(run_id=run_id, stage=stage, name=k, path=str(p), sha256=h, size=s)
                                                    for k,(p,h,s) in artifacts_.items()])
 
+# %% ../nbs/02_store.ipynb #a23b42ae
+def _started(pid:int) -> int|None:
+    "When process `pid` started, in clock ticks since boot (Linux), or None."
+    try: return int(Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19])
+    except (OSError, IndexError, ValueError): return None
+
+def runner() -> dict:
+    "This process as a run's runner: host, process id and start time."
+    return {'host': socket.gethostname(), 'pid': os.getpid(), 'since': _started(os.getpid())}
+
+def runner_gone(r:dict|None) -> bool:
+    "Whether runner `r` (as `runner()` gave it) is known to have ended: on this host, and its process is gone or is another one now."
+    if not r or r.get('host') != socket.gethostname(): return False
+    try: os.kill(r['pid'], 0)
+    except ProcessLookupError: return True
+    except PermissionError: pass                       # there, but another user's
+    return r.get('since') is not None and _started(r['pid']) not in (None, r['since'])
+
+@_store
+def mark_stale_runs(self:Store) -> list[str]:
+    "Mark runs still `running` whose runner is gone as interrupted (and their running stages); returns their ids."
+    rows = self.read(sa.select(runs.c.id, runs.c.params).where(runs.c.status == 'running'))
+    gone = [r['id'] for r in rows if runner_gone((r['params'] or {}).get('runner'))]
+    for rid in gone: self.finish_run(rid, 'interrupted', 'the runner process ended without finishing the run (killed, or its machine restarted)')
+    return gone
+
 # %% ../nbs/02_store.ipynb #7ec512b2
 @_store
 def get_run(self:Store, run_id:str|None=None) -> dict:
     "The run `run_id` (or the latest succeeded run) with its stages and metrics."
+    self.mark_stale_runs()
     q = sa.select(runs)
     q = q.where(runs.c.id == run_id) if run_id else q.where(runs.c.status == 'succeeded').order_by(runs.c.started.desc()).limit(1)
     rows = self.read(q)
@@ -205,6 +235,7 @@ def get_run(self:Store, run_id:str|None=None) -> dict:
 @_store
 def list_runs(self:Store, limit:int=20, stages:bool=False) -> list[dict]:
     "The latest `limit` runs, newest first, each with its metrics (and with `stages`, its stages as `get_run` gives them)."
+    self.mark_stale_runs()
     rs = self.read(sa.select(runs).order_by(runs.c.started.desc()).limit(limit))
     ids = [r['id'] for r in rs]
     ms = self.read(sa.select(metrics).where(metrics.c.run_id.in_(ids)))
