@@ -5,7 +5,7 @@
 # %% ../nbs/04_validate.ipynb #e65225dc
 from __future__ import annotations
 import functools, html, json, os, shutil, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ def _column_expectations(df:pd.DataFrame, col:str, target:str) -> list[dict]:
     out += _type_expectation(s, col)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and s.nunique() > 10:
         lo, hi = float(s.min()), float(s.max()); m = (hi - lo) / 4
-        out.append(_expectation('expect_column_values_to_be_between', 'warning', column=col, min_value=lo - m, max_value=hi + m))
+        out.append(_expectation('expect_column_values_to_be_between', 'warning', column=col, min_value=lo - m if lo < 0 else max(0.0, lo - m), max_value=hi + m))
     elif s.nunique() <= 50:
         vals = sorted(s.dropna().unique().tolist(), key=str)
         out.append(_expectation('expect_column_values_to_be_in_set', 'critical' if col == target else 'warning', column=col, value_set=vals))
@@ -96,7 +96,8 @@ class ValidationReport:
         rows = ''.join(f"<tr><td>{f.severity}</td><td>{f.type}</td><td>{html.escape(str(f.column))}</td><td>{f.unexpected}</td>"
                        f"<td>{html.escape(str(f.examples[:5]))}</td><td>{html.escape(str(f.rows[:5]))}</td></tr>" for f in self.failures)
         colour = 'green' if self.passed else 'red'
-        link = f"<p>Data Docs: <a href='{html.escape(self.docs.as_uri())}'>{html.escape(str(self.docs))}</a></p>" if self.docs else ''
+        href = (self.docs.as_uri() if self.docs.is_absolute() else self.docs.as_posix()) if self.docs else ''
+        link = f"<p>Data Docs: <a href='{html.escape(href)}'>{html.escape(str(self.docs))}</a></p>" if self.docs else ''
         return (f"<p style='color:{colour}'><b>{html.escape(self.summary())}</b></p>{link}" +
                 (f"<table><tr><th>severity</th><th>expectation</th><th>column</th><th>unexpected</th><th>examples</th><th>rows</th></tr>{rows}</table>" if rows else ''))
 
@@ -377,7 +378,8 @@ def gate(df:pd.DataFrame, suite:dict, out_dir) -> ValidationReport:
     d = rep.to_dict(); d['docs'] = os.path.relpath(rep.docs, out) if rep.docs else None
     atomic_write(out/'validation.json', json.dumps(d, indent=1, default=str))
     link = f"<p>Data Docs: <a href='{html.escape(d['docs'])}'>{html.escape(d['docs'])}</a> (<a href='data_docs/index.html'>index</a>)</p>" if rep.docs else ''
-    atomic_write(out/'validation.html', f"<html><body><h1>Validation</h1>{link}{rep._repr_html_()}</body></html>")
+    here = replace(rep, docs=Path(d['docs']) if rep.docs else None)       # links relative to the stage folder, whatever its final name
+    atomic_write(out/'validation.html', f"<html><body><h1>Validation</h1>{link}{here._repr_html_()}</body></html>")
     if not rep.passed:
         raise ValidationFailed(f"{len(rep.critical)} critical expectation(s) failed: " + '; '.join(map(str, rep.critical[:3]))
                                + (f" (Data Docs: {d['docs']} in the stage's folder)" if rep.docs else ''))
