@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test chromium check-export export-only nbtest pytest bench docs export
+.PHONY: demo test vendor chromium check-export export-only nbtest pytest bench docs export
 
 $(STAMP): pyproject.toml
 	@echo "== setting up $(VENV) (first run, or pyproject.toml changed)"
@@ -24,10 +24,36 @@ $(STAMP): pyproject.toml
 	@$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) vendor
 	$(BIN)/mlnb demo
 
-test: $(STAMP) chromium check-export nbtest pytest
+test: $(STAMP) vendor chromium check-export nbtest pytest
+
+# Great Expectations' Data Docs link Bootstrap, jQuery, Font Awesome and Vega from CDNs: the files named in
+# mlnb/static/cdn.json are fetched once from npm into mlnb/static/vendor/ (not committed), which mlnb.validate links instead.
+define VENDOR_PY
+import json, pathlib, shutil, subprocess, sys, tarfile, tempfile
+static = pathlib.Path('mlnb/static'); files = json.loads((static/'cdn.json').read_text()).values()
+out = static/'vendor'; tmp = pathlib.Path(tempfile.mkdtemp())
+specs = sorted({f.rsplit('@', 1)[0] + '@' + f.rsplit('@', 1)[1].split('/', 1)[0] for f in files})
+for spec in specs:
+    name = subprocess.run(['npm', 'pack', '--silent', '--pack-destination', str(tmp), spec], check=True, capture_output=True, text=True).stdout.split()[-1]
+    with tarfile.open(tmp/name) as t:
+        for f in files:
+            if not f.startswith(spec + '/'): continue
+            inner = 'package/' + f[len(spec) + 1:]
+            for m in t.getmembers():
+                if m.isfile() and (m.name == inner or (inner.endswith('/') and m.name.startswith(inner))):
+                    dest = out/spec/m.name[len('package/'):]; dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(t.extractfile(m).read())
+            if not any((out/spec/f[len(spec) + 1:]).exists() for _ in [0]): sys.exit(f'vendor: {f} is not in {spec}')
+shutil.rmtree(tmp)
+endef
+export VENDOR_PY
+vendor: mlnb/static/vendor/.done
+mlnb/static/vendor/.done: mlnb/static/cdn.json
+	@echo "== vendoring Data Docs' static files from npm"
+	@python3 -c "$$VENDOR_PY" && touch $@
 
 # The browser test (tests/test_browser.py) drives Debian's chromium with Playwright; Playwright never downloads a browser.
 chromium:

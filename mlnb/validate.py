@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_validate.ipynb #e65225dc
 from __future__ import annotations
-import functools, html, json, os, shutil, warnings
+import functools, html, importlib.resources, json, os, re, shutil, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -358,7 +358,9 @@ def validate(df:pd.DataFrame, suite:dict, docs_dir=None,
     s = _gx_suite(gx, suite, plan)
     if docs_dir is not None: s = ctx.suites.add(s)
     res = _run(gx, bd.get_batch(batch_parameters={'dataframe': df}), suite, plan, s)
-    if docs_dir is not None: _build_docs(ctx, s, res)
+    if docs_dir is not None:
+        _build_docs(ctx, s, res)
+        _offline(docs_dir)
     return ValidationReport(suite.get('name', 'suite'), len(suite['expectations']), _failures(res, suite, plan), _docs_page(docs_dir) if docs_dir else None)
 
 def _docs_page(docs_dir) -> Path|None:
@@ -368,6 +370,29 @@ def _docs_page(docs_dir) -> Path|None:
         if p.name != 'favicon.ico': p.unlink()
     pages = sorted((d/'validations').rglob('*.html'), key=lambda p: p.stat().st_mtime)
     return pages[-1] if pages else None
+
+# %% ../nbs/04_validate.ipynb #9e257879
+def _static() -> Path: return Path(str(importlib.resources.files('mlnb')))/'static'
+
+def _vendored() -> dict:
+    "Each CDN address the Data Docs link → its vendored copy's path under mlnb/static/vendor, for those `make vendor` fetched."
+    cdn = json.loads((_static()/'cdn.json').read_text())
+    return {url: f for url, f in cdn.items() if url.startswith('http') and (_static()/'vendor'/f).is_file()}
+
+def _link(src, dst):
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
+
+def _offline(docs_dir):
+    "Point the Data Docs pages in `docs_dir` at vendored copies of what they load from CDNs (linked into `static/vendor`)."
+    d, files = Path(docs_dir), _vendored()
+    if not files: return
+    shutil.copytree(_static()/'vendor', d/'static'/'vendor', copy_function=_link, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.done'))
+    for page in d.rglob('*.html'):
+        rel = os.path.relpath(d/'static'/'vendor', page.parent)
+        text = page.read_text()
+        for url, f in files.items(): text = text.replace(f'"{url}"', f'"{rel}/{f}"')
+        page.write_text(re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', '', text))     # no CDN hash checks on local files
 
 # %% ../nbs/04_validate.ipynb #5dab674d
 def gate(df:pd.DataFrame, suite:dict, out_dir) -> ValidationReport:
