@@ -55,7 +55,8 @@ def cmd_expect(a):
 
 def cmd_monitor(a):
     import json
-    from mlnb.monitoring import check_drift, health
+    from mlnb.monitoring import check_drift
+    from mlnb.service_health import health
     if a.check or a.alerts or a.accuracy: return monitor_loop(a)
     rep = check_drift(_settings(a), model_tag=a.model, last=a.last, since=a.since, reference=a.reference)
     print(json.dumps(rep.to_dict(), default=str) if a.json else rep)
@@ -65,11 +66,11 @@ def cmd_monitor(a):
 
 def monitor_loop(a):
     "The feedback side of `mlnb monitor`: a monitoring pass with alerts, recent alerts, live accuracy."
-    from mlnb import feedback
+    from mlnb import alerting, feedback, retraining
     s = _settings(a)
-    if a.check: print(feedback.check_summary(feedback.check(s, auto_retrain=a.auto_retrain, since=a.since or '1h')))
+    if a.check: print(retraining.monitoring_summary(retraining.monitoring_pass(s, auto_retrain=a.auto_retrain, since=a.since or '1h')))
     if a.alerts:
-        rows = feedback.alerts(s, a.limit)
+        rows = alerting.recent_alerts(s, a.limit)
         print('\n'.join(f"{str(r['created'])[:19]}  {r['level']:<8} {r['kind']:<10} {r['message']}" for r in rows) or "no alerts")
     if a.accuracy:
         df = feedback.live_metrics(s, by='time' if a.by_time else 'model')
@@ -128,16 +129,17 @@ def cmd_label(a):
                     for r in rows) or "nothing to label: every logged prediction has a label, or none is logged yet")
 
 def cmd_ab(a):
-    from mlnb.feedback import ab_summary
+    from mlnb.ab import ab_summary
     s = ab_summary(_settings(a), metric=a.metric, alpha=a.alpha, min_labels=a.min_labels)
     print(s)
     if a.apply: print(s.apply(force=a.force)['message'])
 
 def cmd_retrain(a):
-    from mlnb.feedback import retrain, should_retrain, update_online
+    from mlnb.retraining import retrain, should_retrain, update_online
     s = _settings(a)
     if a.online:
-        r = update_online(s, a.model); return print(f"{r['model_tag']} (from {r['from']}, {r['rows']} labels) is the challenger")
+        r = update_online(s, a.model)
+        return print(f"{r['model_tag']} (from {r['from']}, {r['rows']} labels) is the challenger")
     reason = should_retrain(s) if a.if_due else 'asked on the command line'
     if not reason: return print("no retraining due: drift is below [monitor] retrain_drift and too few new labels")
     r = retrain(s, jobs=a.jobs, bento=a.bento, reason=reason)
@@ -151,66 +153,93 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument('--version', action='version', version=f'mlnb {__version__}')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     def add(name, fn, help, project=True):
-        sp = sub.add_parser(name, help=help, description=help); sp.set_defaults(fn=fn)
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
         if project: sp.add_argument('-p', '--project', help='settings.ini (default: the nearest one from here up)')
         return sp
     sp = add('demo', cmd_demo, 'run the bundled demo end to end: pipeline, package, serve, predict')
     sp.add_argument('--sample', type=int, default=0, help='rows to sample for a quick run (0: all)')
     sp.add_argument('--jobs', type=int, help='stages run at once (default: cores)')
     sp = add('new', cmd_new, 'create a project scaffold in DIR', project=False)
-    sp.add_argument('dir'); sp.add_argument('--source', default='sklearn:breast_cancer', help='data source (default: %(default)s)')
+    sp.add_argument('dir')
+    sp.add_argument('--source', default='sklearn:breast_cancer', help='data source (default: %(default)s)')
     sp.add_argument('--target', default='target', help='target column (default: %(default)s)')
     sp = add('run', cmd_run, 'run the pipeline; unchanged stages come from the cache')
     g = sp.add_mutually_exclusive_group()
-    g.add_argument('--stage', help='run this stage and what it needs'); g.add_argument('--from', dest='from_stage', help='re-run this stage and everything after it')
+    g.add_argument('--stage', help='run this stage and what it needs')
+    g.add_argument('--from', dest='from_stage', help='re-run this stage and everything after it')
     sp.add_argument('--params', nargs='+', metavar='STAGE.KEY=VALUE', help='override stage parameters')
-    sp.add_argument('--force', action='store_true', help='ignore the cache'); sp.add_argument('--jobs', type=int, help='stages run at once')
+    sp.add_argument('--force', action='store_true', help='ignore the cache')
+    sp.add_argument('--jobs', type=int, help='stages run at once')
     sp.add_argument('--sweep', action='append', metavar='STAGE.KEY=V1,V2', help='fan out a stage and its downstream, one variant per value')
     sp.add_argument('--resume', metavar='RUN', help='run again with the options of run RUN (what succeeded is cached)')
     sp.add_argument('--scheduler', metavar='tcp://HOST:PORT', help='run stages on a Dask distributed cluster')
-    sp = add('runs', cmd_runs, 'list runs with status and metrics'); sp.add_argument('--limit', type=int, default=20)
+    sp = add('runs', cmd_runs, 'list runs with status and metrics')
+    sp.add_argument('--limit', type=int, default=20)
     add('dag', cmd_dag, 'print the stage graph')
     sp = add('monitor', cmd_monitor, 'drift of logged requests against the model\'s reference statistics, and service health')
-    sp.add_argument('--model', help='model tag (default: the champion)'); g = sp.add_mutually_exclusive_group()
-    g.add_argument('--last', type=int, help='the last N logged requests'); g.add_argument('--since', help='a time window such as 1h or 30min')
+    sp.add_argument('--model', help='model tag (default: the champion)')
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument('--last', type=int, help='the last N logged requests')
+    g.add_argument('--since', help='a time window such as 1h or 30min')
     sp.add_argument('--reference', help='reference statistics JSON (default: from the model)')
-    sp.add_argument('--health', action='store_true', help='also print latency, throughput and errors'); sp.add_argument('--window', default='5min')
-    sp.add_argument('--json', action='store_true'); sp.add_argument('--fail-on', choices=['warning', 'critical'], help='exit 1 at this severity')
+    sp.add_argument('--health', action='store_true', help='also print latency, throughput and errors')
+    sp.add_argument('--window', default='5min')
+    sp.add_argument('--json', action='store_true')
+    sp.add_argument('--fail-on', choices=['warning', 'critical'], help='exit 1 at this severity')
     sp.add_argument('--check', action='store_true', help='one monitoring pass: drift, latency and errors, alerts, the retraining trigger')
     sp.add_argument('--auto-retrain', action='store_true', help='with --check: retrain when the trigger fires')
-    sp.add_argument('--alerts', action='store_true', help='print recent alerts'); sp.add_argument('--limit', type=int, default=20)
-    sp.add_argument('--accuracy', action='store_true', help='live accuracy and F1 per model from labels'); sp.add_argument('--by-time', action='store_true')
+    sp.add_argument('--alerts', action='store_true', help='print recent alerts')
+    sp.add_argument('--limit', type=int, default=20)
+    sp.add_argument('--accuracy', action='store_true', help='live accuracy and F1 per model from labels')
+    sp.add_argument('--by-time', action='store_true')
     sp = add('feedback', cmd_feedback, 'record the true label of a logged prediction, or of many from a CSV file')
-    sp.add_argument('request_id', nargs='?'); sp.add_argument('label', nargs='?')
+    sp.add_argument('request_id', nargs='?')
+    sp.add_argument('label', nargs='?')
     sp.add_argument('--file', metavar='CSV', help='labels to import at once: a CSV file with the columns request_id,label (one transaction)')
     sp.add_argument('--skip-unknown', action='store_true', help='with --file: store the labels of logged requests, leave out (and count) the others')
     sp = add('label', cmd_label, 'list the least certain logged predictions that have no label yet, with their inputs')
-    sp.add_argument('-n', type=int, default=20); sp.add_argument('--model', help='model tag (default: all)')
+    sp.add_argument('-n', type=int, default=20)
+    sp.add_argument('--model', help='model tag (default: all)')
     sp = add('ab', cmd_ab, 'compare champion and challenger on labelled traffic, with a significance test and a recommendation')
     sp.add_argument('--metric', choices=['accuracy', 'f1', 'mae', 'rmse'], help="default: accuracy, or mae for a regression model")
     sp.add_argument('--alpha', type=float, default=0.05)
     sp.add_argument('--min-labels', type=int, default=30, help='labels per arm before recommending (default %(default)s)')
-    sp.add_argument('--apply', action='store_true', help='carry out the recommendation'); sp.add_argument('--force', action='store_true', help='promote past the holdout gate')
+    sp.add_argument('--apply', action='store_true', help='carry out the recommendation')
+    sp.add_argument('--force', action='store_true', help='promote past the holdout gate')
     sp = add('retrain', cmd_retrain, 'run the pipeline with the labelled rows added; the new model becomes the challenger')
     sp.add_argument('--if-due', action='store_true', help='only when drift or new labels call for it ([monitor] retrain_drift, retrain_labels)')
-    sp.add_argument('--jobs', type=int); sp.add_argument('--bento', action='store_true', help='also build its bento')
-    sp.add_argument('--online', action='store_true', help='update the model by partial_fit instead of retraining'); sp.add_argument('--model')
-    sp = add('data', cmd_data, 'list data snapshots: rows, columns, hash and the runs that used them'); sp.add_argument('--limit', type=int, default=50)
+    sp.add_argument('--jobs', type=int)
+    sp.add_argument('--bento', action='store_true', help='also build its bento')
+    sp.add_argument('--online', action='store_true', help='update the model by partial_fit instead of retraining')
+    sp.add_argument('--model')
+    sp = add('data', cmd_data, 'list data snapshots: rows, columns, hash and the runs that used them')
+    sp.add_argument('--limit', type=int, default=50)
     sp = add('expect', cmd_expect, "profile the project's data into the validate stage's expectation suite")
     sp.add_argument('--force', action='store_true', help='replace an existing suite')
-    sp = add('package', cmd_package, "save a run's model in BentoML and build its bento"); sp.add_argument('--run', help='run id (default: latest succeeded)')
+    sp = add('package', cmd_package, "save a run's model in BentoML and build its bento")
+    sp.add_argument('--run', help='run id (default: latest succeeded)')
     sp = add('serve', cmd_serve, 'serve the champion model with bentoml serve (set MLNB_API_TOKEN to require a bearer token)')
-    sp.add_argument('--bento', help='bento tag (default: the champion)'); sp.add_argument('--port', type=int); sp.add_argument('--host')
-    sp.add_argument('--ssl-certfile', metavar='PEM', help='serve HTTPS with this certificate'); sp.add_argument('--ssl-keyfile', metavar='PEM', help='and its private key')
+    sp.add_argument('--bento', help='bento tag (default: the champion)')
+    sp.add_argument('--port', type=int)
+    sp.add_argument('--host')
+    sp.add_argument('--ssl-certfile', metavar='PEM', help='serve HTTPS with this certificate')
+    sp.add_argument('--ssl-keyfile', metavar='PEM', help='and its private key')
     sp = add('promote', cmd_promote, 'make a model (default: the challenger) the champion, through the promotion gate')
-    sp.add_argument('tag', nargs='?'); sp.add_argument('--force', action='store_true', help='promote even if its holdout metrics are worse')
+    sp.add_argument('tag', nargs='?')
+    sp.add_argument('--force', action='store_true', help='promote even if its holdout metrics are worse')
     sp.add_argument('--tolerance', type=float, default=0.01, help='allowed drop in any holdout metric (default %(default)s)')
     add('rollback', cmd_rollback, 'make the previous champion the champion again')
     sp = add('score', cmd_score, 'score a .parquet/.csv/.jsonl file or a SQL table or query with the champion, in chunks')
-    sp.add_argument('input', help='a file, or a database URL with --table or --query'); sp.add_argument('output', help='.parquet, .csv, or a database URL with --output-table')
-    g = sp.add_mutually_exclusive_group(); g.add_argument('--table'); g.add_argument('--query', metavar='SQL')
-    sp.add_argument('--output-table', metavar='NAME', help='table written (replaced) in the output database'); sp.add_argument('--model', help='model tag (default: the champion)')
-    sp.add_argument('--chunk-rows', type=int, default=10000); sp.add_argument('--keep', nargs='+', metavar='COLUMN', help='columns copied to the output')
+    sp.add_argument('input', help='a file, or a database URL with --table or --query')
+    sp.add_argument('output', help='.parquet, .csv, or a database URL with --output-table')
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument('--table')
+    g.add_argument('--query', metavar='SQL')
+    sp.add_argument('--output-table', metavar='NAME', help='table written (replaced) in the output database')
+    sp.add_argument('--model', help='model tag (default: the champion)')
+    sp.add_argument('--chunk-rows', type=int, default=10000)
+    sp.add_argument('--keep', nargs='+', metavar='COLUMN', help='columns copied to the output')
     return ap
 
 # %% ../nbs/14_cli.ipynb #2b166d58
@@ -220,7 +249,9 @@ def main(argv=None) -> int:
     quiet_env()
     try: a.fn(a)
     except MlnbError as e:
-        print(f"mlnb: {e}", file=sys.stderr); return e.exit_code
+        print(f"mlnb: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("mlnb: interrupted", file=sys.stderr); return 130
+        print("mlnb: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -6,15 +6,17 @@
 from __future__ import annotations
 import html, numbers, threading, time
 from pathlib import Path
+from fastcore.basics import patch
 from .core import MlnbError
 from .pipeline import ICONS, run as run_pipeline
 
 # %% auto #0
-__all__ = ['COLOURS', 'PALETTE', 'LEVEL_COLOURS', 'ACTION_TEXT', 'RunProgress', 'in_notebook', 'run', 'RunsView', 'runs', 'show',
-           'panel', 'line_svg', 'Live', 'Monitor', 'monitor', 'Labeler', 'classes_in', 'label', 'ABTest', 'abtest']
+__all__ = ['STATUS_COLOURS', 'PALETTE', 'LEVEL_COLOURS', 'ACTION_TEXT', 'RunProgress', 'in_notebook', 'run', 'RunsView',
+           'runs_view', 'show', 'panel', 'line_svg', 'Live', 'Monitor', 'monitor', 'Labeler', 'classes_in', 'label',
+           'ABTest', 'abtest']
 
 # %% ../nbs/13_widgets.ipynb #56d98e7b
-COLOURS = {'running': '#1f6feb', 'done': '#1a7f37', 'cached': '#6e7781', 'failed': '#cf222e', 'skipped': '#9a6700'}
+STATUS_COLOURS = {'running': '#1f6feb', 'done': '#1a7f37', 'cached': '#6e7781', 'failed': '#cf222e', 'skipped': '#9a6700'}
 
 class RunProgress:
     "A live table of a run's stages, fed by pipeline events."
@@ -29,7 +31,7 @@ class RunProgress:
     def html(self) -> str:
         "The table as HTML."
         body = ''.join(f"<tr><td>{ICONS.get(st, '?')}</td><td><b>{html.escape(n)}</b></td>"
-                       f"<td style='color:{COLOURS.get(st, '#000')}'>{st}</td><td>{'' if s is None else f'{s:.1f}s'}</td>"
+                       f"<td style='color:{STATUS_COLOURS.get(st, '#000')}'>{st}</td><td>{'' if s is None else f'{s:.1f}s'}</td>"
                        f"<td>{html.escape(note)}</td></tr>" for n, (st, s, note, _) in self.rows.items())
         return f"<table><tr><th></th><th>stage</th><th>state</th><th>time</th><th>notes</th></tr>{body}</table>"
     def _repr_html_(self): return self.html()
@@ -47,7 +49,8 @@ def run(*args, **kwargs):
     "`mlnb.pipeline.run`, showing progress as a live widget in a notebook."
     if 'on_event' not in kwargs and in_notebook():
         from IPython.display import display
-        kwargs['on_event'] = prog = RunProgress(); display(prog)
+        kwargs['on_event'] = prog = RunProgress()
+        display(prog)
     return run_pipeline(*args, **kwargs)
 
 # %% ../nbs/13_widgets.ipynb #9e367496
@@ -78,7 +81,7 @@ class RunsView:
             report = next((str(Path(d)/'validation.html') for d in [v.get('out_dir'), (Path(v['notebook']).with_name('validate.failed') if v.get('notebook') else None)]
                            if d and (Path(d)/'validation.html').exists()), None)
             ms = ''.join(f"<td>{r['metrics'][k]:.4f}</td>" if k in r['metrics'] else '<td></td>' for k in keys)
-            body += (f"<tr><td><code>{r['id']}</code></td><td style='color:{COLOURS.get({'succeeded': 'done'}.get(r['status'], r['status']), '#000')}'>"
+            body += (f"<tr><td><code>{r['id']}</code></td><td style='color:{STATUS_COLOURS.get({'succeeded': 'done'}.get(r['status'], r['status']), '#000')}'>"
                      f"{r['status']}</td><td>{r['started']:%Y-%m-%d %H:%M}</td>{ms}<td>{nbs}</td><td>{_link(report, 'report') if report else ''}</td></tr>")
         return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -90,7 +93,7 @@ class RunsView:
         button.on_click(lambda _: setattr(table, 'value', self.html()))
         display(w.VBox([button, table]))
 
-def runs(settings='settings.ini', limit:int=20) -> RunsView:
+def runs_view(settings='settings.ini', limit:int=20) -> RunsView:
     "Runs side by side with metrics and links to their executed notebooks and validation reports."
     return RunsView(settings, limit)
 
@@ -145,7 +148,8 @@ def line_svg(series:dict, width:int=440, height:int=150, unit:str='', ymin:float
         c, xy = PALETTE[i % len(PALETTE)], ' '.join(f'{sx(x):.1f},{sy(y):.1f}' for x, y in sorted(ps))
         out.append(f"<polyline fill='none' stroke='{c}' stroke-width='1.6' points='{xy}'/>" if len(ps) > 1 else
                    ''.join(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2.5' fill='{c}'/>" for x, y in ps))
-        out.append(f"<text x='{at}' y='12' fill='{c}'>&#9632; {html.escape(str(name))}</text>"); at += 7 * len(str(name)) + 28
+        out.append(f"<text x='{at}' y='12' fill='{c}'>&#9632; {html.escape(str(name))}</text>")
+        at += 7 * len(str(name)) + 28
     return (f"<svg class='mlnb-chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
             f"style='font:11px sans-serif'>{''.join(out)}</svg>")
 
@@ -164,7 +168,8 @@ class Live:
     def refresh(self):
         "Render again and update the widget."
         with self._lock:
-            page = self.html(); self.refreshed = time.strftime('%H:%M:%S', time.gmtime())
+            page = self.html()
+            self.refreshed = time.strftime('%H:%M:%S', time.gmtime())
             if self.view is not None: self.view.value = page
         self._say()
 
@@ -177,15 +182,19 @@ class Live:
         "Refresh every `every` seconds in a background thread (stopping the previous view of the same key)."
         if self.running: return self
         if (old := _LIVE.get(self.key)) is not None and old is not self: old.stop()
-        _LIVE[self.key] = self; self._stop.clear()
+        _LIVE[self.key] = self
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f'mlnb-{type(self).__name__.lower()}', daemon=True)
-        self._thread.start(); self._say(); return self
+        self._thread.start()
+        self._say()
+        return self
 
     def stop(self):
         "Stop refreshing; the view keeps its last state."
         self._stop.set()
         if self._thread and self._thread is not threading.current_thread(): self._thread.join(timeout=60)
-        self._say(); return self
+        self._say()
+        return self
 
     def _loop(self):
         while not self._stop.wait(self.every):
@@ -219,7 +228,7 @@ class Monitor(Live):
 
     def latency(self) -> str:
         "Latency p50/p95/p99 per window and model, as charts."
-        from mlnb.monitoring import health
+        from mlnb.service_health import health
         df = health(self.settings, self.window, self.model_tag, self.since)
         if not len(df): return _note(f"no requests logged in the last {self.since}")
         return ''.join(_latency_chart(tag, g, self.window) for tag, g in df.groupby('model_tag', sort=False))
@@ -247,23 +256,22 @@ class Monitor(Live):
 
     def alerts(self, limit:int=8) -> str:
         "The latest alerts, coloured by level."
-        from mlnb.feedback import alerts
-        rows = alerts(self.settings, limit=limit)
+        from mlnb.alerting import recent_alerts
+        rows = recent_alerts(self.settings, limit=limit)
         return _alerts_table(rows) if rows else _note("no alerts")
 
 # %% ../nbs/13_widgets.ipynb #8e3a735d
 def _latency_chart(tag:str, g, window:str) -> str:
     "A model's latency quantiles per window (rows of `health`) as a line and a chart."
     last = g.iloc[-1]
-    err = '' if last['error_rate'] != last['error_rate'] else f", errors {last['error_rate']:.1%}"
     return (f"<div><code>{html.escape(str(tag))}</code>: {int(g['requests'].sum())} requests; last {window}: "
-            f"{int(last['requests'])}, p95 {last['p95_ms']:.1f} ms{err}</div>"
+            f"{int(last['requests'])}, p95 {last['p95_ms']:.1f} ms, errors {last['error_rate']:.1%}</div>"
             + line_svg({q: (g['start'], g[f'{q}_ms']) for q in ('p50', 'p95', 'p99')}, unit=' ms', ymin=0))
 
 def _drift_table(rep, top:int=12) -> str:
     "Drift report `rep` as a compact table, rows coloured by severity, the `top` most drifted first."
-    from mlnb.monitoring import LEVELS
-    rows = sorted(rep.rows, key=lambda r: -LEVELS.index(r['severity']))
+    from mlnb.monitoring import SEVERITIES
+    rows = sorted(rep.rows, key=lambda r: -SEVERITIES.index(r['severity']))
     p = lambda r: next((f'{r[k]:.2g}' for k in ('ks_p', 'chi2_p') if r.get(k) is not None), '')
     tr = lambda r: (f"<tr style='background:{LEVEL_COLOURS.get(r['severity'], 'transparent')}'><td>{html.escape(str(r['feature']))}</td>"
                     f"<td>{r['severity']}</td><td>{'' if r.get('psi') is None else format(r['psi'], '.3f')}</td><td>{p(r)}</td>"
@@ -281,7 +289,8 @@ def _alerts_table(rows:list[dict]) -> str:
     return f"<table class='mlnb-alerts'><tr><th>when</th><th>level</th><th>kind</th><th>message</th></tr>{''.join(map(tr, rows))}</table>"
 
 # %% ../nbs/13_widgets.ipynb #e93b707d
-def _monitor_widget(self:Monitor):
+@patch
+def widget(self:Monitor):
     "The dashboard as a widget: stop/start and check-drift buttons, a status line, the panels."
     import ipywidgets as w
     if self.view is not None: return self.box
@@ -289,30 +298,41 @@ def _monitor_widget(self:Monitor):
     toggle = w.Button(description='stop', icon='pause', tooltip='stop or start refreshing')
     check = w.Button(description='check drift', icon='search', tooltip='check the latest requests for drift now')
     def flip(_):
-        if self.running: self.stop(); toggle.description, toggle.icon = 'start', 'play'
-        else: self.start(); toggle.description, toggle.icon = 'stop', 'pause'; self.refresh()
-    toggle.on_click(flip); check.on_click(lambda _: self.check())
-    self.box = w.VBox([w.HBox([toggle, check, self.status]), self.view]); self.box.add_class('mlnb-monitor')
-    self.refresh(); return self.box
+        if self.running:
+            self.stop()
+            toggle.description, toggle.icon = 'start', 'play'
+        else:
+            self.start()
+            toggle.description, toggle.icon = 'stop', 'pause'
+            self.refresh()
+    toggle.on_click(flip)
+    check.on_click(lambda _: self.check_drift())
+    self.box = w.VBox([w.HBox([toggle, check, self.status]), self.view])
+    self.box.add_class('mlnb-monitor')
+    self.refresh()
+    return self.box
 
-def _check(self:Monitor):
+@patch
+def check_drift(self:Monitor):
     "Check the latest requests for drift now (the report is stored, so the drift panel shows it)."
+    from mlnb import monitoring
     from mlnb.feedback import open_store, window_of
-    from mlnb.monitoring import check_drift
-    try: check_drift(self.settings, self.model_tag, **window_of(open_store(self.settings)[0])); self.refresh()   # the window mlnb monitor --check uses
+    try: monitoring.check_drift(self.settings, self.model_tag, **window_of(open_store(self.settings)[0]))   # the window mlnb monitor --check uses
     except Exception as e:
         if self.status is None: raise
         self.status.value = f"<span style='color:#cf222e'>check drift: {html.escape(str(e))}</span>"
+        return
+    self.refresh()
 
-def _monitor_display(self:Monitor):
+@patch
+def _ipython_display_(self:Monitor):
     from IPython.display import HTML, display
     if not in_notebook(): return display(HTML(self.html()))
     fresh = self.view is None
     box = self.widget()
     if not fresh: self.refresh()
-    self.start(); show(box, self.view.value)
-
-Monitor.widget, Monitor.check, Monitor._ipython_display_ = _monitor_widget, _check, _monitor_display
+    self.start()
+    show(box, self.view.value)
 
 def monitor(settings='settings.ini', # the project's settings.ini
             every:float=5,           # seconds between refreshes
@@ -338,7 +358,8 @@ class Labeler:
         self.records, self.i = uncertain(self.settings, self.n, self.model_tag), 0
         if not self.given:        # classes seen in new predictions join the buttons (none at all before the first one)
             self.classes += [c for c in classes_in(self.records) if c not in self.classes]
-        self._update(); return self
+        self._update()
+        return self
 
     def __repr__(self): return f"Labeler({len(self.labelled)} labelled, {self.skipped} skipped, {self.left} left)"
     @property
@@ -355,7 +376,8 @@ class Labeler:
         from mlnb.feedback import add_label
         if (r := self.current) is None: raise MlnbError("nothing left to label: run mlnb.label() again for more")
         add_label(self.settings, r['request_id'], value, source='widget')
-        self.labelled.append((r['request_id'], value)); return self._next()
+        self.labelled.append((r['request_id'], value))
+        return self._next()
 
     def skip(self) -> Labeler:
         "Leave the current record unlabelled and move on."
@@ -363,7 +385,9 @@ class Labeler:
         return self._next()
 
     def _next(self) -> Labeler:
-        self.i = min(self.i + 1, len(self.records)); self._update(); return self
+        self.i = min(self.i + 1, len(self.records))
+        self._update()
+        return self
 
 def classes_in(records:list[dict]) -> list[str]:
     "The classes of logged predictions: the keys of their probabilities (and their labels), in the model's order."
@@ -385,7 +409,8 @@ def _conf(r:dict) -> str:
     c = r.get('confidence')
     return '' if c is None or c != c else f'{c:.3f}'
 
-def _card(self:Labeler) -> str:
+@patch
+def card(self:Labeler) -> str:
     "The current record as HTML: where it is in the queue, the prediction and confidence, its inputs."
     done = f"{len(self.labelled)} labelled, {self.skipped} skipped"
     if (r := self.current) is None:
@@ -402,7 +427,8 @@ def _predicted(r:dict) -> str:
     "A record's prediction as text: the label, or the value to four significant digits."
     return html.escape(f"{r['value']:.4g}" if r.get('value') is not None else str(r.get('label')))
 
-def _labeler_html(self:Labeler) -> str:
+@patch
+def html(self:Labeler) -> str:
     "The records to label as a static table."
     if not self.records: return "<div class='mlnb-label'><i>no unlabelled recent predictions</i></div>"
     rows = ''.join(f"<tr><td><code>{html.escape(str(r['request_id']))}</code></td><td>{html.escape(str(r.get('model_tag')))}</td>"
@@ -413,10 +439,12 @@ def _labeler_html(self:Labeler) -> str:
             f"{len(self.labelled)} labelled so far</p>"
             f"<table><tr><th>request</th><th>model</th><th>predicted</th><th>confidence</th><th>inputs</th></tr>{rows}</table></div>")
 
-Labeler.card, Labeler.html, Labeler._repr_html_ = _card, _labeler_html, _labeler_html
+@patch
+def _repr_html_(self:Labeler) -> str: return self.html()
 
 # %% ../nbs/13_widgets.ipynb #f96ab210
-def _labeler_widget(self:Labeler):
+@patch
+def widget(self:Labeler):
     "The labeller as a widget: the record, a button per class and skip, a key box, the count."
     import ipywidgets as w
     if self.view is not None: return self.box
@@ -424,9 +452,12 @@ def _labeler_widget(self:Labeler):
     self.keys = w.Text(placeholder='keys: click here, then 1-9 label, 0 or s skip', continuous_update=True,
                        layout=w.Layout(width='22em'))
     self.keys.observe(self._key, 'value')
-    self.box = w.VBox([self.view, self.row, w.HBox([self.keys, self.count])]); self.box.add_class('mlnb-label')
-    self._update(); return self.box
+    self.box = w.VBox([self.view, self.row, w.HBox([self.keys, self.count])])
+    self.box.add_class('mlnb-label')
+    self._update()
+    return self.box
 
+@patch
 def _make_buttons(self:Labeler):
     "A button per class (made again when `more` found new classes), or a number box and submit for values; skip, and more."
     import ipywidgets as w
@@ -439,23 +470,28 @@ def _make_buttons(self:Labeler):
         self.buttons = [w.Button(description=f'{k + 1}: {c}' if k < 9 else c, tooltip=f'label {c}' + (f' (key {k + 1})' if k < 9 else ''))
                         for k, c in enumerate(self.classes)]
         for b, c in zip(self.buttons, self.classes): b.on_click(lambda _, c=c: self._act(self.label, c))
-    skip = w.Button(description='0: skip', tooltip='skip this record (key 0 or s)'); skip.on_click(lambda _: self._act(self.skip))
+    skip = w.Button(description='0: skip', tooltip='skip this record (key 0 or s)')
+    skip.on_click(lambda _: self._act(self.skip))
     more = w.Button(description='more', icon='refresh', tooltip=f'fetch the {self.n} least certain unlabelled predictions again')
     more.on_click(lambda _: self._act(self.more))
     self.buttons.append(skip)
     self.row.children, self.shown = self.buttons + [more], (self.values, list(self.classes))
 
+@patch
 def _submit(self:Labeler):
     "Store the number typed in the box as the current record's true value (a non-number is refused with the reason), then empty the box."
-    self.label(self.number.value.strip()); self.number.value = ''
+    self.label(self.number.value.strip())
+    self.number.value = ''
     if self.current is not None: self.number.focus()
 
+@patch
 def _act(self:Labeler, f, *args):
     "Run a button's or key's action, then give the key box the focus for the next key; show a failure in the count line."
     try: f(*args)
     except Exception as e: self.count.value = f"<span style='color:#cf222e'>{html.escape(str(e))}</span>"
     self.keys.focus()
 
+@patch
 def _key(self:Labeler, change):
     "A key typed in the key box: 1-9 label with that class, 0 or s skip (the box is emptied after each)."
     if not change['new']: return
@@ -464,6 +500,7 @@ def _key(self:Labeler, change):
     if ch.isdigit() and 1 <= int(ch) <= min(9, len(self.classes)): self._act(self.label, self.classes[int(ch) - 1])
     elif ch in '0sS': self._act(self.skip)
 
+@patch
 def _update(self:Labeler):
     "Show the current record and the counts; disable the buttons when every record is done."
     if self.view is None: return
@@ -472,14 +509,12 @@ def _update(self:Labeler):
     self.count.value = f"&nbsp;<b>{len(self.labelled)}</b> labelled, {self.skipped} skipped, {self.left} left"
     for b in self.buttons: b.disabled = self.current is None
 
-def _labeler_display(self:Labeler):
+@patch
+def _ipython_display_(self:Labeler):
     from IPython.display import HTML, display
     if not in_notebook(): return display(HTML(self.html()))
     show(self.widget(), self.html())
 
-Labeler.widget, Labeler._make_buttons, Labeler._act, Labeler._key, Labeler._update, Labeler._ipython_display_ = (
-    _labeler_widget, _make_buttons, _act, _key, _update, _labeler_display)
-Labeler._submit = _submit
 
 def label(settings='settings.ini', # the project's settings.ini
           n:int=20,                # records to label
@@ -492,7 +527,7 @@ ACTION_TEXT = {'promote': 'promote the challenger', 'rollback': 'roll back', 'ke
 
 class ABTest:
     "Champion against challenger on live labels, with a button that carries out the recommendation."
-    def __init__(self, settings='settings.ini', **kwargs):   # kwargs: metric, alpha, min_labels of `mlnb.feedback.ab_summary`
+    def __init__(self, settings='settings.ini', **kwargs):   # kwargs: metric, alpha, min_labels of `mlnb.ab.ab_summary`
         self.settings = Path(settings).resolve() if isinstance(settings, (str, Path)) else settings
         self.kwargs, self.done, self.view = kwargs, None, None
         self.refresh()
@@ -500,12 +535,16 @@ class ABTest:
     def __repr__(self): return f"ABTest({self.summary!r})"
     def refresh(self) -> ABTest:
         "Read the arms and their labels again."
-        from mlnb.feedback import ab_summary
-        self.summary = ab_summary(self.settings, **self.kwargs); self._update(); return self
+        from mlnb.ab import ab_summary
+        self.summary = ab_summary(self.settings, **self.kwargs)
+        self._update()
+        return self
 
     def apply(self) -> dict:
         "Carry out the recommendation; returns what was done."
-        self.done = self.summary.apply(); self.refresh(); return self.done
+        self.done = self.summary.apply()
+        self.refresh()
+        return self.done
 
     def html(self) -> str:
         "The arms and the recommendation (and what the last apply did) as HTML."
@@ -514,34 +553,40 @@ class ABTest:
     def _repr_html_(self): return self.html()
 
 # %% ../nbs/13_widgets.ipynb #47bf3310
-def _ab_widget(self:ABTest):
+@patch
+def widget(self:ABTest):
     "The A/B test as a widget: the table, a button carrying out the recommendation, a refresh button."
     import ipywidgets as w
     if self.view is not None: return self.box
     self.view, self.action = w.HTML(), w.Button(layout=w.Layout(width='auto'), tooltip='carry out the recommendation')
     again = w.Button(description='refresh', icon='refresh')
-    self.action.on_click(lambda _: self._act(self.apply)); again.on_click(lambda _: self._act(self.refresh))
-    self.box = w.VBox([w.HBox([self.action, again]), self.view]); self.box.add_class('mlnb-abtest')
-    self._update(); return self.box
+    self.action.on_click(lambda _: self._act(self.apply))
+    again.on_click(lambda _: self._act(self.refresh))
+    self.box = w.VBox([w.HBox([self.action, again]), self.view])
+    self.box.add_class('mlnb-abtest')
+    self._update()
+    return self.box
 
-def _ab_act(self:ABTest, f):
+@patch
+def _act(self:ABTest, f):
     try: f()
     except Exception as e: self.view.value = f"<p style='color:#cf222e'>{html.escape(str(e))}</p>" + self.html()
 
-def _ab_update(self:ABTest):
+@patch
+def _update(self:ABTest):
     "The table and the action button as the summary says."
     if self.view is None: return
     rec = self.summary.recommendation
     self.view.value, self.action.description = self.html(), ACTION_TEXT.get(rec, str(rec))
     self.action.button_style, self.action.disabled = {'promote': 'success', 'rollback': 'danger'}.get(rec, ''), rec not in ('promote', 'rollback')
 
-def _ab_display(self:ABTest):
+@patch
+def _ipython_display_(self:ABTest):
     from IPython.display import HTML, display
     if not in_notebook(): return display(HTML(self.html()))
     show(self.widget(), self.html())
 
-ABTest.widget, ABTest._act, ABTest._update, ABTest._ipython_display_ = _ab_widget, _ab_act, _ab_update, _ab_display
 
-def abtest(settings='settings.ini', **kwargs) -> ABTest:   # kwargs: metric, alpha, min_labels of `mlnb.feedback.ab_summary`
+def abtest(settings='settings.ini', **kwargs) -> ABTest:   # kwargs: metric, alpha, min_labels of `mlnb.ab.ab_summary`
     "Champion against challenger: traffic, a metric per arm, significance, and a button that carries out the recommendation."
     return ABTest(settings, **kwargs)

@@ -9,8 +9,10 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 from mlnb.config import load_project, new_project
 from mlnb.core import MlnbError
-from mlnb.feedback import (ABSummary, ab_summary, add_label, add_labels, alert, alerts, check, compare, export_labels, labelled, live_metrics,
-                           new_labels, retrain, should_retrain, uncertain, update_online)
+from mlnb.ab import ABSummary, ab_summary, compare
+from mlnb.alerting import alert, recent_alerts
+from mlnb.feedback import add_label, add_labels, labelled, live_metrics, uncertain
+from mlnb.retraining import export_labels, monitoring_pass, new_labels, retrain, should_retrain, update_online
 from mlnb.store import Store, drift_reports, feedback, predictions
 
 CLASSES = ['setosa', 'versicolor', 'virginica']
@@ -179,7 +181,7 @@ def test_ab_summary_recommends_promote_keep_and_rollback(proj):
     s = ab_summary(proj)
     assert s.recommendation == 'rollback' and [r['arm'] for r in s.rows] == ['champion', 'previous']
     assert s.apply()['champion'] == 'm:v2' and st.alias('champion') == 'm:v2'     # apply: mlnb.registry.rollback
-    assert alerts(proj, 1)[0]['kind'] == 'rollback'
+    assert recent_alerts(proj, 1)[0]['kind'] == 'rollback'
     assert ab_summary(proj).apply()['action'] == 'keep'
     with pytest.raises(MlnbError, match='metric'): ab_summary(proj, metric='auc')
 
@@ -215,15 +217,15 @@ def test_alert_is_stored_logged_and_posted(proj, hook, caplog, monkeypatch):
     assert body['level'] == 'critical' and body['kind'] == 'drift' and body['data']['drifted'] == ['a', 'b', 'c'] and body['project'] == 'shop'
     assert body['text'] == 'mlnb shop: critical drift: drift critical: 3 of 30 columns' and body['id'] == a['id']
     alert(proj, 'info', 'retrained', 'second')
-    got = alerts(proj)
+    got = recent_alerts(proj)
     assert [r['message'] for r in got] == ['second', 'drift critical: 3 of 30 columns'] and got[1]['data']['model_tag'] == 'm:v1'
-    assert len(alerts(proj, limit=1)) == 1
+    assert len(recent_alerts(proj, limit=1)) == 1
 
 
 def test_a_failing_or_slow_webhook_is_logged_not_raised(proj, hook, caplog):
     proj.sections['monitor']['webhook'] = 'http://127.0.0.1:9/nothing'
     with caplog.at_level(logging.WARNING, logger='mlnb'): a = alert(proj, 'warning', 'latency', 'slow')
-    assert 'Error' in a['webhook'] and 'webhook' in caplog.text and alerts(proj, 1)[0]['id'] == a['id']
+    assert 'Error' in a['webhook'] and 'webhook' in caplog.text and recent_alerts(proj, 1)[0]['id'] == a['id']
     proj.sections['monitor']['webhook'] = hook
     Hook.delay = 5
     t = time.perf_counter(); a = alert(proj, 'warning', 'latency', 'slow hook')
@@ -259,12 +261,12 @@ def test_check_alerts_on_latency_errors_and_due_retraining_once(proj):
     fail(proj, 'm:v1', 10)                                                      # as the service logs a failed request
     label_all(proj, pairs[:5])
     proj.sections['serve']['budget_ms'] = '1'; proj.sections['monitor']['retrain_labels'] = '5'
-    out = check(proj, since='1h')
+    out = monitoring_pass(proj, since='1h')
     assert sorted(a['kind'] for a in out['alerts']) == ['errors', 'latency', 'retrain']
     assert out['health'][0]['requests'] == 100 and out['health'][0]['error_rate'] == pytest.approx(0.1)
     assert out['retrain'].startswith('5 new labels') and out['retrained'] is None
-    assert check(proj)['alerts'] == []                                           # not again within `quiet`
-    assert len(check(proj, quiet='0s')['alerts']) == 3
+    assert monitoring_pass(proj)['alerts'] == []                                           # not again within `quiet`
+    assert len(monitoring_pass(proj, quiet='0s')['alerts']) == 3
 
 
 # ---- one real retraining of a project made by `mlnb new` ------------------------------------------------------------
@@ -287,7 +289,7 @@ def test_retrain_runs_the_pipeline_with_labels_and_makes_a_challenger(tmp_path):
     assert run['status'] == 'succeeded' and run['stages']['ingest']['params']['extra'] == str(path)
     if 'extra' in (p.root/'pipeline'/'ingest.ipynb').read_text():                # the ingest stage appends them (templates/pipeline)
         assert run['metrics']['rows'] == 569 + 60, run['metrics']                # all of breast_cancer, and the labelled rows
-    a = alerts(p, 1)[0]
+    a = recent_alerts(p, 1)[0]
     assert a['kind'] == 'retrained' and a['data']['model_tag'] == r['model_tag'] and a['data']['rows_added'] == 60
     assert new_labels(p) == 0                                                    # labels before the run are used up
 
@@ -322,9 +324,9 @@ def test_retrain_runs_the_pipeline_with_labels_and_makes_a_challenger(tmp_path):
 
 
 def test_importing_feedback_stays_light():
-    "The dashboard and the labeller import mlnb.feedback: no scikit-learn, BentoML, papermill or Great Expectations on import."
+    "The dashboard and the labeller import the feedback modules: no scikit-learn, BentoML, papermill or Great Expectations on import."
     import subprocess, sys
-    code = ("import sys, mlnb.feedback; heavy = [m for m in ('sklearn', 'bentoml', 'papermill', 'great_expectations', 'scipy') if m in sys.modules]; "
+    code = ("import sys, mlnb.feedback, mlnb.alerting, mlnb.ab, mlnb.retraining, mlnb.service_health, mlnb.widgets; heavy = [m for m in ('sklearn', 'bentoml', 'papermill', 'great_expectations', 'scipy') if m in sys.modules]; "
             "print(heavy)")
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == '[]'
 
@@ -410,7 +412,8 @@ from sklearn.linear_model import SGDRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from mlnb.config import load_project
-from mlnb.feedback import add_label, update_online
+from mlnb.feedback import add_label
+from mlnb.retraining import update_online
 from mlnb.registry import bentoml_for
 from mlnb.store import Store, predictions
 p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)

@@ -7,9 +7,10 @@ import numpy as np, pandas as pd, pytest, sqlalchemy as sa
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from mlnb.config import load_project, new_project
-from mlnb.monitoring import (SKETCH, DriftReport, LatencyLog, Thresholds, categorical_drift, categorical_stats, check_drift,
-                          chi2_test, drift_history, drift_report, health, js_distance, ks_test, numeric_drift, numeric_stats,
+from mlnb.monitoring import (SKETCH, DriftReport, Thresholds, categorical_drift, categorical_stats, check_drift,
+                          chi2_test, drift_history, drift_report, js_distance, ks_test, numeric_drift, numeric_stats,
                           reference_path, reference_stats, save_reference, wasserstein)
+from mlnb.service_health import LatencyLog, health
 from mlnb.store import Store, predictions
 
 SIZES = [100, 1000, 10_000, 100_000]
@@ -264,7 +265,7 @@ def test_health_matches_exact_percentiles_and_refreshes_incrementally(tmp_path):
 
 def test_health_error_rate_from_failed_requests_and_its_alert(tmp_path):
     "A failed request is logged with its HTTP status as its output (CONTRACT: no schema change): health counts it, 0.0 when none failed."
-    from mlnb.feedback import check
+    from mlnb.retraining import monitoring_pass
     st = Store(f"sqlite:///{tmp_path/'e.db'}")
     p = load_project(new_project(tmp_path/'proj')); p.sections['project']['store'] = st.url
     t0 = datetime.utcnow() - timedelta(minutes=30)
@@ -274,18 +275,18 @@ def test_health_error_rate_from_failed_requests_and_its_alert(tmp_path):
     st.write(predictions.insert(), [dict(request_id=f'n{i}', model_tag='m:2', inputs={'x': 1.0}, output=ok, latency_ms=2.0,
                                          created=t0 + timedelta(seconds=i)) for i in range(10)])
     assert health(p, None)[['model_tag', 'errors', 'error_rate']].values.tolist() == [['m:1', 0, 0.0], ['m:2', 0, 0.0]]
-    assert check(p)['alerts'] == []
+    assert monitoring_pass(p)['alerts'] == []
     st.write(predictions.insert(), [dict(request_id=f'e{i}', model_tag='m:1', inputs={'x': 'a lot'}, latency_ms=1.0, created=t0 + timedelta(seconds=50 + i),
                                          output={'status': 422 if i else 500, 'error': 'x: not a number'}) for i in range(10)])
     h = health(p, None)
     assert h[['model_tag', 'requests', 'errors', 'error_rate']].values.tolist() == [['m:1', 50, 10, 0.2], ['m:2', 10, 0, 0.0]]
-    fired = check(p)['alerts']
+    fired = monitoring_pass(p)['alerts']
     assert [(a['kind'], a['level'], a['data']['model_tag']) for a in fired] == [('errors', 'critical', 'm:1')]
     assert '20.0% of 50 requests to m:1 failed' in fired[0]['message']
 
 
 def test_health_histograms_are_saved_for_the_next_process_and_dropped_when_rows_go(tmp_path):
-    from mlnb.monitoring import _LOGS, health_cache
+    from mlnb.service_health import _LOGS, health_cache
     st = Store(f"sqlite:///{tmp_path/'c.db'}")
     p = load_project(new_project(tmp_path/'proj')); p.sections['project']['store'] = st.url
     rng = np.random.default_rng(9)
