@@ -250,10 +250,20 @@ def _sql_array(values:list):
 # %% ../nbs/03_ingest.ipynb #b3f22a4b
 MAX_PAGES = 10_000
 
-def _get_json(url:str, timeout:float=30):
-    "The JSON body and headers of GET `url`."
+def _split_auth(url:str) -> tuple[str, dict]:
+    "`url` without its user info, and the Basic `Authorization` header that user info stands for (urllib sends none itself)."
+    import base64
+    from urllib.parse import unquote
+    parts = urlsplit(url)
+    if parts.username is None: return url, {}
+    cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition('@')[2])), {'Authorization': 'Basic ' + base64.b64encode(cred.encode()).decode()}
+
+def _get_json(url:str, timeout:float=30, auth:dict|None=None):
+    "The JSON body and headers of GET `url` (with the `auth` headers when `url` is on the host they were given for)."
     import urllib.request, urllib.error
-    req = urllib.request.Request(url, headers={'Accept': 'application/json', 'User-Agent': 'mlnb'})
+    url, own = _split_auth(url)
+    req = urllib.request.Request(url, headers={'Accept': 'application/json', 'User-Agent': 'mlnb', **(own or auth or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: body, headers = r.read(), r.headers
     except urllib.error.HTTPError as e: raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -293,11 +303,15 @@ def _next_url(url:str, body, headers, paging:str, recs:list) -> str|None:
 def _api_tables(data:dict, nrows=None):
     pd = need('pandas')
     url, rows, pages, seen = data['source'], [], 0, set()
+    url, auth = _split_auth(url)                                       # user info: a header for this host's pages, never part of a URL
+    host = urlsplit(url).netloc
     paging = data.get('paging') or 'auto'
     if paging.partition(':')[0] not in ('auto', 'page', 'offset', 'none'):
         raise ConfigError(f"unknown paging '{paging}' (expected auto, page[:NAME], offset:NAME or none)", None, 'data', 'paging')
     while url and url not in seen and pages < MAX_PAGES and (nrows is None or len(rows) < max(nrows, 1)):
-        seen.add(url); body, headers = _get_json(url); pages += 1
+        seen.add(url)
+        body, headers = _get_json(url, auth=auth if urlsplit(url).netloc == host else None)   # another host's link gets no credentials
+        pages += 1
         recs = _records(body, data.get('records'), url)
         rows += recs
         url = _next_url(url, body, headers, paging, recs)

@@ -609,7 +609,7 @@ class _Runner:
     "Executes the selected stages of one run, recording each in the store."
     def __init__(self, p:Project, store:Store, run:RunResult, forced:set, on_event, pool:KernelPool|None=None, client=None):
         self.p, self.store, self.run, self.forced, self.on_event = p, store, run, forced, on_event or (lambda *a, **k: None)
-        self.pool, self.client = pool, client
+        self.pool, self.client, self.stopping = pool, client, False     # stopping: Ctrl-C or SIGTERM, kernels being stopped
         self.inputs, self.hashes, self.keys = project_inputs(p), {}, {}
 
     def _key(self, n):
@@ -639,7 +639,7 @@ class _Runner:
         r.values['parameters'] = params
         if r.status == 'failed':
             e = r.error
-            st.finish_stage(sid, 'failed', notebook=r.notebook, error_cell=e.cell, error_name=e.ename, error_value=e.evalue)
+            st.finish_stage(sid, 'interrupted' if self.stopping else 'failed', notebook=r.notebook, error_cell=e.cell, error_name=e.ename, error_value=e.evalue)
             return r
         r.values = _redacted(r.values)                  # a URL a stage recorded shows no password or token
         arts = {k: v for k,v in hash_dir(r.out_dir).items() if k != RECORD}
@@ -689,7 +689,8 @@ def _schedule(runner:_Runner, order:list[str], jobs:int):
                 for n in running.values(): runner.on_event(n, 'running', time.time() - since[n])
         for n in pending: runner.finished(StageResult(n, 'skipped'))
     finally:
-        if sys.exc_info()[0] and runner.pool: runner.pool.close()      # Ctrl-C: stop the kernels, so threads end
+        runner.stopping = sys.exc_info()[0] is not None               # Ctrl-C or SIGTERM: a stage its kernel's end stops is interrupted, not failed
+        if runner.stopping and runner.pool: runner.pool.close()        # stop the kernels, so threads end
         workers.shutdown(wait=True, cancel_futures=True)
         if runner.pool: runner.pool.close()
 
