@@ -53,6 +53,7 @@ export VENDOR_PY
 vendor: mlnb/static/vendor/.done
 mlnb/static/vendor/.done: mlnb/static/cdn.json
 	@echo "== vendoring Data Docs' static files from npm"
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	@python3 -c "$$VENDOR_PY" && touch $@
 
 # The browser test (tests/test_browser.py) drives Debian's chromium with Playwright; Playwright never downloads a browser.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 os.environ.setdefault('BENTOML_DO_NOT_TRACK', 'true'); os.environ.setdefault('GX_ANALYTICS_ENABLED', 'false')
-from mlnb import monitoring as monitor
+from mlnb import monitoring as monitor, service_health
 from mlnb.config import load_project, new_project
 from mlnb.store import Store
 
@@ -134,11 +134,11 @@ def make_log(path: Path, n: int):
 NEW_PROCESS = textwrap.dedent("""
     import json, sys, time
     t = time.perf_counter()
-    from mlnb import monitoring
+    from mlnb import service_health
     from mlnb.config import load_project
     t_import = time.perf_counter() - t
     P = load_project(sys.argv[1]); P.sections['project']['store'] = sys.argv[2]
-    t = time.perf_counter(); h = monitoring.health(P, '5min'); t_health = time.perf_counter() - t
+    t = time.perf_counter(); h = service_health.health(P, '5min'); t_health = time.perf_counter() - t
     print(json.dumps({'import_s': t_import, 'health_s': t_health, 'rows': int(h.requests.sum())}))
 """)
 
@@ -159,14 +159,14 @@ def run_health(folder: Path) -> dict:
     make_log(db, N_LOG)
     url = f'sqlite:///{db}'
     P = load_project(new_project(folder/'project')); P.sections['project']['store'] = url
-    t_index, _ = timed(lambda: monitor.LatencyLog(Store(url)))                                   # once per store: CREATE INDEX
-    monitor._LOGS.clear()
-    t_cold, h = timed(lambda: monitor.health(P, '5min'))                 # first call ever on this store: no saved histograms
+    t_index, _ = timed(lambda: service_health.LatencyLog(Store(url)))                                   # once per store: CREATE INDEX
+    service_health._LOGS.clear()
+    t_cold, h = timed(lambda: service_health.health(P, '5min'))                 # first call ever on this store: no saved histograms
     con = sqlite3.connect(db)                                                                    # 1,000 more requests arrive
     con.executemany('INSERT INTO predictions (request_id, model_tag, latency_ms, created) VALUES (?,?,?,?)',
                     [(f'new{j}', 'demo:v1', 5.0, (datetime(2026, 1, 1, 3) + timedelta(seconds=j)).strftime('%Y-%m-%d %H:%M:%S.%f')) for j in range(1000)])
     con.commit(); con.close()
-    t_warm, h2 = timed(lambda: monitor.health(P, '5min'))
+    t_warm, h2 = timed(lambda: service_health.health(P, '5min'))
     fresh = new_process(P.path, url)                                      # the histograms saved by this process, 1,000 rows since
     assert fresh['rows'] == int(h2.requests.sum())
     def naive():
@@ -179,7 +179,7 @@ def run_health(folder: Path) -> dict:
     err = max((both[c] / both[q] - 1).abs().max() for c, q in [('p50_ms', 'q50'), ('p95_ms', 'q95'), ('p99_ms', 'q99')])
     assert (both['requests'] == both['n']).all()
     return {'rows': int(h2.requests.sum()), 'index_s': t_index, 'cold_s': t_cold, 'refresh_s': t_warm, 'naive_s': t_naive, 'max_rel_err': err,
-            'new_s': fresh['health_s'], 'import_s': fresh['import_s'], 'saved_mb': monitor.health_cache(P).stat().st_size / 1e6}
+            'new_s': fresh['health_s'], 'import_s': fresh['import_s'], 'saved_mb': service_health.health_cache(P).stat().st_size / 1e6}
 
 
 def health_lines(hl) -> list[str]:
@@ -193,7 +193,7 @@ def health_lines(hl) -> list[str]:
 
 def health_note(hl) -> str:
     return (f"- health: the index is built once per store ({hl['index_s']:.1f} s on {N_LOG:,} rows); percentiles within {hl['max_rel_err']:.2%} of exact; "
-            f"saved histograms {hl['saved_mb']:.1f} MB; importing mlnb.monitoring in the new process took {hl['import_s']:.2f} s (not counted above)")
+            f"saved histograms {hl['saved_mb']:.1f} MB; importing mlnb.service_health in the new process took {hl['import_s']:.2f} s (not counted above)")
 
 
 def report_health(when, where, hl):

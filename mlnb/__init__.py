@@ -9,18 +9,25 @@ __all__ = ['load_ipython_extension']
 __version__ = "0.1.0"
 import importlib as _importlib
 
-_API = {'run': 'widgets', 'runs': 'widgets', 'dag': 'pipeline', 'StageContext': 'pipeline',
+_API = {'run': 'widgets', 'runs': 'widgets.runs_view', 'dag': 'pipeline', 'StageContext': 'pipeline',
         'load_project': 'config', 'new_project': 'config', 'Store': 'store',
         'package': 'serve', 'serve': 'serve', 'demo': 'serve', 'Server': 'serve',
         'promote': 'registry', 'rollback': 'registry', 'score': 'serve', 'MlnbError': 'core',
-        'check_drift': 'monitoring', 'health': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring',
+        'check_drift': 'monitoring', 'drift_report': 'monitoring', 'reference_stats': 'monitoring', 'health': 'service_health',
         'monitor': 'widgets', 'label': 'widgets', 'abtest': 'widgets', 'FeatureSteps': 'features',
-        **{name: 'feedback' for name in ['add_label', 'uncertain', 'live_metrics', 'ab_summary', 'alerts', 'should_retrain', 'retrain']}}
+        'add_label': 'feedback', 'uncertain': 'feedback', 'live_metrics': 'feedback', 'ab_summary': 'ab',
+        'alerts': 'alerting.recent_alerts', 'should_retrain': 'retraining', 'retrain': 'retraining'}   # name -> module[.attribute]
+
+def _where(name:str) -> tuple[str, str]:
+    "The module and attribute behind public name `name`."
+    module, _, attr = _API[name].partition('.')
+    return module, attr or name
 
 def __getattr__(name):
     "Import the module that defines `name` on first use."
-    if name in _API: return getattr(_importlib.import_module(f'mlnb.{_API[name]}'), name)
-    raise AttributeError(f"module 'mlnb' has no attribute {name!r}")
+    if name not in _API: raise AttributeError(f"module 'mlnb' has no attribute {name!r}")
+    module, attr = _where(name)
+    return getattr(_importlib.import_module(f'mlnb.{module}'), attr)
 
 def __dir__(): return sorted([*globals(), *_API])
 

@@ -15,8 +15,8 @@ from .store import Store
 __all__ = ['KEY_ENV', 'KEY_FILE', 'SIGNATURE', 'MAX_SIGNATURE', 'GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'model_key',
            'sign_model', 'check_signature', 'verified', 'load_file', 'load_pipeline', 'load_output', 'load_model',
            'training_frame', 'background_sample', 'train_reference', 'ModelInfo', 'latest_evaluated', 'run_outputs',
-           'model_task', 'save_model', 'gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag', 'rollback_store',
-           'promote', 'rollback']
+           'model_task', 'save_model', 'promotion_gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag',
+           'rollback_store', 'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -218,7 +218,7 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
 GATED = ('accuracy', 'balanced_accuracy', 'precision', 'recall', 'f1', 'f1_macro', 'f1_weighted', 'roc_auc', 'r2',
          'rmse', 'mae', 'log_loss', 'brier')   # the metrics the gate compares (lower is better for those in evaluate.LOWER_BETTER)
 
-def gate(champion:dict, challenger:dict, tolerance:float=0.01, metric:str|None=None) -> list[str]:
+def promotion_gate(champion:dict, challenger:dict, tolerance:float=0.01, metric:str|None=None) -> list[str]:
     "Why `challenger`'s metrics are worse than `champion`'s by more than `tolerance` on `metric` (default: every metric both have)."
     from mlnb.evaluate import LOWER_BETTER
     why = []
@@ -286,7 +286,7 @@ def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:floa
         s = shared_scores(store, champ, tag)
         a, b, on = (s['champion'], s['challenger'], f"the same {s['rows']} rows neither trained on") if s else \
                    (old['metrics'] or {}, new['metrics'] or {}, "their recorded holdouts (too few rows neither trained on to compare)")
-        why = gate(a, b, tolerance, metric or (PRIMARY[s['task']] if s else None))
+        why = promotion_gate(a, b, tolerance, metric or (PRIMARY[s['task']] if s else None))
         if why: raise MlnbError(f"not promoting {tag}: worse than champion {champ} by more than {tolerance} on {on}: "
                                 f"{'; '.join(why)}; promote with force=True (mlnb promote --force) to override")
     store.set_alias('champion', tag)
