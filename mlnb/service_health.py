@@ -17,16 +17,18 @@ from .store import Store, predictions, utcnow
 from .monitoring import ANSWERED, duration
 
 # %% auto #0
-__all__ = ['MINUTE_SQL', 'BIN_SQL', 'FAILED_SQL', 'HEALTH_INDEX', 'OLD_INDEX', 'CACHE_VERSION', 'NO_BIN', 'KEYS', 'SUMS',
-           'SAVE_EVERY', 'HEALTH_COLUMNS', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine', 'LatencyLog',
-           'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
+__all__ = ['MINUTE_SQL', 'BIN_SQL', 'FAILED_SQL', 'HEALTH_INDEX', 'FAILED_INDEX', 'GROUPED_SQL', 'CACHE_VERSION', 'NO_BIN',
+           'KEYS', 'SUMS', 'SAVE_EVERY', 'HEALTH_COLUMNS', 'bin_value', 'latency_bins', 'epoch_minutes', 'combine',
+           'LatencyLog', 'latency_log', 'health_cache', 'window_quantiles', 'health', 'process_stats']
 
 # %% ../nbs/11a_service_health.ipynb #cd33ab57
 MINUTE_SQL = "substr(created, 1, 16)"                          # 'YYYY-MM-DD HH:MM' of SQLite's stored datetimes
 BIN_SQL = "CAST(ln(latency_ms) * 100 AS INTEGER)"               # 1%-wide log bins, truncated toward zero
 FAILED_SQL = "CASE WHEN json_valid(output) THEN json_extract(output, '$.status') IS NOT NULL ELSE 0 END"   # 1 for a failed request (see `failed`)
-HEALTH_INDEX = f"CREATE INDEX IF NOT EXISTS ix_predictions_health_v2 ON predictions (model_tag, {MINUTE_SQL}, {BIN_SQL}, latency_ms, {FAILED_SQL}, created)"
-OLD_INDEX = "DROP INDEX IF EXISTS ix_predictions_health"       # the index before failed requests were counted: dropped, so inserts do not keep it up to date
+HEALTH_INDEX = f"CREATE INDEX IF NOT EXISTS ix_predictions_health ON predictions (model_tag, {MINUTE_SQL}, {BIN_SQL}, latency_ms, created)"
+FAILED_INDEX = f"CREATE INDEX IF NOT EXISTS ix_predictions_failed ON predictions (model_tag, {MINUTE_SQL}, {BIN_SQL}) WHERE {FAILED_SQL}"   # failed requests only
+GROUPED_SQL = (f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, count(*), sum(latency_ms), max(latency_ms), 0 FROM predictions GROUP BY 1, 2, 3 UNION ALL "
+               f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, 0, 0, NULL, count(*) FROM predictions WHERE {FAILED_SQL} GROUP BY 1, 2, 3")
 CACHE_VERSION = 2             # saved histograms of another version (before failed requests were counted) are not used
 NO_BIN = -10**9                                                 # the bin of a zero (or missing) latency
 KEYS, SUMS = ('model', 'minute', 'bin'), ('count', 'sum', 'errors')
@@ -67,11 +69,11 @@ class LatencyLog:
         if self.cache: self._load()
 
     def _index(self) -> bool:
-        "Make the health index; False when this SQLite lacks ln() (then rows are binned in numpy)."
-        try: self.store.write(sa.text(HEALTH_INDEX))
+        "Make the health indexes; False when this SQLite lacks ln() or JSON (then rows are binned in numpy)."
+        try:
+            self.store.write(sa.text(HEALTH_INDEX))
+            self.store.write(sa.text(FAILED_INDEX))
         except sa.exc.OperationalError: return False
-        try: self.store.write(sa.text(OLD_INDEX))
-        except sa.exc.OperationalError: pass                                  # another process holds the database: dropped another time
         return True
 
     def refresh(self) -> LatencyLog:
@@ -80,8 +82,7 @@ class LatencyLog:
             self.h = self._binned(self._all())
             return self
         if self.h is None and self.fast:
-            self.top, rows = self._query(f"SELECT model_tag, {MINUTE_SQL}, {BIN_SQL}, count(*), sum(latency_ms), max(latency_ms), sum({FAILED_SQL}) "
-                                         "FROM predictions GROUP BY 1, 2, 3")
+            self.top, rows = self._query(GROUPED_SQL)
             self.h = self._grouped(rows)
             return self._save()
         top, rows = self._query(f"SELECT model_tag, created, latency_ms, {FAILED_SQL} FROM predictions WHERE rowid > {int(self.top)}")
