@@ -7,48 +7,32 @@ from __future__ import annotations
 import json, keyword, os, re, shutil, signal, ssl, subprocess, sys, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, templates_dir
 from .config import Project, load_project
 from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
 from .store import Store, models as models_table
 
 # %% auto #0
-__all__ = ['PY_TYPES', 'SERVE_ENV', 'field_name', 'schema_fields', 'render_service', 'served_task', 'copy_package', 'BentoInfo',
-           'build_bento', 'package', 'post_json', 'serve_setting', 'Server', 'champion_bento', 'stop_on_sigterm',
-           'serve', 'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks',
-           'transactional_engine', 'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
-
-# %% ../nbs/10_serve.ipynb #60775e20
-PY_TYPES = {'number': 'float', 'bool': 'bool', 'str': 'str', 'date': 'DateText', 'text': 'str',   # kind -> request field type
-            'int': 'float', 'float': 'float'}                                                      # legacy kinds: both number
-
-def field_name(col:str, taken:set) -> str:
-    "A Python identifier for column `col`, unique among `taken`."
-    n = re.sub(r'\W+', '_', col.strip()).strip('_').lower() or 'feature'
-    if n[0].isdigit() or keyword.iskeyword(n): n = f'f_{n}'
-    base, i = n, 2
-    while n in taken: n, i = f'{base}_{i}', i + 1
-    taken.add(n); return n
-
-def schema_fields(schema:list[dict]) -> str:
-    "Lines of pydantic fields for `schema`; missing values are allowed (the Pipeline imputes them)."
-    taken = set()
-    for f in schema:
-        if f['kind'] not in PY_TYPES: raise DataError(f"column '{f['name']}' has kind {f['kind']!r}, which the service cannot take (expected one of: {', '.join(PY_TYPES)})")
-    return '\n'.join(f"    {field_name(f['name'], taken)}: {PY_TYPES[f['kind']]} | None = Field(None, alias={f['name']!r})" for f in schema)
+__all__ = ['SERVE_ENV', 'render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package',
+           'post_json', 'serve_setting', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
+           'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
+           'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
-def render_service(info:ModelInfo, name:str, folder) -> Path:
-    "Write the service for model `info` into `folder` (service.py and .bentoignore); returns the folder."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    feats = info.schema['features']
-    src = Template((templates_dir()/'service'/'service.py').read_text())
-    (folder/'service.py').write_text(src.substitute(model_tag=info.tag, name=name, task=served_task(info.schema), fields=schema_fields(feats),
-                                                    columns=repr([f['name'] for f in feats]), kinds=repr([f['kind'] for f in feats])))
-    shutil.copy(templates_dir()/'service'/'.bentoignore', folder/'.bentoignore')
+def render_service(folder) -> Path:
+    "Write the bento's build folder: the service shell, .bentoignore and a copy of mlnb's modules; returns the folder."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ('service.py', '.bentoignore'): shutil.copy(templates_dir()/'service'/f, folder/f)
     copy_package(folder/'mlnb')
     return folder
+
+def bento_args(info:ModelInfo, name:str) -> dict:
+    "The bento's arguments (`mlnb.service.BentoArgs`): what its service serves."
+    from mlnb.service import features_model
+    feats = [{'name': f['name'], 'kind': f['kind']} for f in info.schema['features']]
+    features_model(feats)                                 # a kind the service cannot take: a DataError naming the column, now
+    return {'name': name, 'model_tag': info.tag, 'task': served_task(info.schema), 'features': feats}
 
 def served_task(schema:dict, pipeline=None) -> str:
     "The task a model's service answers: its schema's, else regression for a `pipeline` without class probabilities (an old schema: binary)."
@@ -58,7 +42,8 @@ def served_task(schema:dict, pipeline=None) -> str:
 
 def copy_package(dest:Path):
     "Copy mlnb's own modules to `dest`: a pickled Pipeline refers to mlnb's transformers, and mlnb is not on PyPI for the container."
-    shutil.rmtree(dest, ignore_errors=True); dest.mkdir(parents=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     import mlnb
     for f in Path(mlnb.__file__).parent.glob('*.py'): shutil.copy(f, dest/f.name)
 
@@ -81,8 +66,8 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
     name = p.serve['name'] or p.name
     if 'task' not in info.schema:        # an old schema: whether the model gives class probabilities decides
         info.schema = {**info.schema, 'task': served_task(info.schema, bentoml.sklearn.load_model(info.tag))}
-    ctx = render_service(info, name, p.workspace/'build'/name)
-    b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'],
+    ctx = render_service(p.workspace/'build'/name)
+    b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'], args=bento_args(info, name),
                              labels={'run': info.run_id, 'model': info.tag.replace(':', '-')},
                              python={'packages': _pins()}, docker={'python_version': '3.11'})
     Store(p.store_url).add_model(info.tag, info.run_id, info.data_hash, info.metrics, bento=str(b.tag))
@@ -117,18 +102,43 @@ def serve_setting(p:Project, key:str, kind, least) -> str|None:
     if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} of at least {least}, got '{v}'", p.path, 'serve', key)
     return str(v)
 
+class RotatingFile:
+    "A log file rotated by size: past `max_bytes` it becomes `<name>.1`, the older ones moving up to `<name>.<backups>`."
+    def __init__(self, path, max_bytes:int=10 * 1024 * 1024, backups:int=3):
+        self.path, self.max_bytes, self.backups = Path(path), max_bytes, backups
+        self.f = open(self.path, 'wb')
+
+    def write(self, data:bytes):
+        if self.f.tell() and self.f.tell() + len(data) > self.max_bytes: self.rotate()
+        self.f.write(data)
+        self.f.flush()
+
+    def rotate(self):
+        self.f.close()
+        for i in range(self.backups - 1, 0, -1):
+            if (old := self.path.with_name(f'{self.path.name}.{i}')).exists(): os.replace(old, self.path.with_name(f'{self.path.name}.{i + 1}'))
+        os.replace(self.path, self.path.with_name(f'{self.path.name}.1'))
+        self.f = open(self.path, 'wb')
+
+def pump(src, dest:RotatingFile):
+    "Copy the lines of pipe `src` into `dest` until it closes."
+    try:
+        for line in iter(src.readline, b''): dest.write(line)
+    finally: dest.f.close()
+
 class Server:
     "A `bentoml serve` process for `bento` on 127.0.0.1; HTTPS when given a certificate and its key."
     def __init__(self, p:Project, bento:str, port:int|None=None, host:str='127.0.0.1', env:dict|None=None,
                  ssl_certfile=None,  # a PEM certificate (chain): serve HTTPS
-                 ssl_keyfile=None):  # its PEM private key
+                 ssl_keyfile=None,   # its PEM private key
+                 log_bytes:int=10 * 1024 * 1024):  # the server's log is rotated past this size (3 older files kept)
         self.p, self.bento, self.host, self.port = p, bento, host, port or free_port(host)
         if bool(ssl_certfile) != bool(ssl_keyfile): raise MlnbError("HTTPS needs both a certificate and its key (ssl_certfile and ssl_keyfile)")
         for f in (ssl_certfile, ssl_keyfile):
             if f and not Path(f).is_file(): raise MlnbError(f"{f}: no such certificate or key file")
         self.ssl = (str(ssl_certfile), str(ssl_keyfile)) if ssl_certfile else None
         self.url = f"{'https' if self.ssl else 'http'}://{host}:{self.port}"
-        self.proc, self.extra_env = None, env or {}
+        self.proc, self.extra_env, self.log_bytes = None, env or {}, log_bytes
         self.log = p.workspace/'logs'/f"serve-{self.port}.log"
         self.home = bentoml_home(p)/'servers'/str(self.port)   # BentoML's home for this server only: see `_make_home`
 
@@ -153,8 +163,12 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True); self._make_home()
         cmd = [str(Path(sys.executable).parent/'bentoml'), 'serve', self.bento, '--host', self.host, '--port', str(self.port)]
         if self.ssl: cmd += ['--ssl-certfile', self.ssl[0], '--ssl-keyfile', self.ssl[1]]
-        self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=open(self.log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready(timeout); return self
+        self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        import threading
+        self.pump = threading.Thread(target=pump, args=(self.proc.stdout, RotatingFile(self.log, self.log_bytes)), name='mlnb-serve-log', daemon=True)
+        self.pump.start()
+        self._wait_ready(timeout)
+        return self
 
     def _make_home(self):
         """A BentoML home of this server's own, with the project's bentos and models linked in: `bentoml serve` empties
@@ -193,6 +207,7 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try: self.proc.wait(grace)
             except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        if self.proc: self.pump.join(5)
         if self.proc: shutil.rmtree(self.home, ignore_errors=True)     # the links and the metrics files; the bentos and models stay
 
     def __enter__(self): return self.start() if self.proc is None else self
@@ -233,21 +248,24 @@ def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host
 
 # %% ../nbs/10_serve.ipynb #8c0938af
 def check_frame(df, features:list[dict], first_row:int=0, passthrough=()):
-    "The feature columns of `df` checked and typed as the service would; `DataError` names the column and rows."
+    "The feature columns of `df` checked, then typed by the service's own request frame; `DataError` names the column and rows."
     import numpy as np, pandas as pd
+    from mlnb.service import frame_for
     known = {f['name'] for f in features}
     extra = [c for c in df.columns if c not in known and c not in passthrough]
     if extra: raise DataError(f"unknown column(s) {', '.join(map(str, extra[:10]))}: not features of the model (keep them with keep=...)")
-    out = pd.DataFrame(index=df.index)
+    cols = []
     for f in features:
         col = df[f['name']] if f['name'] in df else pd.Series(None, index=df.index, dtype=object)
         if f['kind'] == 'date': _check_dates(col, f['name'], first_row)
-        if f['kind'] in ('str', 'date', 'text'): out[f['name']] = col.astype(object).where(col.notna(), None); continue
+        if f['kind'] in ('str', 'date', 'text'):
+            cols.append(col.astype(object).where(col.notna(), None).tolist())
+            continue
         num = pd.to_numeric(col, errors='coerce') if col.dtype == object or f['kind'] != 'bool' else col.astype(float)
         bad = np.flatnonzero((num.isna() & col.notna()).to_numpy() | np.isinf(num.to_numpy(dtype=float, na_value=np.nan)))
         if len(bad): raise DataError(f"column '{f['name']}': not a finite number at row(s) {', '.join(str(first_row + j) for j in bad[:5])}")
-        out[f['name']] = num.astype(float)
-    return out
+        cols.append([None if pd.isna(v) else bool(v) for v in num] if f['kind'] == 'bool' else num.to_numpy(dtype=float, na_value=np.nan))
+    return frame_for(features).typed(cols).set_axis(df.index)
 
 def _check_dates(col, name:str, first_row:int):
     "`DataError` naming the rows of `col` that pandas cannot read as a time."

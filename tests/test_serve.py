@@ -55,9 +55,10 @@ def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
     assert (bento_dir/'env'/'docker'/'Dockerfile').is_file()
     assert 'FROM' in (bento_dir/'env'/'docker'/'Dockerfile').read_text()
     svc = (bento_dir/'src'/'service.py').read_text()
-    assert '@bentoml.service' in svc and 'mean_radius: float | None' in svc
+    assert '@bentoml.service' in svc and 'from mlnb.service import' in svc and '$' not in svc     # the thin shell, as it is
     bento_yaml = (bento_dir/'bento.yaml').read_text()
     assert 'models:' in bento_yaml and 'shop' in bento_yaml      # the declared model is packed
+    assert 'model_tag:' in bento_yaml and 'mean radius' in bento_yaml and 'task: binary' in bento_yaml     # its arguments
     reqs = (bento_dir/'env'/'python'/'requirements.txt').read_text()
     assert 'scikit-learn==' in reqs
     import sqlalchemy as sa
@@ -105,8 +106,13 @@ def test_bentoml_serve_answers_http(served):
     assert bad.status_code == 400 and 'mean radius' in bad.text
     unknown = requests.post(f'{srv.url}/predict', json={'record': {'no such feature': 1}}, timeout=30)
     assert unknown.status_code == 400
-    missing = dict(rec); missing.pop('mean radius')            # a missing value is imputed, not an error
-    assert srv.predict(missing)['label'] in (0, 1)
+    absent = dict(rec); absent.pop('mean radius')              # an absent field is refused, naming it
+    r = requests.post(f'{srv.url}/predict', json={'record': absent}, timeout=30)
+    assert r.status_code == 400 and r.json() == {'detail': 'record.mean radius: required (send null for a missing value)'}
+    assert srv.predict({**rec, 'mean radius': None})['label'] in (0, 1)      # an explicit null is a missing value, imputed
+    for wrong in ('12.5', True):                                # strict numbers
+        r = requests.post(f'{srv.url}/predict', json={'record': {**rec, 'mean radius': wrong}}, timeout=30)
+        assert r.status_code == 400 and r.json()['detail'] == 'record.mean radius: Input should be a valid number', r.text
 
 
 def test_bentoml_sync_client(served):
@@ -135,34 +141,44 @@ def test_explain_feedback_and_metrics(served):
     ack = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 1}, timeout=30)
     assert ack.status_code == 200 and ack.json() == {'request_id': rid, 'label': 1, 'stored': True}
     wrong = requests.post(f'{srv.url}/feedback', json={'request_id': rid, 'label': 'cat'}, timeout=30)
-    assert wrong.status_code == 400 and wrong.json()['detail'][0]['loc'] == ['label']
+    assert wrong.status_code == 400 and wrong.json()['detail'].startswith("label: 'cat' is not one of the model's classes")
+    unknown = requests.post(f'{srv.url}/feedback', json={'request_id': 'no-such-id', 'label': 1}, timeout=30)
+    assert unknown.status_code == 404 and unknown.json() == {'detail': "request_id: no prediction 'no-such-id' in the store"}
     m = requests.get(f'{srv.url}/metrics', timeout=30).text
     assert 'bentoml_service_request_total' in m                           # BentoML's own
     assert f'mlnb_predictions_total{{label="' in m and 'mlnb_feedback_total 1.0' in m and 'mlnb_explanations_total' in m
+    srv.predict({**rec, 'worst area': None})
+    assert 'mlnb_missing_values_total{feature="worst area"}' in requests.get(f'{srv.url}/metrics', timeout=30).text
 
 
-BAD_BODIES = {  # case -> (endpoint, raw JSON body, status, a field the answer names)
-    'NaN literal': ('predict', '{"record": {"mean radius": NaN}}', 400, 'mean radius'),
-    'infinity': ('predict', '{"record": {"mean radius": Infinity}}', 400, 'mean radius'),
-    'NaN string': ('predict', '{"record": {"mean radius": "nan"}}', 400, 'mean radius'),
-    'wrong type': ('predict', '{"record": {"mean radius": [1, 2]}}', 400, 'mean radius'),
-    'extra field': ('predict', '{"record": {"colour": 1}}', 400, 'colour'),
-    'extra top-level key': ('predict', '{"record": {}, "debug": true}', 400, 'debug'),
+BAD_BODIES = {  # case -> (endpoint, raw JSON body (REST: the other features, as null), status, a field the answer names)
+    'NaN literal': ('predict', '{"record": {"mean radius": NaN, REST}}', 400, 'mean radius'),
+    'infinity': ('predict', '{"record": {"mean radius": Infinity, REST}}', 400, 'mean radius'),
+    'NaN string': ('predict', '{"record": {"mean radius": "nan", REST}}', 400, 'mean radius'),
+    'number as text': ('predict', '{"record": {"mean radius": "12.5", REST}}', 400, 'mean radius'),
+    'bool for a number': ('predict', '{"record": {"mean radius": true, REST}}', 400, 'mean radius'),
+    'absent field': ('predict', '{"record": {REST}}', 400, 'mean radius'),
+    'wrong type': ('predict', '{"record": {"mean radius": [1, 2], REST}}', 400, 'mean radius'),
+    'extra field': ('predict', '{"record": {"mean radius": 1, "colour": 1, REST}}', 400, 'colour'),
+    'extra top-level key': ('predict', '{"record": {"mean radius": 1, REST}, "debug": true}', 400, 'debug'),
     'missing record': ('predict', '{}', 400, 'record'),
     'bad JSON': ('predict', '{"record": ', 400, 'Invalid JSON'),
     'record not an object': ('predict', '{"record": 3}', 400, 'record'),
     'empty batch': ('predict_batch', '{"records": []}', 400, 'records'),
     'batch too long': ('predict_batch', json.dumps({'records': [{}] * 1001}), 400, 'records'),
     'feedback without id': ('feedback', '{"label": 1}', 400, 'request_id'),
-    'explain bad record': ('explain', '{"record": {"mean radius": "x"}}', 400, 'mean radius'),
+    'explain bad record': ('explain', '{"record": {"mean radius": "x", REST}}', 400, 'mean radius'),
+    'feedback for no request': ('feedback', '{"request_id": "never-answered", "label": 1}', 404, 'never-answered'),
 }
 
 @pytest.mark.parametrize('case', list(BAD_BODIES))
 def test_bad_input_is_a_4xx_naming_the_field(served, case):
     p, srv = served
     endpoint, body, status, field = BAD_BODIES[case]
-    r = requests.post(f'{srv.url}/{endpoint}', data=body, headers={'Content-Type': 'application/json'}, timeout=30)
+    rest = ', '.join(f'{json.dumps(c)}: null' for c in holdout_X(p).columns if c != 'mean radius')
+    r = requests.post(f'{srv.url}/{endpoint}', data=body.replace('REST', rest), headers={'Content-Type': 'application/json'}, timeout=30)
     assert r.status_code == status and field in r.text, (case, r.status_code, r.text)
+    assert list(r.json()) == ['detail'] and isinstance(r.json()['detail'], str) and '\n' not in r.json()['detail']     # one line
 
 
 def test_body_limits_and_the_server_keeps_answering(served):
@@ -174,55 +190,90 @@ def test_body_limits_and_the_server_keeps_answering(served):
     assert srv.predict(holdout_X(p).iloc[0].to_dict())['label'] in (0, 1)
 
 
-@pytest.fixture(scope='module')
-def service_module(packaged):
-    "The rendered service.py imported in this process, to test its parts directly."
-    import importlib.util
-    root, _ = packaged
-    p = load_project(root/'settings.ini')
-    os.environ.setdefault('BENTOML_HOME', str(p.workspace/'bentoml'))
-    spec = importlib.util.spec_from_file_location('mlnb_rendered_service', p.workspace/'build'/'shop'/'service.py')
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod                 # pydantic resolves the annotations through the module
-    spec.loader.exec_module(mod)
-    mod._COUNTERS = COUNTERS
-    return mod
+def chunked_post(url: str, path: str, total: int, chunk: int = 1 << 20) -> tuple[int, bytes]:
+    "POST `total` bytes with Transfer-Encoding: chunked (no Content-Length) on a raw socket; the status and body of the answer."
+    import socket
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        block, sent = f"{chunk:x}\r\n".encode() + b' ' * chunk + b"\r\n", 0
+        s.settimeout(0.001)
+        answer = b''
+        while sent < total and not answer:
+            try: answer = s.recv(65536)                # the server may answer before the body ends
+            except (socket.timeout, BlockingIOError): pass
+            s.settimeout(60)
+            try: s.sendall(block)
+            except (BrokenPipeError, ConnectionResetError): break
+            s.settimeout(0.001)
+            sent += chunk
+        s.settimeout(60)
+        if not answer:
+            try: s.sendall(b"0\r\n\r\n")
+            except OSError: pass
+        while b'\r\n\r\n' not in answer or len(answer.split(b'\r\n\r\n', 1)[1]) < int(answer.lower().split(b'content-length:')[1].split(b'\r\n')[0]):
+            more = s.recv(65536)
+            if not more: break
+            answer += more
+    head, body = answer.split(b'\r\n\r\n', 1)
+    return int(head[9:12]), body
 
 
-COUNTERS: dict = {}    # the Prometheus counters of every service module imported here: a process registers each name once
+def worker_rss(srv) -> int:
+    "Resident memory of the server's processes (the arbiter and its workers), in bytes."
+    import psutil
+    root = psutil.Process(srv.proc.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
 
 
-def test_prediction_log_batches_retries_and_spills(service_module, tmp_path):
-    svc = service_module
-    row = lambda i: dict(request_id=f'r{i}', model_tag='m:1', inputs={'a': i}, output={'label': 0}, latency_ms=1.0, created=svc.now())
-    log = svc.PredictionLog(f'sqlite:///{tmp_path}/a.db', every=0.1, batch=500)
-    for i in range(1200): log.put('predictions', row(i))
-    log.put('feedback', dict(request_id='r1', label=1, source='api', created=svc.now()))
-    log.close()
-    st = Store(f'sqlite:///{tmp_path}/a.db')                              # the service's tables are the store's
-    assert len(st.read(sa.select(predictions.c.request_id))) == 1200 and len(st.read(sa.select(feedback))) == 1
-    (tmp_path/'b.db').mkdir()                                             # a store that refuses every write
-    log = svc.PredictionLog(f'sqlite:///{tmp_path}/b.db', every=0.1, spill=str(tmp_path/'spill.jsonl'))
-    for i in range(10): log.put('predictions', row(i))
-    log.close()
-    spilled = [json.loads(l) for l in (tmp_path/'spill.jsonl').read_text().splitlines()]
-    assert [r['request_id'] for r in spilled] == [f'r{i}' for i in range(10)] and spilled[0]['table'] == 'predictions'
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(served):
+    "Issue 14.1: 200 MB sent chunked (no Content-Length) gets a 413 once the count passes MLNB_MAX_BODY; the server keeps none of it."
+    p, srv = served
+    before = worker_rss(srv)
+    status, body = chunked_post(srv.url, '/predict', 200 << 20)
+    assert status == 413 and json.loads(body) == {'detail': f'body: more than the limit of {10 * 1024 * 1024} bytes'}
+    assert worker_rss(srv) - before < 40 << 20, (before, worker_rss(srv))       # the 200 MB were not kept
+    assert srv.predict(holdout_X(p).iloc[0].to_dict())['label'] in (0, 1)
 
 
-def test_guard_token_and_limits(service_module):
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-    ok = lambda request: PlainTextResponse('ok')
-    app = Starlette(routes=[Route(p, ok, methods=['GET', 'POST']) for p in ('/predict', '/metrics', '/healthz')])
-    with TestClient(service_module.Guard(app, token='t0k', max_body=100)) as c:
-        assert c.post('/predict', json={}).status_code == 401 and c.get('/metrics').status_code == 200 and c.get('/healthz').status_code == 200
-        assert c.post('/predict', json={}, headers={'Authorization': 'Bearer t0k'}).status_code == 200
-        assert c.post('/predict', json={}, headers={'Authorization': 'bearer t0k'}).status_code == 401
-        assert c.post('/predict', content='x' * 101, headers={'Authorization': 'Bearer t0k', 'Content-Type': 'application/json'}).status_code == 413
-    with TestClient(service_module.Guard(app, token='')) as c:                  # no token set: auth off
-        assert c.post('/predict', json={}).status_code == 200
+def test_rejected_requests_are_one_line_and_logged_as_failed(served):
+    "Issue 14.9 and 13.6: a rejected request is one line of the server's log (no traceback) and a prediction-log row with its status and error."
+    p, srv = served
+    rec = holdout_X(p).iloc[0].to_dict()
+    marker = f'bad-{time.time_ns()}'
+    before = srv.log.read_text()
+    for i in range(5):
+        r = requests.post(f'{srv.url}/predict', json={'record': {**rec, 'mean radius': f'{marker}-{i}'}}, timeout=30)
+        assert r.status_code == 400
+    r = requests.post(f'{srv.url}/feedback', json={'request_id': marker, 'label': 1}, timeout=30)
+    assert r.status_code == 404
+    deadline = time.time() + 10
+    while time.time() < deadline and srv.log.read_text().count('status=404') <= before.count('status=404'): time.sleep(0.2)
+    added = srv.log.read_text()[len(before):]
+    assert 'Traceback' not in added and added.count('status=400') == 5 and added.count('status=404') == 1, added
+    st = Store(p.store_url)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        failed = [r['output'] for r in st.read(sa.select(predictions.c.output)) if isinstance(r['output'], dict) and 'status' in r['output']]
+        if sum(marker in f['error'] for f in failed) >= 1: break
+        time.sleep(0.3)
+    assert {'status': 404, 'error': f"request_id: no prediction '{marker}' in the store"} in failed
+    assert any(f['status'] == 400 and f['error'] == 'record.mean radius: Input should be a valid number' for f in failed)
+
+
+def test_openapi_says_what_the_service_answers(served):
+    "Issue 13.5 and 14.12: every feature required and nullable, strictly typed, and every error a string `detail`."
+    p, srv = served
+    doc = requests.get(f'{srv.url}/docs.json', timeout=30).json()
+    features = doc['components']['schemas']['Features']
+    assert set(features['required']) == set(holdout_X(p).columns) and features['additionalProperties'] is False
+    assert features['properties']['mean radius']['anyOf'] == [{'type': 'number'}, {'type': 'null'}]
+    assert doc['components']['schemas']['Problem']['properties']['detail']['type'] == 'string'
+    for path in ('/predict', '/predict_batch', '/explain', '/feedback'):
+        responses = doc['paths'][path]['post']['responses']
+        assert {'400', '401', '404', '413', '415', '500'} <= set(map(str, responses)), (path, list(responses))
+        assert responses['400']['content']['application/json']['schema'] == {'$ref': '#/components/schemas/Problem'}
 
 
 def test_cache_answers_repeated_records(served):
@@ -361,53 +412,6 @@ def test_auth_promote_gate_and_rollback_under_traffic(packaged, challenger):
     st.write(models_table.update().where(models_table.c.tag == challenger).values(metrics=metrics, run_id=run_id))
 
 
-class FakeModel:
-    "A stand-in for a served model: each call takes the next of `ms` milliseconds (the last one repeats), or raises."
-    def __init__(self, tag, ms=(1,), fail=False): self.tag, self.ms, self.fail, self.classes, self.calls = tag, list(ms), fail, [0, 1], 0
-    def score(self, records):
-        ms = self.ms[min(self.calls, len(self.ms) - 1)]; self.calls += 1
-        if self.fail: raise RuntimeError('broken on purpose')
-        return __import__('numpy').tile([0.25, 0.75], (len(records), 1)), float(ms)
-
-
-def test_latency_budget_and_errors_hand_over_to_the_previous_model(service_module, monkeypatch):
-    "Calls over budget or raising count as failures; FALLBACK_AFTER in a row bench the model, logged, alerted and counted."
-    from prometheus_client import REGISTRY
-    svc = service_module
-    monkeypatch.setattr(svc, 'BUDGET_MS', 50.0); monkeypatch.setattr(svc, 'FALLBACK_AFTER', 3)
-    class Log:
-        rows = []
-        def put(self, table, row): self.rows.append((table, row))
-    def service(current, fallback):
-        c = object.__new__(svc.Classifier.inner)
-        c.current, c.fallback, c.challenger, c.log, c.cache, c.loaded = current, fallback, None, Log(), svc.Cache(0), {}
-        c.failures, c.benched, c.bench_lock = {}, set(), threading.Lock()
-        return c
-    ask = lambda c: c._answer([svc.Features()])[0].model
-    slow, before = FakeModel('m:slow', ms=[80, 80, 10, 80, 80, 80]), FakeModel('m:before')
-    c = service(slow, before)
-    assert [ask(c) for _ in range(8)] == ['m:slow'] * 6 + ['m:before'] * 2      # a fast call in between restarts the count
-    assert slow.calls == 6 and c.benched == {'m:slow'}
-    assert REGISTRY.get_sample_value('mlnb_fallback_switches_total', {'model': 'm:slow', 'to': 'm:before'}) == 1
-    assert REGISTRY.get_sample_value('mlnb_over_budget_total', {'model': 'm:slow'}) == 5
-    alert = [r for t, r in c.log.rows if t == 'alerts']
-    assert len(alert) == 1 and alert[0]['kind'] == 'fallback' and 'm:before answers' in alert[0]['message'] and alert[0]['data']['failures'] == 3
-    c.loaded['m:new'] = FakeModel('m:new'); c.switch('m:new')                    # a new champion starts with a clean record
-    assert ask(c) == 'm:new' and not c.benched
-
-    broken = FakeModel('m:broken', fail=True); c = service(broken, before)
-    assert [ask(c) for _ in range(5)] == ['m:before'] * 5 and broken.calls == 3      # every request answered; benched after 3
-    assert REGISTRY.get_sample_value('mlnb_fallbacks_total', {'model': 'm:broken'}) == 5
-    c = service(FakeModel('m:alone', fail=True), None)                              # nothing to fall back to: the error shows
-    with pytest.raises(RuntimeError): ask(c)
-    batched = FakeModel('m:batched', ms=[400]); c = service(batched, before)       # 400 ms for 10 merged records: 40 ms a record
-    assert {p.model for _ in range(4) for p in c._answer([svc.Features()] * 10)} == {'m:batched'} and not c.benched
-    c = service(FakeModel('m:broken2', fail=True), before); c.cache = svc.Cache(10)
-    assert [ask(c) for _ in range(3)] == ['m:before'] * 3 and c.benched == {'m:broken2'}
-    calls = before.calls
-    assert [ask(c) for _ in range(2)] == ['m:before'] * 2 and before.calls == calls    # the answering model's cache entry is found
-
-
 def tls_pair(folder: Path) -> tuple[Path, Path]:
     "A self-signed certificate for 127.0.0.1 and its key, as PEM files."
     import datetime, ipaddress
@@ -540,12 +544,12 @@ def test_mlnb_serve_stops_its_server_on_sigterm(packaged):
         if proc.poll() is None: proc.kill()
 
 
-def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
+def test_direct_column_path_gives_the_pipelines_answers():
     "The service feeds each ColumnTransformer transformer its columns (numbers, bools, categories, gaps): same probabilities."
-    import importlib.util, numpy as np
+    import numpy as np
+    from mlnb import service
+    from mlnb.registry import background_sample
     from mlnb.train import train
-    from mlnb.registry import ModelInfo, background_sample
-    from mlnb.serve import render_service
     rng = np.random.default_rng(0); n = 300
     df = pd.DataFrame({'age': rng.integers(18, 80, n), 'income': rng.normal(50, 10, n), 'city': rng.choice(['a', 'b', 'c'], n),
                        'member': rng.choice([True, False], n)})
@@ -553,28 +557,20 @@ def test_direct_column_path_gives_the_pipelines_answers(tmp_path):
     df['y'] = ((df['income'].fillna(50) > 50) ^ (df['city'] == 'a')).astype(int)
     X = df.drop(columns='y')
     plain, stepped = train(df, 'y', 'hist_gb', cv=2), train(df, 'y', 'hist_gb', cv=2, steps=[lambda d: d.assign(age=d['age'] * 2)])
-    info = ModelInfo.__new__(ModelInfo); info.tag, info.schema = 'mixed:1', {'features': plain.schema}
-    render_service(info, 'mixed', tmp_path)
-    spec = importlib.util.spec_from_file_location('mlnb_mixed_service', tmp_path/'service.py')
-    svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
-    records = svc.sample_records(X.head(60))
-    plans = {}
+    Features = service.features_model(plain.schema)
+    records = service.sample_records(X.head(60), Features)
+    plans, scores = {}, {}
     for name, result in [('plain', plain), ('stepped', stepped)]:
-        s = object.__new__(svc.Served)
-        s.tag = 'mixed:1'
-        s.setup(result.pipeline, {'task': 'binary'}, background_sample(X, 50))
-        plans[name] = s.plan
-        assert np.abs(s.score(records)[0] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
+        s = service.Served('mixed:1', result.pipeline, {'task': 'binary', 'features': plain.schema}, background_sample(X, 50), Features)
+        plans[name], scores[name] = s.plan, s.score(records)[0]
+        assert np.abs(scores[name] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
     groups, steps = plans['plain']
     assert sorted((list(f.index), f.numbers) for _, f in groups) == [(['age', 'income'], True), (['city'], False), (['member'], False)]
     assert [type(t).__name__ for t in steps] == ['HistGradientBoostingClassifier']
     groups, steps = plans['stepped']                     # feature steps come first: the ColumnTransformer is called as it is
     assert groups is None and [type(t).__name__ for t in steps] == ['FeatureSteps', 'ColumnTransformer', 'HistGradientBoostingClassifier']
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
-    def fails(d): raise ValueError('a step that fails')
-    s.pipeline = make_pipeline(FunctionTransformer(fails), plain.pipeline)
-    assert s._plan() is None                             # a model that fails on the sample: the Pipeline is called as it is
+    from mlnb.serve import check_frame                   # batch scoring types a file's rows as the service types requests
+    assert np.abs(plain.pipeline.predict_proba(check_frame(X.head(60), plain.schema)) - scores['plain']).max() < 1e-12
 
 
 # ---- every task: regression, multiclass, samplers ------------------------------------------------------------------
@@ -604,75 +600,55 @@ def tasks_pipeline(estimator):
 TASK_FEATURES = [{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}]
 
 
-def rendered(tmp_path, name, task):
-    "The service rendered for TASK_FEATURES and `task`, imported as a module."
-    import importlib.util
-    from mlnb.registry import ModelInfo
-    from mlnb.serve import render_service
-    info = ModelInfo(f'{name}:1', 'r', None, {}, {'target': 'y', 'task': task, 'features': TASK_FEATURES})
-    render_service(info, name, tmp_path/name)
-    spec = importlib.util.spec_from_file_location(f'mlnb_{name}_service', tmp_path/name/'service.py')
-    svc = importlib.util.module_from_spec(spec); sys.modules[spec.name] = svc; spec.loader.exec_module(svc)
-    svc._COUNTERS = COUNTERS
-    return svc
-
-
-def served_model(svc, pipeline, task, X):
+def served_model(pipeline, task, X, types):
+    from mlnb import service
     from mlnb.registry import background_sample
-    s = object.__new__(svc.Served)
-    s.tag = f'{task}:1'
-    s.setup(pipeline, {'task': task}, background_sample(X, 50))
-    return s
+    return service.Served(f'{task}:1', pipeline, {'task': task, 'features': TASK_FEATURES}, background_sample(X, 50), types.features)
 
 
-def test_served_regression_model_answers_values(tmp_path, monkeypatch):
+def test_served_regression_model_answers_values(monkeypatch):
     "A regression service: values from the direct ColumnTransformer path, `{'value'}` logged and cached, counted as 'value', explained additively."
     import numpy as np
     from prometheus_client import REGISTRY
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from mlnb import service
     df = tasks_frame(); X = df[['size', 'rooms', 'city']]
     pipe = tasks_pipeline(Ridge()).fit(X, df['y'])
-    svc = rendered(tmp_path, 'houses', 'regression')
-    assert svc.REGRESSION and svc.Prediction is svc.Estimated and svc.Explanation is svc.ValueExplanation
-    m = served_model(svc, pipe, 'regression', X)
-    records = svc.sample_records(X.head(40))
+    types = service.request_types(TASK_FEATURES, 'regression')
+    assert types.prediction is service.Estimated and types.explanation is service.ValueExplanation
+    m = served_model(pipe, 'regression', X, types)
+    records = service.sample_records(X.head(40), types.features)
     values, _ = m.score(records)
     assert m.classes is None and m.plan is not None and values.shape == (40,)
     assert np.abs(values - pipe.predict(X.head(40))).max() < 1e-9
-    class Log:
-        rows = []
-        def put(self, table, row): self.rows.append((table, row))
-    c = object.__new__(svc.Classifier.inner)
-    c.current, c.fallback, c.challenger, c.log, c.cache, c.loaded = m, None, None, Log(), svc.Cache(10), {}
-    c.failures, c.benched, c.bench_lock = {}, set(), threading.Lock()
+    class Rows(list):
+        def put(self, table, row): self.append((table, row))
+        def __bool__(self): return True
+    c = service.Service(m, service.Settings(cache_size=10), types, log=Rows())
     before = REGISTRY.get_sample_value('mlnb_predictions_total', {'model': m.tag, 'label': 'value'}) or 0
-    a, b = c._answer(records[:1])[0], c._answer(records[:1])[0]          # the second one from the cache
+    a, b = c.predict(records[0]), c.predict(records[0])                  # the second one from the cache
     assert a.value == b.value == float(values[0]) and b.latency_ms == 0 and not hasattr(a, 'label')
-    assert [r['output'] for _, r in c.log.rows] == [{'value': float(values[0])}] * 2
+    assert [r['output'] for _, r in c.log] == [{'value': float(values[0])}] * 2
     assert REGISTRY.get_sample_value('mlnb_predictions_total', {'model': m.tag, 'label': 'value'}) == before + 2
-    base, shap_values, k = m.explain(records[0], values[0])
-    assert k is None and abs(base + sum(shap_values.values()) - values[0]) < 1e-6 and 'num__size' in shap_values
-    xt = m.prep(svc.FRAME(records[:1])).to_numpy()[0]
-    bg = m.prep(svc.FRAME(svc.sample_records(m.background))).to_numpy()                      # the background SHAP's explainer has
-    base, agnostic = svc.Permutation(pipe[-1].predict, bg)(xt)                                    # the model-agnostic fallback
-    assert agnostic.shape == (len(xt), 1) and abs(base[0] + agnostic.sum() - values[0]) < 1e-9
-    assert np.allclose(agnostic[:, 0], [shap_values[n] for n in m.names], atol=1e-6)     # a linear model: the permutation values are exact
+    ex = c.explain(records[0])
+    assert abs(ex.base_value + sum(ex.values.values()) - values[0]) < 1e-6 and 'num__size' in ex.values and ex.value == values[0]
     # alias following: a widened column (int -> float -> number) fits; other names or another kind of answer do not
-    assert svc.fits([{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': 'int'}, {'name': 'city', 'kind': 'str'}])
-    assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}])
-    assert not svc.fits([{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'str'}, {'name': 'city', 'kind': 'str'}])
+    assert service.fits([{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': 'int'}, {'name': 'city', 'kind': 'str'}], TASK_FEATURES)
+    assert not service.fits([{'name': 'size', 'kind': 'number'}, {'name': 'city', 'kind': 'str'}], TASK_FEATURES)
+    assert not service.fits([{'name': 'size', 'kind': 'number'}, {'name': 'rooms', 'kind': 'str'}, {'name': 'city', 'kind': 'str'}], TASK_FEATURES)
     from types import SimpleNamespace
-    from sklearn.linear_model import LogisticRegression
+    import bentoml
     stored = {'reg:2': (pipe, 'regression', 'int'), 'cls:1': (tasks_pipeline(LogisticRegression()).fit(X, df['kind']), 'multiclass', 'number')}
     widened = lambda tag: [{'name': 'size', 'kind': 'float'}, {'name': 'rooms', 'kind': stored[tag][2]}, {'name': 'city', 'kind': 'str'}]
-    monkeypatch.setattr(svc.bentoml.models, 'get', lambda tag: SimpleNamespace(tag=tag, custom_objects={'shap_background': X.head(20)},
-                        info=SimpleNamespace(metadata={'schema': {'task': stored[tag][1], 'features': widened(tag)}})))
-    monkeypatch.setattr(svc.bentoml.sklearn, 'load_model', lambda model: stored[model.tag][0])
-    assert svc.Served.load('reg:2').classes is None                      # a challenger whose int column became a number: served
-    with pytest.raises(ValueError, match='answers a class, this service a value'): svc.Served.load('cls:1')
+    get = lambda tag: SimpleNamespace(tag=tag, custom_objects={'shap_background': X.head(20)},
+                                      info=SimpleNamespace(metadata={'schema': {'task': stored[tag][1], 'features': widened(tag)}}))
+    for models in {id(m): m for m in (bentoml.models, __import__('importlib').import_module('bentoml.models'))}.values(): monkeypatch.setattr(models, 'get', get)   # (BentoML's lazy modules)
+    for sk in {id(m): m for m in (bentoml.sklearn, __import__('importlib').import_module('bentoml.sklearn'))}.values(): monkeypatch.setattr(sk, 'load_model', lambda model: stored[model.tag][0])
+    assert service.load_served('reg:2', types, TASK_FEATURES, regression=True).classes is None    # a challenger whose int column became a number
+    with pytest.raises(service.MlnbError, match='answers a class, this service a value'): service.load_served('cls:1', types, TASK_FEATURES, regression=True)
 
 
-def test_multiclass_explain_and_oversampling_pipeline(tmp_path):
+def test_multiclass_explain_and_oversampling_pipeline():
     "Multiclass: /explain's values are the predicted class's (SHAP's permutation explainer where it cannot read the estimator);"
     " a Pipeline with an imbalanced-learn sampler is served without it."
     import numpy as np
@@ -680,27 +656,27 @@ def test_multiclass_explain_and_oversampling_pipeline(tmp_path):
     from imblearn.pipeline import Pipeline as ImbPipeline
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
+    from mlnb import service
     df = tasks_frame(); X = df[['size', 'rooms', 'city']]
-    svc = rendered(tmp_path, 'kinds', 'multiclass')
-    assert not svc.REGRESSION and svc.Prediction is svc.Classified
+    types = service.request_types(TASK_FEATURES, 'multiclass')
+    assert types.prediction is service.Classified
     hgb = tasks_pipeline(HistGradientBoostingClassifier(max_iter=20, random_state=0)).fit(X, df['kind'])
-    m = served_model(svc, hgb, 'multiclass', X)
-    rec = svc.sample_records(X.iloc[[5]])[0]
+    m = served_model(hgb, 'multiclass', X, types)
+    rec = service.sample_records(X.iloc[[5]], types.features)[0]
     proba = m.score([rec])[0][0]
     base, values, k = m.explain(rec, proba)
     assert m.classes[k] == hgb.predict(X.iloc[[5]])[0] and k == int(proba.argmax())
-    assert abs(base + sum(values.values()) - proba[k]) < 1e-9          # the predicted class's probability, explained
-    assert isinstance(m.explainer(), svc.Permutation)                    # SHAP cannot read a multiclass HistGradientBoostingClassifier
-    c = object.__new__(svc.Classifier.inner); c.current = m
-    ex = svc.Classifier.inner.explain.func(c, rec)
-    assert ex.label == ex.explained == m.classes[k] and ex.values == values          # the same each time
+    total = base + sum(values.values())                                 # the predicted class's output, explained additively:
+    assert min(abs(total - hgb.decision_function(X.iloc[[5]])[0][k]), abs(total - proba[k])) < 1e-6    # its margin (tree) or probability
+    ex = service.Service(m, service.Settings(), types).explain(rec)
+    assert ex.label == ex.explained == m.classes[k] and set(ex.values) == set(values)
 
     steps = tasks_pipeline(LogisticRegression(max_iter=500)).steps
     imb = ImbPipeline([steps[0], ('oversample', RandomOverSampler(random_state=0)), steps[1]]).fit(X, df['kind'])
-    m = served_model(svc, imb, 'multiclass', X)
+    m = served_model(imb, 'multiclass', X, types)
     groups, rest = m.plan
     assert [type(s).__name__ for s in rest] == ['LogisticRegression']     # the sampler is left out
-    records = svc.sample_records(X.head(30))
+    records = service.sample_records(X.head(30), types.features)
     assert np.abs(m.score(records)[0] - imb.predict_proba(X.head(30))).max() < 1e-12
     base, values, k = m.explain(records[0], m.score(records[:1])[0][0])
     assert len(values) == 6 and not any('oversample' in n for n in values)     # 2 numbers, 4 one-hot cities
