@@ -5,6 +5,7 @@
 # %% ../nbs/03_ingest.ipynb #667440f5
 from __future__ import annotations
 import hashlib, json, os, re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -326,18 +327,32 @@ def resolved(data:dict, root='.') -> tuple[dict, dict]:
     secrets = Path(root, data['secrets']) if data.get('secrets') else None
     out, used = dict(data), {}
     for key in ('source', 'query'):
-        if data.get(key): out[key], u = expand(data[key], secrets, (None, 'data', key)); used.update(u)
+        if not data.get(key): continue
+        out[key], u = expand(data[key], secrets, (None, 'data', key))
+        used.update(u)
     return out, used
 
+@contextmanager
+def _shown(used:dict):
+    "Errors raised in the block show the `${NAME}` references again, not the secret values `used`."
+    try: yield
+    except MlnbError as e:
+        if not used: raise
+        raise type(e)(unexpand(str(e), used)) from None
+
+def _raise_malformed(data:dict, root, bad:list):
+    "The DataError naming the malformed rows of `data`'s file source (read again, where its `${NAME}` points)."
+    full, used = resolved(data, root)
+    with _shown(used): raise DataError(_malformed(_file_path(full['source'], root), bad))
+
 def _masked(tables, used:dict):
-    "`tables`, with the secret values in any error message turned back into their `${NAME}` references."
-    try: yield from tables
-    except MlnbError as e: raise type(e)(unexpand(str(e), used)) from None
+    "`tables`, whose errors show `${NAME}` references."
+    with _shown(used): yield from tables
 
 def source_batches(data:dict, root='.', opts:dict|None=None, since=None, nrows:int|None=None):
     "The `[data]` source as an iterator of Arrow tables; secrets are filled into its URL here, at fetch time, and nowhere else."
     data, used = resolved(data, root)
-    tables = _source_batches(data, root, opts if opts is not None else {}, since, nrows)
+    with _shown(used): tables = _source_batches(data, root, opts if opts is not None else {}, since, nrows)
     return _masked(tables, used) if used else tables
 
 def _source_batches(data:dict, root, opts:dict, since, nrows):
@@ -363,7 +378,7 @@ def read_source(data:dict, root='.', nrows:int|None=None) -> pd.DataFrame:
                 if nrows is not None and n >= nrows: break
             break
         except _Widen as w: opts.setdefault('widened', {})[w.column] = w.type; tables, n = [], 0
-    if opts.get('bad'): raise DataError(_malformed(_file_path(data['source'], root), opts['bad']))
+    if opts.get('bad'): _raise_malformed(data, root, opts['bad'])
     if not tables: raise DataError(f"{data['source']}: no rows")
     t = pa.concat_tables(tables, promote_options='permissive')
     if nrows is not None: t = t.slice(0, nrows)
@@ -373,7 +388,10 @@ def read_source(data:dict, root='.', nrows:int|None=None) -> pd.DataFrame:
 # %% ../nbs/03_ingest.ipynb #72e42168
 def source_columns(data:dict, root='.') -> list[str]:
     "The source's column names, read as cheaply as it allows: a local CSV's header line, a Parquet schema, else its first rows."
-    src = data['source']
+    full, used = resolved(data, root)
+    with _shown(used): return _source_columns(full['source'], data, root)
+
+def _source_columns(src:str, data:dict, root) -> list[str]:
     if source_kind(src) == 'file' and '://' not in src and _ext(src) in ('.csv', '.parquet') and not src.endswith(COMPRESSED):
         path = Path(_file_path(src, root))
         if not path.is_file(): raise ConfigError(f"data source not found: {path}", None, 'data', 'source')
@@ -652,7 +670,7 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
         w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None, opts.get('widened'))
         try:
             wm = _stream(data, root, w, opts, since, previous)
-            if opts.get('bad'): raise DataError(_malformed(_file_path(data['source'], root), opts['bad']))
+            if opts.get('bad'): _raise_malformed(data, root, opts['bad'])
             n_extra = _append_extra(w, extra) if extra else 0
             w.flush(); w.wait(); _check(data, w.schema, w.nulls, w.rows, src)
             meta = {'source': src, 'watermark_column': col, 'watermark': wm, **({'extra': str(extra), 'extra_rows': n_extra} if extra else {})}
