@@ -429,22 +429,14 @@ def reference_path(p:Project, model_tag:str) -> Path:
     "Where a model's reference statistics file is looked for when its metadata lacks them."
     return p.workspace/'reference'/f"{model_tag.replace(':', '-')}.json"
 
-def _bentoml(p:Project):
-    "BentoML, with its home in `p`'s workspace (as `registry.bentoml_for` sets it)."
-    home, cur = str(p.workspace/'bentoml'), os.environ.get('BENTOML_HOME')
-    if 'bentoml' in os.sys.modules and cur and cur != home:
-        raise MlnbError(f"BentoML is already loaded for {cur}; use a new process for the project at {p.root}")
-    os.environ['BENTOML_HOME'] = home
-    return need('bentoml')
-
 def _from_bentoml(p:Project, model_tag:str) -> dict|None:
-    "The model's `reference_stats`, from its metadata or custom objects; None when it has none."
-    if not (p.workspace/'bentoml'/'models').is_dir(): return None
-    bentoml = _bentoml(p)
-    try: m = bentoml.models.get(model_tag)
-    except bentoml.exceptions.NotFound: return None
+    "The model's `reference_stats`, from its metadata or its (signature-checked) custom objects; None when it has none."
+    from mlnb.registry import bentoml_home, load_objects, model_key, stored_model
+    if not (bentoml_home(p)/'models').is_dir(): return None
+    try: m = stored_model(p, model_tag)
+    except MlnbError: return None
     ref = m.info.metadata.get('reference_stats')
-    return ref if ref is not None else m.custom_objects.get('reference_stats')
+    return ref if ref is not None else load_objects(m, model_key(p)).get('reference_stats')
 
 def load_reference(p:Project, model_tag:str, reference=None) -> dict:
     "Reference statistics of `model_tag`: `reference` (a dict or a file), else the model's own, else its file in the workspace."

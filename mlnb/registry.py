@@ -14,9 +14,9 @@ from .store import Store
 # %% auto #0
 __all__ = ['KEY_ENV', 'KEY_FILE', 'SIGNATURE', 'MAX_SIGNATURE', 'GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'model_key',
            'sign_model', 'check_signature', 'verified', 'load_file', 'load_pipeline', 'load_output', 'load_model',
-           'training_frame', 'background_sample', 'train_reference', 'ModelInfo', 'latest_evaluated', 'run_outputs',
-           'model_task', 'save_model', 'promotion_gate', 'row_keys', 'run_rows', 'shared_scores', 'promote_tag',
-           'rollback_store', 'promote', 'rollback']
+           'load_objects', 'stored_model', 'save_signed', 'training_frame', 'background_sample', 'train_reference',
+           'ModelInfo', 'latest_evaluated', 'run_outputs', 'model_task', 'save_model', 'promotion_gate', 'row_keys',
+           'run_rows', 'shared_scores', 'promote_tag', 'rollback_store', 'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -126,11 +126,29 @@ def load_output(ctx, stage:str, name:str):
     "In a stage notebook: unpickle output `name` of the upstream `stage`, checked against the hash its run recorded."
     return load_file(Store(ctx.project.store_url), ctx.input(stage, name))
 
-def load_model(model, key:bytes) -> tuple:
-    "The Pipeline and custom objects of BentoML `model` (a `bentoml.Model`), unpickled only after its signature checked with `key`."
+def load_model(model, key:bytes):
+    "The Pipeline of BentoML `model` (a `bentoml.Model`), unpickled only after its signature checked with `key`."
     import bentoml
     check_signature(Path(model.path), key)
-    return bentoml.sklearn.load_model(model), model.custom_objects
+    return bentoml.sklearn.load_model(model)
+
+def load_objects(model, key:bytes) -> dict:
+    "The custom objects packed with BentoML `model` (SHAP background, reference statistics), unpickled only after its signature checked."
+    check_signature(Path(model.path), key)
+    return dict(model.custom_objects or {})
+
+def stored_model(p:Project, tag:str):
+    "BentoML's Model `tag` from `p`'s model store (its YAML only: nothing unpickled); `MlnbError` naming the store without it."
+    bentoml = bentoml_for(p)
+    try: return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
+
+def save_signed(p:Project, name:str, pipeline, **kwargs):
+    "Save `pipeline` as BentoML model `name` (`kwargs` as `bentoml.sklearn.save_model` takes them) and sign the stored copy."
+    bentoml = bentoml_for(p)
+    stored = bentoml.models.get(bentoml.sklearn.save_model(name, pipeline, **kwargs).tag)   # save_model answers with its temporary folder
+    sign_model(Path(stored.path), model_key(p))
+    return stored
 
 
 # %% ../nbs/09_registry.ipynb #6f62ef93
@@ -195,7 +213,6 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     store = Store(p.store_url)
     run, out = run_outputs(store, run_id)
     pipeline = load_pipeline(store, run['id'])
-    bentoml = bentoml_for(p)
     schema = json.loads((out/'schema.json').read_text())
     schema['task'] = task = model_task(schema, pipeline)
     metrics = {k: float(v) for k,v in run['metrics'].items()}
@@ -203,11 +220,10 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     packed = {'shap_background': background_sample(X, background_rows)}
     if (ref := train_reference(out)) is not None: packed['reference_stats'] = ref
     methods = ['predict'] + (['predict_proba'] if hasattr(pipeline, 'predict_proba') else [])
-    model = bentoml.sklearn.save_model(p.serve['name'] or p.name, pipeline, signatures={m: {'batchable': True} for m in methods},
+    model = save_signed(p, p.serve['name'] or p.name, pipeline, signatures={m: {'batchable': True} for m in methods},
         labels={'run': run['id'], 'project': p.name, 'task': task}, custom_objects=packed,
         metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
                   'task': task, 'primary_metric': PRIMARY[task]})
-    sign_model(Path(bentoml.models.get(model.tag).path), model_key(p))   # the stored copy (save_model returns its temporary folder)
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
@@ -307,10 +323,7 @@ def promote(settings='settings.ini', tag:str|None=None, force:bool=False, tolera
     p = load_project(settings)
     store = Store(p.store_url)
     tag = tag or store.alias('challenger')
-    if tag:
-        bentoml = bentoml_for(p)
-        try: bentoml.models.get(tag)
-        except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
+    if tag: stored_model(p, tag)
     return promote_tag(store, tag, force, tolerance)
 
 def rollback(settings='settings.ini') -> str:

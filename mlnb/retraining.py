@@ -170,13 +170,11 @@ def monitoring_summary(out:dict) -> str:
 # %% ../nbs/12c_retraining.ipynb #35cb92c8
 def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
     "Update `model_tag` (default: the champion) with the labels given since it was saved, by `partial_fit`; the result is the challenger."
-    from mlnb.registry import bentoml_for
+    from mlnb.registry import load_model, load_objects, model_key, save_signed, stored_model
     p, st = open_store(settings)
     if not (tag := model_tag or st.alias('champion')): raise MlnbError(f"no model to update: no champion in {st.url}")
-    bentoml = bentoml_for(p)
-    try: m = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {p.workspace/'bentoml'}") from None
-    pipe = bentoml.sklearn.load_model(m)
+    m = stored_model(p, tag)
+    pipe = load_model(m, model_key(p))
     est = pipe[-1] if hasattr(pipe, 'steps') else pipe
     if not hasattr(est, 'partial_fit'):
         raise MlnbError(f"model {tag} cannot learn online: its estimator {type(est).__name__} has no partial_fit; retrain it instead (mlnb retrain)")
@@ -186,9 +184,9 @@ def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
     if hasattr(est, 'classes_'): est.partial_fit(X, y, classes=est.classes_)
     else: est.partial_fit(X, y.astype(float))                                # a regressor: numeric labels
     sigs = {f: {'batchable': True} for f in ('predict', 'predict_proba') if hasattr(pipe, f)}
-    new = bentoml.sklearn.save_model(m.tag.name, pipe, signatures=sigs,
-                                     labels={**m.info.labels, 'online_from': str(m.tag).replace(':', '-')}, custom_objects=m.custom_objects,
-                                     metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': len(y)})
+    new = save_signed(p, m.tag.name, pipe, signatures=sigs,
+                      labels={**m.info.labels, 'online_from': str(m.tag).replace(':', '-')}, custom_objects=load_objects(m, model_key(p)),
+                      metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': len(y)})
     rec = st.get_model(str(m.tag)) or {}
     st.add_model(str(new.tag), rec.get('run_id'), rec.get('data_hash'), rec.get('metrics') or {})
     st.set_alias('challenger', str(new.tag))

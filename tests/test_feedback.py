@@ -312,14 +312,15 @@ def test_retrain_runs_the_pipeline_with_labels_and_makes_a_challenger(tmp_path):
     X, y = data.drop(columns='target'), data.target
     sgd = make_pipeline(StandardScaler(), SGDClassifier(random_state=0)).fit(X, y)
     schema = {'features': [{'name': c, 'kind': 'float'} for c in X.columns], 'target': 'target'}
-    m = bentoml.sklearn.save_model('shop-sgd', sgd, metadata={'schema': schema})
+    from mlnb.registry import load_model, model_key, save_signed, stored_model
+    m = save_signed(p, 'shop-sgd', sgd, metadata={'schema': schema})
     st.add_model(str(m.tag), 'none', None, {})
     time.sleep(0.05)
     label_all(p, log(p, str(m.tag), 20, inputs=recs, seed=7))
     coef = sgd[-1].coef_.copy()
     u = update_online(p, str(m.tag))
     assert u['rows'] == 20 and u['from'] == str(m.tag) and st.alias('challenger') == u['model_tag'] != str(m.tag)
-    new = bentoml.sklearn.load_model(u['model_tag'])
+    new = load_model(stored_model(p, u['model_tag']), model_key(p))      # the updated model is signed too
     assert not np.allclose(new[-1].coef_, coef) and bentoml.models.get(u['model_tag']).info.metadata['online_rows'] == 20
 
 
@@ -414,14 +415,14 @@ from sklearn.preprocessing import StandardScaler
 from mlnb.config import load_project
 from mlnb.feedback import add_label
 from mlnb.retraining import update_online
-from mlnb.registry import bentoml_for
+from mlnb.registry import bentoml_for, load_model, model_key, save_signed, stored_model
 from mlnb.store import Store, predictions
 p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
 rng = np.random.default_rng(0)
 X = pd.DataFrame({'a': rng.normal(size=200), 'b': rng.normal(size=200)}); y = 3 * X.a - X.b + 10
 sgd = make_pipeline(StandardScaler(), SGDRegressor(random_state=0, max_iter=5, tol=None)).fit(X, y)
 schema = {'features': [{'name': 'a', 'kind': 'number'}, {'name': 'b', 'kind': 'number'}], 'target': 'y', 'task': 'regression'}
-m = bentoml.sklearn.save_model('houses', sgd, metadata={'schema': schema}); st.add_model(str(m.tag), 'none', None, {})
+m = save_signed(p, 'houses', sgd, metadata={'schema': schema}); st.add_model(str(m.tag), 'none', None, {})
 time.sleep(0.05)
 rows = [dict(request_id=f'r{i}', model_tag=str(m.tag), inputs={'a': float(X.a[i]), 'b': float(X.b[i])}, output={'value': float(sgd.predict(X.iloc[[i]])[0])},
              latency_ms=1.0, created=pd.Timestamp.now('UTC').tz_localize(None).to_pydatetime()) for i in range(30)]
@@ -429,7 +430,7 @@ st.write(predictions.insert(), rows)
 for i in range(30): add_label(p, f'r{i}', float(y[i]) + 5)            # the world moved up by 5
 coef = sgd[-1].intercept_.copy()
 u = update_online(p, str(m.tag))
-new = bentoml.sklearn.load_model(u['model_tag'])
+new = load_model(stored_model(p, u['model_tag']), model_key(p))
 assert u['rows'] == 30 and st.alias('challenger') == u['model_tag'] and new[-1].intercept_[0] > coef[0], (new[-1].intercept_, coef)
 assert 'predict_proba' not in bentoml.models.get(u['model_tag']).info.signatures
 print('ok')

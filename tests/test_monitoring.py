@@ -193,13 +193,17 @@ def test_check_drift_finds_the_reference_in_bentoml_metadata_or_custom_objects(s
     code = textwrap.dedent(f"""
         import json, sqlalchemy as sa
         from mlnb.config import load_project
-        from mlnb.monitoring import _bentoml, check_drift, load_reference, read_reference
+        from pathlib import Path
+        from mlnb.monitoring import check_drift, load_reference, read_reference
+        from mlnb.registry import bentoml_for, model_key, sign_model
         from mlnb.store import Store
         p = load_project({str(p.path)!r}); ref = read_reference({str(ref_file)!r})
-        bentoml = _bentoml(p)
+        bentoml = bentoml_for(p)
         m1 = bentoml.picklable_model.save_model('demo', object(), metadata={{'reference_stats': ref}})
         m2 = bentoml.picklable_model.save_model('other', object(), custom_objects={{'reference_stats': ref}})
+        sign_model(Path(bentoml.models.get(m2.tag).path), model_key(p))     # custom objects are unpickled only from a signed model
         m3 = bentoml.picklable_model.save_model('bare', object())
+        sign_model(Path(bentoml.models.get(m3.tag).path), model_key(p))
         out = [load_reference(p, str(m.tag)) == ref for m in (m1, m2)]
         try: load_reference(p, str(m3.tag)); out.append('no error')
         except Exception as e: out.append(str(e))
