@@ -19,6 +19,11 @@ def one_line_exit_2(r, *expected):
     return lines[0]
 
 
+def set_key(settings, section, key, value):
+    "Add `key = value` at the top of `[section]` of the settings.ini at `settings` (whatever its comments say)."
+    settings.write_text(settings.read_text().replace(f'[{section}]\n', f'[{section}]\n{key} = {value}\n', 1))
+
+
 def files_holding(folder, *secrets) -> list:
     "Every file under `folder` (the store, its WAL, snapshots, records, executed notebooks, logs) whose bytes hold one of `secrets`."
     return [str(p) for p in Path(folder).rglob('*') if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
@@ -28,8 +33,7 @@ def files_holding(folder, *secrets) -> list:
 
 def test_store_password_is_redacted_in_every_message(tmp_path):
     s = new_project(tmp_path/'p')
-    text = s.read_text().replace('# store = postgresql://user@host/mlnb', 'store = postgresql+psycopg://alice:S3cretPW_store@127.0.0.1:1/mlnb')
-    s.write_text(text)
+    set_key(s, 'project', 'store', 'postgresql+psycopg://alice:S3cretPW_store@127.0.0.1:1/mlnb')
     for args in (['runs'], ['run'], ['data']):
         r = mlnb(*args, '-p', s, check=False)
         line = one_line_exit_2(r, 'store postgresql+psycopg://alice:***@127.0.0.1:1/mlnb: cannot open')
@@ -75,8 +79,8 @@ def test_source_credentials_reach_the_api_but_no_record(tmp_path, auth_api):
     st.engine.dispose()
 
     s = root/'settings.ini'                                                           # the documented way: ${NAME}, values elsewhere
-    s.write_text(s.read_text().replace(literal, f'http://{USER}:${{SRC_PASS}}@{auth_api}/rows?token=${{SRC_TOKEN}}')
-                 .replace('target = y', 'target = y\nsecrets = .secrets.env'))
+    s.write_text(s.read_text().replace(literal, f'http://{USER}:${{SRC_PASS}}@{auth_api}/rows?token=${{SRC_TOKEN}}'))
+    set_key(s, 'data', 'secrets', '.secrets.env')
     (root/'.secrets.env').write_text(f'SRC_PASS={PASSWORD}\n')
     r = mlnb('run', '--stage', 'ingest', cwd=root, check=False)
     one_line_exit_2(r, 'settings.ini, [data], source: ${SRC_TOKEN} is not set')      # before any stage, naming the missing one
@@ -219,9 +223,7 @@ def csv_project(root, text, **settings):
     st = Store(load_project(s).store_url)
     st.finish_run(st.start_run('p', run_id='earlier'), 'succeeded')
     st.engine.dispose()
-    for k, v in settings.items():                                        # section_key=value, e.g. pipeline_jobs='-3'
-        sec, key = k.split('_', 1)
-        s.write_text(s.read_text().replace(f'[{sec}]\n', f'[{sec}]\n{key} = {v}\n'))
+    for k, v in settings.items(): set_key(s, *k.split('_', 1), v)     # section_key=value, e.g. pipeline_jobs='-3'
     return s
 
 
@@ -271,7 +273,7 @@ def test_bad_settings_and_notebooks_are_one_line(tmp_path):
 
     s = new_project(tmp_path/'store')
     outside = tmp_path/'elsewhere'/'db'
-    s.write_text(s.read_text().replace('# store = postgresql://user@host/mlnb', f'store = sqlite:///{outside}/mlnb.db'))
+    set_key(s, 'project', 'store', f'sqlite:///{outside}/mlnb.db')
     one_line_exit_2(mlnb('run', '-p', s, check=False), f'{s}, [project], store: the folder {outside} does not exist')
     assert not (tmp_path/'elsewhere').exists()
     s.write_text(s.read_text().replace(f'sqlite:///{outside}/mlnb.db', 'sqlite:///.mlnb/own/mlnb.db'))   # in the workspace: made as today
