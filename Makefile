@@ -27,14 +27,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) vendor
 	$(BIN)/mlnb demo
 
-test: $(STAMP) vendor chromium check-export nbtest pytest
+test: $(STAMP) vendor chromium check-export nbtest docs pytest
 
 # Great Expectations' Data Docs link Bootstrap, jQuery, Font Awesome and Vega from CDNs: the files named in
 # mlnb/static/cdn.json are fetched once from npm into mlnb/static/vendor/ (not committed), which mlnb.validate links instead.
 define VENDOR_PY
 import json, pathlib, shutil, subprocess, sys, tarfile, tempfile
-static = pathlib.Path('mlnb/static'); files = json.loads((static/'cdn.json').read_text()).values()
-out = static/'vendor'; tmp = pathlib.Path(tempfile.mkdtemp())
+manifest, out = (pathlib.Path(a) for a in (sys.argv[1:] or ['mlnb/static/cdn.json', 'mlnb/static/vendor']))
+files = json.loads(manifest.read_text()).values(); tmp = pathlib.Path(tempfile.mkdtemp())
 specs = sorted({f.rsplit('@', 1)[0] + '@' + f.rsplit('@', 1)[1].split('/', 1)[0] for f in files})
 for spec in specs:
     name = subprocess.run(['npm', 'pack', '--silent', '--pack-destination', str(tmp), spec], check=True, capture_output=True, text=True).stdout.split()[-1]
@@ -54,7 +54,13 @@ vendor: mlnb/static/vendor/.done
 mlnb/static/vendor/.done: mlnb/static/cdn.json
 	@echo "== vendoring Data Docs' static files from npm"
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
-	@python3 -c "$$VENDOR_PY" && touch $@
+	@python3 -c "$$VENDOR_PY" mlnb/static/cdn.json mlnb/static/vendor && touch $@
+
+# The documentation site's MathJax (docs/cdn.json), fetched the same way into docs/_static/vendor/ (not committed).
+docs/_static/vendor/.done: docs/cdn.json
+	@echo "== vendoring MathJax for the docs from npm"
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	@python3 -c "$$VENDOR_PY" docs/cdn.json docs/_static/vendor && touch $@
 
 # The browser test (tests/test_browser.py) drives Debian's chromium with Playwright; Playwright never downloads a browser.
 chromium:
@@ -80,6 +86,16 @@ nbtest: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q -ra
+
+# The documentation site (docs/build.py): executes a copy of every notebook (tutorials included), processes it with nbdev,
+# renders with Sphinx + myst-nb + furo (`-W`: a warning fails) into docs/_site/ (not committed); tests/test_docs.py checks it.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	@$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev,docs]'
+	@touch $@
+
+docs: $(DOCS_STAMP) vendor docs/_static/vendor/.done
+	$(BIN)/python docs/build.py
 
 # Each script prints its ratios and appends them, dated, to benchmarks/RESULTS.md.
 bench: $(STAMP)
