@@ -39,8 +39,8 @@ def cmd_run(a):
     print(r.summary())
 
 def cmd_runs(a):
-    from mlnb.pipeline import runs
-    df = runs(_settings(a), a.limit)
+    from mlnb.pipeline import runs_frame
+    df = runs_frame(_settings(a), a.limit)
     print(df.to_string(index=False, na_rep="") if len(df) else "no runs yet: mlnb run")
 
 def cmd_data(a):
@@ -251,7 +251,8 @@ def main(argv=None) -> int:
     except MlnbError as e:
         print(f"mlnb: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("mlnb: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:                        # Ctrl-C, or SIGTERM/SIGHUP (pipeline.Terminated, named by its signal)
+        signal = str(e) if str(e).startswith('SIG') else 'SIGINT'
+        print(f"mlnb: interrupted ({signal})", file=sys.stderr)
+        return 128 + {'SIGINT': 2, 'SIGHUP': 1, 'SIGTERM': 15}.get(signal, 2)
     return 0

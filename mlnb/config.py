@@ -210,6 +210,7 @@ def new_project(folder, source:str='sklearn:breast_cancer', target:str='target',
     (folder/'pipeline').mkdir(parents=True, exist_ok=True); (folder/'expectations').mkdir(exist_ok=True)
     for nb in sorted((tpl/'pipeline').glob('*.ipynb')): shutil.copy(nb, folder/'pipeline'/nb.name)
     shutil.copy(tpl/'project'/'monitor.ipynb', folder/'monitor.ipynb')
+    if not (folder/'.gitignore').exists(): shutil.copy(tpl/'project'/'gitignore', folder/'.gitignore')   # the workspace and secrets
     (folder/'README.md').write_text(Template((tpl/'project'/'README.md').read_text()).substitute(subst))
     (folder/'settings.ini').write_text(Template((tpl/'project'/'settings.ini').read_text()).substitute(subst))
     return folder/'settings.ini'

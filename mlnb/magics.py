@@ -23,8 +23,8 @@ def mlnb_magic(line:str):
             return run(_settings(a), stage=a.stage, from_stage=a.from_stage, params=a.params, force=a.force, jobs=a.jobs,
                        sweep=a.sweep, resume=a.resume, scheduler=a.scheduler)
         if a.cmd == 'runs':
-            from mlnb.pipeline import runs
-            return runs(_settings(a), a.limit)
+            from mlnb.pipeline import runs_frame
+            return runs_frame(_settings(a), a.limit)
         a.fn(a)
     except MlnbError as e: print(f"mlnb: {e}")
 

@@ -18,7 +18,7 @@ __all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'H
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
            'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'off_worker_threads', 'execute_stage',
            'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
-           'columns_lines', 'search_line', 'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs', 'dag']
+           'columns_lines', 'search_line', 'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -773,9 +773,9 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     return res
 
 # %% ../nbs/08_pipeline.ipynb #76b5f922
-HEADLINE = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')   # metrics `runs` shows, when a run has them
+HEADLINE = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')   # metrics `runs_frame` shows, when a run has them
 
-def runs(settings='settings.ini', limit:int=20):
+def runs_frame(settings='settings.ini', limit:int=20):
     "The latest `limit` runs as a DataFrame: id, status, start, duration and the headline metrics."
     import pandas as pd
     p = load_project(settings)
