@@ -10,26 +10,101 @@ from pathlib import Path
 from .core import ConfigError, expand
 
 # %% auto #0
-__all__ = ['SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'TASKS', 'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order',
-           'load_project', 'new_project']
+__all__ = ['TASKS', 'S', 'SETTINGS', 'SETTING', 'SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'Setting', 'settings_reference',
+           'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order', 'load_project', 'new_project']
 
 # %% ../nbs/01_config.ipynb #c7a6b9b6
-SECTIONS = {  # section -> {key: default}
-    'project':  {'name': None, 'workspace': '.mlnb', 'store': None},
-    'data':     {'source': None, 'target': 'target', 'query': None, 'sample': '0',
-                 'watermark': None, 'records': None, 'paging': 'auto',    # incremental column; API records key and paging
-                 'task': 'auto', 'time': None, 'keep': '',                # the task, a time column for the holdout, columns never dropped
-                 'secrets': None},                                         # a file of NAME=value lines for ${NAME} in source, query and store
-    'pipeline': {'stages': None, 'jobs': '0', 'scheduler': None},
-    'serve':    {'name': None, 'mode': 'single', 'host': '127.0.0.1', 'port': '3000', 'weight': '0.1', 'cache': '0',
-                 'budget_ms': '0', 'fallback_after': '3', 'batch_size': '64'},   # latency budget and fallback; adaptive batching
-    'monitor':  {'psi_warn': '0.1', 'psi_critical': '0.2', 'wasserstein_warn': '0.1', 'wasserstein_critical': '0.2',
-                 'js_warn': '0.1', 'js_critical': '0.2', 'alpha': '0.01', 'window': '1000',
-                 'webhook': None, 'retrain_labels': '0', 'retrain_drift': 'critical'},   # alerts and the retraining trigger
-}
+@dataclass(frozen=True)
+class Setting:
+    "One settings.ini key: its default, kind (str, int, float, or the words it may be), range, meaning, and the service variable it becomes."
+    section: str
+    key: str
+    default: object = None
+    kind: object = str                   # str, int, float, or a tuple of the words allowed
+    doc: str = ''
+    low: float|None = None               # least value of a number
+    high: float|None = None              # greatest value of a number
+    env: str|None = None                 # the served model's environment variable this key sets (see `service.Settings`)
+
+    @property
+    def expected(self) -> str:
+        "What a value must be, in words."
+        if isinstance(self.kind, tuple): return f"one of {', '.join(self.kind)}"
+        if self.kind is str: return 'text'
+        span = f" from {self.low:g}" if self.low is not None else ''
+        return f"a{'n' if self.kind is int else ''} {self.kind.__name__}{span}{f' to {self.high:g}' if self.high is not None else ' up' if span else ''}"
+
+    def parse(self, raw, path=None):
+        "`raw` (text from settings.ini, or the default) as this key's kind; `ConfigError` naming file, section and key."
+        if raw is None or self.kind is str: return raw
+        text = str(raw).strip()
+        if isinstance(self.kind, tuple):
+            if text in self.kind: return text
+        else:
+            try: v = self.kind(text)
+            except ValueError: v = None
+            if v is not None and (self.low is None or v >= self.low) and (self.high is None or v <= self.high): return v
+        raise ConfigError(f"expected {self.expected}, got '{raw}'", path, self.section, self.key)
+
+TASKS = ('auto', 'binary', 'multiclass', 'regression')   # [data] task
+S = Setting
+SETTINGS = [
+    S('project', 'name', doc="the project's name: BentoML model and bento names, the store's runs"),
+    S('project', 'workspace', '.mlnb', doc="folder for runs, snapshots, the SQLite store, BentoML's home and the model-signing key"),
+    S('project', 'store', doc="SQLAlchemy URL of the store (default: SQLite in the workspace); `${NAME}` is filled from the environment or the secrets file"),
+    S('data', 'source', doc="a .csv/.parquet/.jsonl file, an fsspec URL, a SQL URL (with `query`), an HTTP API, or `sklearn:NAME`"),
+    S('data', 'target', 'target', doc="the column to predict"),
+    S('data', 'query', doc="the SQL query of a SQL source"),
+    S('data', 'sample', 0, int, "rows to keep at random (0: all)", low=0),
+    S('data', 'watermark', doc="a column that only grows: each run reads the rows after the last one it saw"),
+    S('data', 'records', doc="the key of an HTTP API's answer that holds the records"),
+    S('data', 'paging', 'auto', doc="how an HTTP API pages: auto, or a parameter name"),
+    S('data', 'task', 'auto', TASKS, "binary, multiclass or regression (auto: from the target)"),
+    S('data', 'time', doc="a time column: the holdout is the latest rows and cross-validation never trains on the future"),
+    S('data', 'keep', '', doc="columns the column plan keeps even when they look like identifiers or leaks"),
+    S('data', 'secrets', doc="a file of NAME=value lines for `${NAME}` in source, query and store (the environment wins)"),
+    S('pipeline', 'stages', doc="the stages, space-separated (default: every [stage:NAME] section)"),
+    S('pipeline', 'jobs', 0, int, "stages run at once (0: as many as cores)", low=0),
+    S('pipeline', 'scheduler', doc="a Dask scheduler (tcp://HOST:PORT): stages and searches run on its cluster"),
+    S('serve', 'name', doc="the BentoML service and model name (default: the project's name)"),
+    S('serve', 'mode', 'single', ('single', 'ab', 'shadow'), "single, ab (the challenger answers `weight` of requests) or shadow (it scores every request, only logged)", env='MLNB_MODE'),
+    S('serve', 'host', '127.0.0.1', doc="the address `mlnb serve` listens on"),
+    S('serve', 'port', 3000, int, "the port `mlnb serve` listens on", low=1, high=65535),
+    S('serve', 'weight', 0.1, float, "the challenger's share of requests in ab mode", low=0, high=1, env='MLNB_WEIGHT'),
+    S('serve', 'cache', 0, int, "recent /predict answers kept (0: no cache)", low=0, env='MLNB_CACHE_SIZE'),
+    S('serve', 'budget_ms', 0.0, float, "a model call slower than this per record counts as failed (0: no budget)", low=0, env='MLNB_BUDGET_MS'),
+    S('serve', 'fallback_after', 3, int, "failed calls in a row after which the model served before answers", low=1, env='MLNB_FALLBACK_AFTER'),
+    S('serve', 'batch_size', 64, int, "most records adaptive batching merges into one model call", low=2, env='MLNB_BATCH_SIZE'),
+    S('monitor', 'psi_warn', 0.1, float, "population stability index of a feature that is a drift warning", low=0),
+    S('monitor', 'psi_critical', 0.2, float, "population stability index that is critical drift", low=0),
+    S('monitor', 'wasserstein_warn', 0.1, float, "Wasserstein distance of a numeric feature that is a warning", low=0),
+    S('monitor', 'wasserstein_critical', 0.2, float, "Wasserstein distance that is critical", low=0),
+    S('monitor', 'js_warn', 0.1, float, "Jensen-Shannon distance (bits) of a categorical feature that is a warning", low=0, high=1),
+    S('monitor', 'js_critical', 0.2, float, "Jensen-Shannon distance that is critical", low=0, high=1),
+    S('monitor', 'alpha', 0.01, float, "the test's p-value below which a difference is not noise", low=0, high=1),
+    S('monitor', 'window', '1000', doc="the recent requests monitoring looks at: a count, or a duration such as 1h"),
+    S('monitor', 'webhook', doc="a URL alerts are posted to (Slack-style JSON)"),
+    S('monitor', 'retrain_labels', 0, int, "new labels that call for retraining (0: labels never do)", low=0),
+    S('monitor', 'retrain_drift', 'critical', ('warning', 'critical', 'off'), "the champion's drift severity that calls for retraining"),
+]
+del S
+SETTING = {(s.section, s.key): s for s in SETTINGS}
+SECTIONS = {sec: {s.key: s.default for s in SETTINGS if s.section == sec} for sec in dict.fromkeys(s.section for s in SETTINGS)}
 STAGE_KEYS = {'notebook': None, 'needs': '', 'params': ''}
 REQUIRED = [('project', 'name'), ('data', 'source')]
-TASKS = ('auto', 'binary', 'multiclass', 'regression')   # [data] task
+
+
+# %% ../nbs/01_config.ipynb #1a261691
+def settings_reference() -> str:
+    "Every settings.ini key as Markdown: one table a section, with default, kind and meaning (the docs' settings reference)."
+    out = []
+    for sec, keys in SECTIONS.items():
+        out += [f"### [{sec}]\n", '| key | default | value | meaning |', '|---|---|---|---|']
+        out += [f"| `{s.key}` | {'' if s.default in (None, '') else f'`{s.default}`'} | {s.expected} | {s.doc}{f' (the service reads it as `{s.env}`)' if s.env else ''} |"
+                for s in SETTINGS if s.section == sec]
+        out.append('')
+    return '\n'.join(out)
+
 
 # %% ../nbs/01_config.ipynb #b711eb20
 def parse_value(s:str):
@@ -119,7 +194,7 @@ def _sections(path:Path, cp) -> tuple[dict, dict]:
         else: raise ConfigError(f"unknown section (expected {', '.join(SECTIONS)} or stage:NAME)", path, sec)
     for sec, key in REQUIRED:
         if not plain[sec][key]: raise ConfigError("required key is missing", path, sec, key)
-    return plain, stages
+    return {sec: {k: SETTING[sec, k].parse(v, path) for k, v in vals.items()} for sec, vals in plain.items()}, stages
 
 # %% ../nbs/01_config.ipynb #0c0c6250
 def _stages(path:Path, plain:dict, raw:dict) -> dict[str, Stage]:
@@ -178,23 +253,9 @@ def load_project(path='settings.ini') -> Project:
     return p
 
 def _check_values(p:Project):
-    "Values with a fixed form: numbers in their ranges, the serving mode, the store's folder."
-    for sec, key, kind, lo, hi in [('data','sample',int,0,None), ('pipeline','jobs',int,0,None), ('serve','port',int,1,65535),
-                                   ('monitor','psi_warn',float,0,None), ('monitor','psi_critical',float,0,None)]:
-        v = p.sections[sec][key]
-        try: ok = lo <= kind(v) <= (hi if hi is not None else float('inf'))
-        except ValueError: ok = False
-        if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} from {lo}{f' to {hi}' if hi is not None else ' up'}, got '{v}'", p.path, sec, key)
+    "What one key's kind cannot say: the store's folder."
     _check_store_folder(p)
-    if p.data['task'] not in TASKS:
-        raise ConfigError(f"expected one of {', '.join(TASKS)}, got '{p.data['task']}'", p.path, 'data', 'task')
-    if p.serve['mode'] not in ('single', 'ab', 'shadow'):
-        raise ConfigError(f"expected single, ab or shadow, got '{p.serve['mode']}'", p.path, 'serve', 'mode')
-    for key, kind, lo, hi in [('weight', float, 0, 1), ('cache', int, 0, None)]:
-        v = p.serve[key]
-        try: ok = lo <= kind(v) <= (hi if hi is not None else float('inf'))
-        except ValueError: ok = False
-        if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} from {lo}{f' to {hi}' if hi is not None else ' up'}, got '{v}'", p.path, 'serve', key)
+
 
 # %% ../nbs/01_config.ipynb #c9d60302
 def new_project(folder, source:str='sklearn:breast_cancer', target:str='target', name:str|None=None) -> Path:

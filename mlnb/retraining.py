@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, hash_obj
-from .config import Project, load_project
+from .config import SETTING, Project, load_project
 from .store import Store, alerts, runs, stage_runs, store_at, utcnow, feedback as feedback_table
 from .monitoring import SEVERITIES, check_drift, drift_history, duration
 from .service_health import health
@@ -24,19 +24,15 @@ __all__ = ['RETRAIN_DRIFT', 'retrain_labels', 'retrain_drift', 'last_trained', '
            'online_rows']
 
 # %% ../nbs/12c_retraining.ipynb #1cdeda4b
-RETRAIN_DRIFT = ('warning', 'critical', 'off')
+RETRAIN_DRIFT = SETTING['monitor', 'retrain_drift'].kind   # the severities settings.ini allows
 
 def retrain_labels(p:Project) -> int:
-    "`[monitor] retrain_labels`: new labels that call for retraining (0: never for labels)."
-    v = ((p.sections.get('monitor') or {}).get('retrain_labels') or '0').strip()
-    if not v.isdigit(): raise ConfigError(f"expected a whole number of labels (0: off), got '{v}'", p.path, 'monitor', 'retrain_labels')
-    return int(v)
+    "`[monitor] retrain_labels`: new labels that call for retraining (0: never for labels); checked by `load_project`."
+    return p.sections['monitor']['retrain_labels']
 
 def retrain_drift(p:Project) -> str:
-    "`[monitor] retrain_drift`: the champion's drift severity that calls for retraining (warning, critical or off)."
-    v = ((p.sections.get('monitor') or {}).get('retrain_drift') or 'critical').strip()
-    if v not in RETRAIN_DRIFT: raise ConfigError(f"expected one of {', '.join(RETRAIN_DRIFT)}, got '{v}'", p.path, 'monitor', 'retrain_drift')
-    return v
+    "`[monitor] retrain_drift`: the champion's drift severity that calls for retraining (warning, critical or off); checked by `load_project`."
+    return p.sections['monitor']['retrain_drift']
 
 # %% ../nbs/12c_retraining.ipynb #eeec72c7
 def last_trained(st:Store) -> datetime|None:

@@ -240,9 +240,9 @@ def test_should_retrain_on_labels_and_on_drift(proj):
     assert should_retrain(proj) is None
     label_all(proj, log(proj, 'm:v1', 30)[:25])
     assert new_labels(proj) == 25 and should_retrain(proj) is None               # retrain_labels = 0: off
-    proj.sections['monitor']['retrain_labels'] = '20'
+    proj.sections['monitor']['retrain_labels'] = 20
     assert should_retrain(proj).startswith('25 new labels')
-    proj.sections['monitor']['retrain_labels'] = '0'
+    proj.sections['monitor']['retrain_labels'] = 0
     st.set_alias('champion', 'm:v1')
     report = {'model_tag': 'm:v1', 'created': now().strftime('%Y-%m-%d %H:%M:%S'), 'window': {'rows': 30}, 'severity': 'warning',
               'drifted': ['x'], 'thresholds': {}, 'rows': [{'feature': 'x', 'part': 'feature', 'severity': 'warning', 'reason': 'PSI 0.15'}]}
@@ -252,15 +252,18 @@ def test_should_retrain_on_labels_and_on_drift(proj):
     assert 'drift warning' in should_retrain(proj)
     st.set_alias('challenger', 'm:v2')
     assert should_retrain(proj) is None                                          # a challenger is already waiting
-    proj.sections['monitor']['retrain_drift'] = 'sometimes'
-    with pytest.raises(MlnbError, match='retrain_drift'): should_retrain(proj)
+    ini = proj.path.read_text()
+    proj.path.write_text(ini + '\n[monitor]\nretrain_drift = sometimes\n')
+    try:
+        with pytest.raises(MlnbError, match='retrain_drift: expected one of warning, critical, off'): load_project(proj.path)   # refused when read
+    finally: proj.path.write_text(ini)
 
 
 def test_check_alerts_on_latency_errors_and_due_retraining_once(proj):
     pairs = log(proj, 'm:v1', 90, every=1)
     fail(proj, 'm:v1', 10)                                                      # as the service logs a failed request
     label_all(proj, pairs[:5])
-    proj.sections['serve']['budget_ms'] = '1'; proj.sections['monitor']['retrain_labels'] = '5'
+    proj.sections['serve']['budget_ms'] = 1.0; proj.sections['monitor']['retrain_labels'] = 5
     out = monitoring_pass(proj, since='1h')
     assert sorted(a['kind'] for a in out['alerts']) == ['errors', 'latency', 'retrain']
     assert out['health'][0]['requests'] == 100 and out['health'][0]['error_rate'] == pytest.approx(0.1)
