@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools, json, os, secrets, shutil, sys, tempfile, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash_notebook_code, hash_obj, need, quiet_env, read_notebook, redact
@@ -14,7 +15,7 @@ from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
 __all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
-           'ancestors', 'descendants', 'select', 'apply_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
+           'ancestors', 'descendants', 'select', 'with_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
            'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'off_worker_threads', 'execute_stage',
            'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
@@ -89,17 +90,18 @@ def select(p:Project, stage:str|None=None, from_stage:str|None=None) -> tuple[li
     else: keep, force = set(p.stages), set()
     return [n for n in p.stages if n in keep], force
 
-def apply_overrides(p:Project, overrides) -> dict:
-    "Apply `stage.key=value` overrides (a list of strings or a dict) to `p`'s stage parameters; returns them as a dict."
+def with_overrides(p:Project, overrides) -> tuple[Project, dict]:
+    "A copy of `p` with `stage.key=value` overrides (a list of strings or a dict) in its stage parameters, and the overrides as a dict; `p` stays as it was."
     items = overrides.items() if isinstance(overrides, dict) else [o.split('=', 1) if '=' in o else (o, None) for o in (overrides or [])]
+    stages = {n: dataclasses.replace(s, params=dict(s.params), origin=dict(s.origin)) for n, s in p.stages.items()}
     out = {}
     for k, v in items:
         stage, dot, key = k.partition('.')
         if v is None or not dot or not key: raise ConfigError(f"--params: expected stage.key=value, got '{k}'")
         _known(p, stage, '--params')
-        p.stages[stage].params[key] = out[k] = parse_value(v) if isinstance(v, str) else v
-        p.stages[stage].origin[key] = '--params'
-    return out
+        stages[stage].params[key] = out[k] = parse_value(v) if isinstance(v, str) else v
+        stages[stage].origin[key] = '--params'
+    return dataclasses.replace(p, stages=stages), out
 
 # %% ../nbs/08_pipeline.ipynb #10dd7375
 def parse_sweep(p:Project, sweeps) -> tuple[str, list[dict]]:
@@ -739,7 +741,7 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
     if resume:
         a = _resume_args(Store(p.store_url), resume)
         stage, from_stage, params, sweep = a['stage'], a['from_stage'], a['params'], a['sweep']
-    overrides = apply_overrides(p, params)
+    p, overrides = with_overrides(p, params)
     if sweep:
         if stage or from_stage: raise ConfigError("--sweep runs the whole pipeline: drop --stage/--from")
         p = expand_sweep(p, [sweep] if isinstance(sweep, str) else sweep)
