@@ -7,11 +7,13 @@ from __future__ import annotations
 import ast, configparser, re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 from .core import ConfigError, expand
 
 # %% auto #0
-__all__ = ['TASKS', 'S', 'SETTINGS', 'SETTING', 'SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'Setting', 'settings_reference',
-           'parse_value', 'parse_params', 'Stage', 'Project', 'topo_order', 'load_project', 'new_project']
+__all__ = ['TASKS', 'S', 'SETTINGS', 'SETTING', 'SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'SNAPSHOT', 'MODEL', 'SCHEMA', 'HOLDOUT',
+           'TRAIN_TARGET', 'REFERENCE', 'TRIALS', 'Setting', 'settings_reference', 'parse_value', 'parse_params',
+           'Stage', 'Output', 'Project', 'topo_order', 'load_project', 'new_project']
 
 # %% ../nbs/01_config.ipynb #c7a6b9b6
 @dataclass(frozen=True)
@@ -129,6 +131,26 @@ class Stage:
     needs: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)   # param -> where its value came from: settings.ini, --params or --sweep
+
+# %% ../nbs/01_config.ipynb #a788ab1e
+class Output(NamedTuple):
+    "A file a stage writes for later stages and commands."
+    stage: str
+    file: str
+    def of(self, run:dict) -> Path:
+        "Its path in `run` (a run record with its stages, from the store)."
+        st = run['stages'].get(self.stage) or {}
+        if not st.get('out_dir'): raise ConfigError(f"run {run.get('id')} has no output folder for stage '{self.stage}' (its {self.file})")
+        return Path(st['out_dir'])/self.file
+
+SNAPSHOT = Output('ingest', 'snapshot.parquet')        # the rows the run used
+MODEL = Output('train', 'model.joblib')                # the fitted Pipeline: a pickle, read only through registry.load_file
+SCHEMA = Output('train', 'schema.json')                # target, task, request features, classes
+HOLDOUT = Output('train', 'holdout.parquet')           # rows the model never saw: the evaluate stage's and the promotion gate's
+TRAIN_TARGET = Output('train', 'train_target.parquet') # the fitted rows' target: the dummy baseline learns from it
+REFERENCE = Output('train', 'reference.json')          # training statistics drift is measured against
+TRIALS = Output('train', 'trials.csv')                 # the search's trials, when it searched
+
 
 # %% ../nbs/01_config.ipynb #6262d6e3
 @dataclass

@@ -8,7 +8,7 @@ import hmac, json, os, secrets
 from dataclasses import dataclass
 from pathlib import Path
 from .core import MlnbError, hash_file, need
-from .config import Project, load_project
+from .config import HOLDOUT, MODEL, REFERENCE, SCHEMA, SNAPSHOT, Project, load_project
 from .store import Store
 
 # %% auto #0
@@ -120,7 +120,7 @@ def load_file(store:Store, path:Path):
 
 def load_pipeline(store:Store, run_id:str):
     "The Pipeline run `run_id` trained, unpickled only after its hash was checked against the store's record."
-    return load_file(store, verified(store, run_id, 'train', 'model.joblib'))
+    return load_file(store, verified(store, run_id, *MODEL))
 
 def load_output(ctx, stage:str, name:str):
     "In a stage notebook: unpickle output `name` of the upstream `stage`, checked against the hash its run recorded."
@@ -156,8 +156,8 @@ def training_frame(run:dict, target:str, train_dir:Path):
     "The features the run trained on: its ingest snapshot (or, without one, its holdout)."
     import pandas as pd
     ingest = run['stages'].get('ingest') or {}
-    snap = Path(ingest['out_dir'], 'snapshot.parquet') if ingest.get('out_dir') else None
-    df = pd.read_parquet(snap if snap and snap.is_file() else train_dir/'holdout.parquet')
+    snap = Path(ingest['out_dir'], SNAPSHOT.file) if ingest.get('out_dir') else None
+    df = pd.read_parquet(snap if snap and snap.is_file() else train_dir/HOLDOUT.file)
     return df.drop(columns=[target], errors='ignore')
 
 def background_sample(X, rows:int=100, seed:int=0):
@@ -166,7 +166,7 @@ def background_sample(X, rows:int=100, seed:int=0):
 
 def train_reference(train_dir:Path) -> dict|None:
     "The reference statistics the train stage wrote (`reference.json` in its output folder), or None without one."
-    f = Path(train_dir)/'reference.json'
+    f = Path(train_dir)/REFERENCE.file
     if not f.is_file(): return None
     try: ref = json.loads(f.read_text())
     except ValueError as e: raise MlnbError(f"{f}: not a JSON file of reference statistics ({e})") from None
@@ -197,7 +197,7 @@ def run_outputs(store:Store, run_id:str|None=None) -> tuple[dict, Path]:
     run = store.get_run(run_id) if run_id else latest_evaluated(store)
     if run['status'] != 'succeeded': raise MlnbError(f"run {run['id']} {run['status']}: only a succeeded run can be packaged")
     train = run['stages'].get('train')
-    if not train or not train['out_dir'] or not Path(train['out_dir'], 'model.joblib').is_file():
+    if not train or not train['out_dir'] or not Path(train['out_dir'], MODEL.file).is_file():
         raise MlnbError(f"run {run['id']} has no trained model (no train stage output with model.joblib)")
     if not _evaluated(run): raise MlnbError(f"run {run['id']} has no holdout metrics (its evaluate stage did not run): run `mlnb run --stage evaluate` and package that run")
     return run, Path(train['out_dir'])
@@ -213,7 +213,7 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     store = Store(p.store_url)
     run, out = run_outputs(store, run_id)
     pipeline = load_pipeline(store, run['id'])
-    schema = json.loads((out/'schema.json').read_text())
+    schema = json.loads((out/SCHEMA.file).read_text())
     schema['task'] = task = model_task(schema, pipeline)
     metrics = {k: float(v) for k,v in run['metrics'].items()}
     X = training_frame(run, schema['target'], out)
@@ -258,9 +258,8 @@ def row_keys(df):
 def run_rows(run:dict) -> tuple:
     "The run's holdout (a DataFrame) and the keys of the rows it trained on (its snapshot without the holdout)."
     import numpy as np, pandas as pd
-    train = Path(run['stages']['train']['out_dir'])
-    holdout = pd.read_parquet(train/'holdout.parquet')
-    snap = pd.read_parquet(Path(run['stages']['ingest']['out_dir'])/'snapshot.parquet')[holdout.columns]
+    holdout = pd.read_parquet(HOLDOUT.of(run))
+    snap = pd.read_parquet(SNAPSHOT.of(run))[holdout.columns]
     seen = row_keys(snap)
     return holdout, seen[~np.isin(seen, row_keys(holdout))]
 
@@ -280,7 +279,7 @@ def shared_scores(store:Store, champion:str, challenger:str) -> dict|None:
     keys = row_keys(rows)
     fresh = rows[~np.isin(keys, np.concatenate([s for _, s in parts])) & ~pd.Series(keys).duplicated().to_numpy()]
     if len(fresh) < MIN_SHARED: return None
-    schema = json.loads((Path(runs[1]['stages']['train']['out_dir'])/'schema.json').read_text())
+    schema = json.loads(SCHEMA.of(runs[1]).read_text())
     X, y = fresh.drop(columns=schema['target']), fresh[schema['target']]
     pipes = [load_pipeline(store, r['id']) for r in runs]
     task = model_task(schema, pipes[1])
