@@ -181,6 +181,31 @@ def _output(o, page:str) -> dict:
     return nbformat.from_dict(o)
 
 
+def heading_ids(nb) -> set[str]:
+    "The ids docutils will give the headings of translated notebook `nb` (markup stripped from the heading text)."
+    ids = set()
+    for c in nb.cells:
+        if c.cell_type != 'markdown': continue
+        for m in re.finditer(r'^#{1,6}\s+(.+?)\s*$', c.source, re.MULTILINE):
+            text = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', m.group(1))
+            ids.add(anchor(re.sub(r'[`*_]{1,2}(?=\S)|(?<=\S)[`*_]{1,2}', '', text)))
+    return ids
+
+
+def prune_links(nb, page:str, ids:dict) -> None:
+    "Unlink `[text](page.html#x)` where `page` has no heading `x` (nbdev links every name it knows; private helpers have no heading)."
+    base = Path(page).parent
+    def fix(m):
+        target, frag = m.group(2), m.group(3)
+        known = ids.get(os.path.normpath(base/target)[:-len('.html')])
+        return m.group(0) if known is None or frag in known else m.group(1)
+    pat = re.compile(r'\[((?:[^\[\]]|\[[^\]]*\])*)\]\((?![a-z]+:)([\w/.-]+\.html)#([^)\s]+)\)')
+    for c in nb.cells:
+        if c.cell_type == 'markdown': c.source = pat.sub(fix, c.source)
+        for o in c.get('outputs', []):
+            if 'text/markdown' in o.get('data', {}): o['data']['text/markdown'] = pat.sub(fix, o['data']['text/markdown'])
+
+
 def toctree() -> str:
     "The site's table of contents, appended to the home page: tutorials, the reference (one page a module), explanations."
     groups = {'Tutorials': [f'tutorials/{f.stem}' for f in sorted((NBS/'tutorials').glob('*.ipynb')) if not f.name.startswith('_')],
@@ -216,8 +241,10 @@ def main(argv=None):
     t1 = time.time()
     import nbformat
     if SRC.exists(): shutil.rmtree(SRC)
-    for f in files:
-        page, nb = process(f)
+    done = dict(process(f) for f in files)
+    ids = {page: heading_ids(nb) for page, nb in done.items()}
+    for page, nb in done.items():
+        prune_links(nb, page, ids)
         dest = SRC/f'{page}.ipynb'
         dest.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, dest)
