@@ -51,43 +51,43 @@ class Setting:
 TASKS = ('auto', 'binary', 'multiclass', 'regression')   # [data] task
 S = Setting
 SETTINGS = [
-    S('project', 'name', doc="the project's name: BentoML model and bento names, the store's runs"),
-    S('project', 'workspace', '.mlnb', doc="folder for runs, snapshots, the SQLite store, BentoML's home and the model-signing key"),
-    S('project', 'store', doc="SQLAlchemy URL of the store (default: SQLite in the workspace); `${NAME}` is filled from the environment or the secrets file"),
-    S('data', 'source', doc="a .csv/.parquet/.jsonl file, an fsspec URL, a SQL URL (with `query`), an HTTP API, or `sklearn:NAME`"),
-    S('data', 'target', 'target', doc="the column to predict"),
-    S('data', 'query', doc="the SQL query of a SQL source"),
-    S('data', 'sample', 0, int, "rows to keep at random (0: all)", low=0),
-    S('data', 'watermark', doc="a column that only grows: each run reads the rows after the last one it saw"),
-    S('data', 'records', doc="the key of an HTTP API's answer that holds the records"),
-    S('data', 'paging', 'auto', doc="how an HTTP API pages: auto, or a parameter name"),
-    S('data', 'task', 'auto', TASKS, "binary, multiclass or regression (auto: from the target)"),
+    S('project', 'name', doc="the project's name; names the BentoML model unless `[serve] name` does"),
+    S('project', 'workspace', '.mlnb', doc="where runs, snapshots, logs, the SQLite store, BentoML's home and the model-signing key go"),
+    S('project', 'store', doc="any SQLAlchemy URL, e.g. `postgresql+psycopg://user:${PGPASSWORD}@host/mlnb` (default: SQLite in the workspace); `${NAME}` is filled in from the environment or the secrets file"),
+    S('data', 'source', doc="`sklearn:breast_cancer`, a `.csv`/`.parquet`/`.jsonl` file or fsspec URL, a SQL URL (with `query`) or an HTTP JSON API"),
+    S('data', 'target', 'target', doc="the column to predict; checked before a run starts"),
+    S('data', 'query', doc="the SQL query, for a SQL source"),
+    S('data', 'sample', 0, int, "rows to keep for quick runs (0: all); the ingest stage's `sample` parameter overrides it", low=0),
+    S('data', 'watermark', doc="a timestamp or id column: incremental ingestion reads only rows past the last snapshot's largest value and appends them"),
+    S('data', 'records', doc="for an HTTP JSON API: the key holding the list of records in each page (e.g. `data` or `result.items`)"),
+    S('data', 'paging', 'auto', doc="for an HTTP JSON API: `auto`, `page[:NAME]`, `offset:NAME` or `none`"),
+    S('data', 'task', 'auto', TASKS, "`auto` detects the task from the target (strings and bools: classes; integers with at most 20 values: classes, more than 50: regression; fractional numbers: regression)"),
     S('data', 'time', doc="a time column: the holdout is the latest rows and cross-validation never trains on the future"),
-    S('data', 'keep', '', doc="columns the column plan keeps even when they look like identifiers or leaks"),
+    S('data', 'keep', '', doc="columns kept as features even when mlnb would drop them (an identifier, a column that leaks the target), space-separated"),
     S('data', 'secrets', doc="a file of NAME=value lines for `${NAME}` in source, query and store (the environment wins)"),
-    S('pipeline', 'stages', doc="the stages, space-separated (default: every [stage:NAME] section)"),
-    S('pipeline', 'jobs', 0, int, "stages run at once (0: as many as cores)", low=0),
-    S('pipeline', 'scheduler', doc="a Dask scheduler (tcp://HOST:PORT): stages and searches run on its cluster"),
-    S('serve', 'name', doc="the BentoML service and model name (default: the project's name)"),
-    S('serve', 'mode', 'single', ('single', 'ab', 'shadow'), "single, ab (the challenger answers `weight` of requests) or shadow (it scores every request, only logged)", env='MLNB_MODE'),
+    S('pipeline', 'stages', doc="the stages, space-separated (default: the `[stage:…]` sections in file order)"),
+    S('pipeline', 'jobs', 0, int, "stages run at once (0: the number of cores)", low=0),
+    S('pipeline', 'scheduler', doc="a Dask scheduler address (`tcp://host:8786`): stages and the train stage's search run on the cluster"),
+    S('serve', 'name', doc="the BentoML service, model and bento name (default: the project's name)"),
+    S('serve', 'mode', 'single', ('single', 'ab', 'shadow'), "`single`; `ab`: the challenger answers `weight` of requests (requests with the same `key` stick to one arm); `shadow`: the challenger scores every request off the request path, only logged", env='MLNB_MODE'),
     S('serve', 'host', '127.0.0.1', doc="the address `mlnb serve` listens on"),
     S('serve', 'port', 3000, int, "the port `mlnb serve` listens on", low=1, high=65535),
-    S('serve', 'weight', 0.1, float, "the challenger's share of requests in ab mode", low=0, high=1, env='MLNB_WEIGHT'),
-    S('serve', 'cache', 0, int, "recent /predict answers kept (0: no cache)", low=0, env='MLNB_CACHE_SIZE'),
-    S('serve', 'budget_ms', 0.0, float, "a model call slower than this per record counts as failed (0: no budget)", low=0, env='MLNB_BUDGET_MS'),
-    S('serve', 'fallback_after', 3, int, "failed calls in a row after which the model served before answers", low=1, env='MLNB_FALLBACK_AFTER'),
-    S('serve', 'batch_size', 64, int, "most records adaptive batching merges into one model call", low=2, env='MLNB_BATCH_SIZE'),
-    S('monitor', 'psi_warn', 0.1, float, "population stability index of a feature that is a drift warning", low=0),
-    S('monitor', 'psi_critical', 0.2, float, "population stability index that is critical drift", low=0),
-    S('monitor', 'wasserstein_warn', 0.1, float, "Wasserstein distance of a numeric feature that is a warning", low=0),
-    S('monitor', 'wasserstein_critical', 0.2, float, "Wasserstein distance that is critical", low=0),
-    S('monitor', 'js_warn', 0.1, float, "Jensen-Shannon distance (bits) of a categorical feature that is a warning", low=0, high=1),
-    S('monitor', 'js_critical', 0.2, float, "Jensen-Shannon distance that is critical", low=0, high=1),
-    S('monitor', 'alpha', 0.01, float, "the test's p-value below which a difference is not noise", low=0, high=1),
-    S('monitor', 'window', '1000', doc="the recent requests monitoring looks at: a count, or a duration such as 1h"),
-    S('monitor', 'webhook', doc="a URL alerts are posted to (Slack-style JSON)"),
-    S('monitor', 'retrain_labels', 0, int, "new labels that call for retraining (0: labels never do)", low=0),
-    S('monitor', 'retrain_drift', 'critical', ('warning', 'critical', 'off'), "the champion's drift severity that calls for retraining"),
+    S('serve', 'weight', 0.1, float, "in `ab` mode, the share of traffic the challenger answers", low=0, high=1, env='MLNB_WEIGHT'),
+    S('serve', 'cache', 0, int, "recent predictions kept per input hash and model (0: no cache); emptied when the champion changes", low=0, env='MLNB_CACHE_SIZE'),
+    S('serve', 'budget_ms', 0.0, float, "latency budget of one model call in milliseconds (0: none); a call over it counts like an error towards fallback", low=0, env='MLNB_BUDGET_MS'),
+    S('serve', 'fallback_after', 3, int, "consecutive errors or over-budget calls of the serving model before requests go to the previous champion", low=1, env='MLNB_FALLBACK_AFTER'),
+    S('serve', 'batch_size', 64, int, "adaptive batching of `/predict_batch`: most records BentoML merges into one model call", low=2, env='MLNB_BATCH_SIZE'),
+    S('monitor', 'psi_warn', 0.1, float, "population stability index above which a feature's drift is a warning", low=0),
+    S('monitor', 'psi_critical', 0.2, float, "population stability index above which drift is critical", low=0),
+    S('monitor', 'wasserstein_warn', 0.1, float, "Wasserstein distance over the reference standard deviation (numeric features) that is a warning", low=0),
+    S('monitor', 'wasserstein_critical', 0.2, float, "the same, critical", low=0),
+    S('monitor', 'js_warn', 0.1, float, "Jensen–Shannon distance in bits (categorical features and the predicted label) that is a warning", low=0, high=1),
+    S('monitor', 'js_critical', 0.2, float, "the same, critical", low=0, high=1),
+    S('monitor', 'alpha', 0.01, float, "a KS or chi-squared p-value below this is a real difference; only then do the effect sizes above count", low=0, high=1),
+    S('monitor', 'window', '1000', doc="logged requests a drift check and the dashboard look at: a count, or a duration such as `1h`"),
+    S('monitor', 'webhook', doc="a URL that receives every alert as a JSON POST (alerts always go to the log too)"),
+    S('monitor', 'retrain_labels', 0, int, "retrain when this many new labels have arrived since the last training run (0: never on labels)", low=0),
+    S('monitor', 'retrain_drift', 'critical', ('warning', 'critical', 'off'), "retrain when the champion's drift reaches this severity (`off`: never on drift)"),
 ]
 del S
 SETTING = {(s.section, s.key): s for s in SETTINGS}
@@ -97,12 +97,16 @@ REQUIRED = [('project', 'name'), ('data', 'source')]
 
 
 # %% ../nbs/01_config.ipynb #1a261691
+def _default(s:Setting) -> str:
+    if (s.section, s.key) in REQUIRED: return '(required)'
+    return '-' if s.default in (None, '') else f'`{s.default}`'
+
 def settings_reference() -> str:
     "Every settings.ini key as Markdown: one table a section, with default, kind and meaning (the docs' settings reference)."
     out = []
     for sec, keys in SECTIONS.items():
         out += [f"### [{sec}]\n", '| key | default | value | meaning |', '|---|---|---|---|']
-        out += [f"| `{s.key}` | {'' if s.default in (None, '') else f'`{s.default}`'} | {s.expected} | {s.doc}{f' (the service reads it as `{s.env}`)' if s.env else ''} |"
+        out += [f"| `{s.key}` | {_default(s)} | {s.expected} | {s.doc}{f' (the service reads it as `{s.env}`)' if s.env else ''} |"
                 for s in SETTINGS if s.section == sec]
         out.append('')
     return '\n'.join(out)
