@@ -22,11 +22,12 @@ class RunProgress:
     "A live table of a run's stages, fed by pipeline events."
     def __init__(self):
         import ipywidgets as w
-        self.rows, self.widget = {}, w.HTML()
+        self.rows, self.widget, self.shown = {}, w.HTML(), None
 
     def __call__(self, stage:str, status:str, seconds:float|None=None, note:str=''):
         self.rows[stage] = (status, seconds, note, time.time())
         self.widget.value = self.html()
+        if self.shown is not None and status != 'running': self.shown.update(self.bundle(), raw=True)   # the saved output keeps up too
 
     def html(self) -> str:
         "The table as HTML."
@@ -35,9 +36,12 @@ class RunProgress:
                        f"<td>{html.escape(note)}</td></tr>" for n, (st, s, note, _) in self.rows.items())
         return f"<table><tr><th></th><th>stage</th><th>state</th><th>time</th><th>notes</th></tr>{body}</table>"
     def _repr_html_(self): return self.html()
+    def bundle(self) -> dict:
+        "The live widget, with the table as static HTML for where no widget manager runs (a saved notebook, the docs)."
+        return {**self.widget._repr_mimebundle_(), 'text/html': self.html()}
     def _ipython_display_(self):
         from IPython.display import display
-        display(self.widget)
+        self.shown = display(self.bundle(), raw=True, display_id=True)
 
 # %% ../nbs/13_widgets.ipynb #5fb8a2b4
 def in_notebook() -> bool:
