@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT/'docs'/'_site'
 CHROMIUM = '/usr/bin/chromium'
 ARTIFACTS = Path(__file__).parent/'artifacts'
-OPENED = {'home': 'index.html', 'reference': 'monitoring.html', 'tutorial': 'tutorials/monitoring_and_feedback.html' if (SITE/'tutorials'/'monitoring_and_feedback.html').exists() else 'explanations/architecture.html'}
+OPENED = {'home': 'index.html', 'reference': 'monitoring.html', 'tutorial': 'tutorials/monitoring_and_feedback.html'}
 WIDGET_REPR = re.compile(r'^\s*(VBox|HBox|Box|GridBox|Button|Output|HTML|Tab|Accordion|IntProgress|FloatProgress|Label|Dropdown|Text|Textarea|ToggleButtons)\(')
 pytestmark = pytest.mark.skipif(not (SITE/'index.html').exists(), reason='docs/_site missing: `make docs` builds it (make test does)')
 
