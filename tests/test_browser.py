@@ -17,7 +17,7 @@ def logged_project(root:Path, n:int=60) -> Path:
     "A project whose SQLite store holds `n` logged predictions of the last 10 minutes, a drift report and an alert (no server)."
     import numpy as np, pandas as pd
     from mlnb.config import load_project, new_project
-    from mlnb.feedback import alert
+    from mlnb.alerting import alert
     from mlnb.monitoring import drift_report, reference_stats
     from mlnb.store import Store, drift_reports, predictions
     s = new_project(root/'shop'); st = Store(load_project(s).store_url)
