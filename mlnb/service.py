@@ -27,7 +27,7 @@ __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'K
            'switch', 'follow_once', 'follow', 'warm', 'start', 'stop', 'Guard', 'refuse', 'replay', 'read_body',
            'detail_of', 'answers', 'openapi', 'docs']
 
-# %% ../nbs/09a_service.ipynb #88840830
+# %% ../nbs/09a_service.ipynb #79fd12d0
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
 
 @dataclass
@@ -48,7 +48,14 @@ class Settings:
     batch_max_latency_ms: int = _env('MLNB_BATCH_MAX_LATENCY_MS', 30000, "BentoML's latency limit for a merged call; requests that would wait longer get a 503 (default: the request timeout)")
     budget_ms: float = _env('MLNB_BUDGET_MS', 0.0, "a model call slower than this (per record) counts as a failed one (0: no budget)")
     fallback_after: int = _env('MLNB_FALLBACK_AFTER', 3, "failed calls in a row (raised or over budget) after which the model served before answers, until the champion changes")
-    access_log: bool = _env('MLNB_ACCESS_LOG', True, "false: no BentoML access log line per request (every answered request is in the prediction log anyway; the line costs ~0.5 ms of CPU)")
+    access_log: bool = _env('MLNB_ACCESS_LOG', False, "true: BentoML's access log, a line per request (off: every answered request is in the prediction log anyway, each rejected one is a line of its own, and the line costs ~0.5 ms of CPU)")
+    tracing: bool = _env('MLNB_TRACING', False, "true: OpenTelemetry spans of the API requests, for a tracing exporter configured in BentoML (off: no span is made, ~0.3 ms of CPU a request)")
+    timeout: int = _env('MLNB_TIMEOUT', 30, "seconds a request may take before BentoML answers 504")
+
+    def bentoml_config(self) -> dict:
+        "The `@bentoml.service` configuration these settings make: the request timeout, the access log, tracing."
+        return {'traffic': {'timeout': self.timeout}, 'logging': {'access': {'enabled': self.access_log}},
+                'tracing': {} if self.tracing else {'excluded_urls': '.*'}}
 
     @classmethod
     def from_env(cls, environ=None) -> Settings:
@@ -73,7 +80,7 @@ def _parsed(raw:str, f):
     try: return kind(raw)
     except ValueError: raise MlnbError(f"{f.metadata['var']}={raw!r}: expected a{'n' if kind is int else ''} {kind.__name__}") from None
 
-# %% ../nbs/09a_service.ipynb #c8946943
+# %% ../nbs/09a_service.ipynb #57c4def6
 NUMBER_KINDS = ('number', 'float', 'int')     # one request kind: a number (int and float are older schemas' names)
 
 def check_date(v:str) -> str:
@@ -104,7 +111,7 @@ def features_model(features:list[dict]) -> type[BaseModel]:
         defs[field_name(f['name'], taken)] = (Optional[PY_TYPES[f['kind']]], Field(alias=f['name']))
     return create_model('Features', __config__=RECORD_CONFIG, **defs)
 
-# %% ../nbs/09a_service.ipynb #cc9aa851
+# %% ../nbs/09a_service.ipynb #400d1441
 class Classified(BaseModel):
     "The predicted label, the probability of each class, the model that answered and the request id."
     label: Union[int, float, str]
@@ -148,7 +155,7 @@ class BentoArgs(BaseModel):
     task: str                  # binary | multiclass | regression
     features: list[dict]       # the model's feature schema: [{'name', 'kind'}]
 
-# %% ../nbs/09a_service.ipynb #23bbc721
+# %% ../nbs/09a_service.ipynb #9a9893b4
 PARSED = 'mlnb.parsed'       # the ASGI scope key under which the Guard hands over the validated request body
 Key = Annotated[Optional[str], Field(max_length=200)]
 
@@ -181,7 +188,7 @@ def request_types(features:list[dict], task:str, max_batch:int=1000, base=None) 
                  body('FeedbackIn', request_id=(Annotated[str, Field(min_length=1, max_length=64)], ...), label=(Union[bool, int, float, str], ...)),
                  Estimated if reg else Classified, ValueExplanation if reg else ClassExplanation)
 
-# %% ../nbs/09a_service.ipynb #8f189a0c
+# %% ../nbs/09a_service.ipynb #cc82cd29
 def problem(e:ValidationError) -> str:
     "One line naming the first invalid field of `e` and what is wrong with it."
     errs = e.errors(include_url=False)
@@ -191,7 +198,7 @@ def problem(e:ValidationError) -> str:
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ''
     return f"{where}: {what}{more}" if where else f"{what}{more}"
 
-# %% ../nbs/09a_service.ipynb #70ec5e26
+# %% ../nbs/09a_service.ipynb #51a647df
 class Frame:
     "Makes the DataFrame of columns `names` (of `kinds`) from records whose attributes are `attrs` (default: the names)."
     def __init__(self, names:list[str], kinds:list[str], attrs:list[str]|None=None):
@@ -219,7 +226,7 @@ def frame_for(features:list[dict], model:type[BaseModel]|None=None) -> Frame:
     attrs = list(model.model_fields) if model is not None else None
     return Frame([f['name'] for f in features], [f['kind'] for f in features], attrs)
 
-# %% ../nbs/09a_service.ipynb #68f060f6
+# %% ../nbs/09a_service.ipynb #22a3747f
 def wire(v):
     "A value as JSON carries it: None for a missing one, ISO text for a time, a plain Python scalar for a numpy one."
     if v is None or (not isinstance(v, str) and pd.isna(v)): return None
@@ -232,7 +239,7 @@ def sample_records(df:pd.DataFrame, model:type[BaseModel]) -> list:
     if df is None: return [model.model_validate({n: None for n in names})]
     return [model.model_validate({n: wire(r[n]) for n in names}) for r in df[names].to_dict('records')]
 
-# %% ../nbs/09a_service.ipynb #abb5a0b9
+# %% ../nbs/09a_service.ipynb #77ad3113
 def plain_steps(est) -> list:
     "The steps of a Pipeline, nested Pipelines opened up and 'passthrough', None and sampler steps left out; any other estimator alone."
     from sklearn.pipeline import Pipeline
@@ -258,7 +265,7 @@ def outcome(classes:list|None, row) -> dict:
     if classes is None: return {'value': float(row)}
     return {'label': classes[int(row.argmax())], 'probabilities': {str(c): float(v) for c, v in zip(classes, row)}}
 
-# %% ../nbs/09a_service.ipynb #e0997b75
+# %% ../nbs/09a_service.ipynb #d81f8d7b
 class Served:
     "One loaded model: its Pipeline, classes (None for a regression model), call plan and explanation."
     def __init__(self, tag:str, pipeline, schema:dict, background:pd.DataFrame|None, model:type[BaseModel]):
@@ -316,7 +323,7 @@ class Served:
         if not np.isfinite(out).all(): raise DataError("the model's answer is not a finite number for this record: check its values' ranges")
         return (out.reshape(len(records)) if self.classes is None else out), (time.perf_counter() - start) * 1000
 
-# %% ../nbs/09a_service.ipynb #6861d2d7
+# %% ../nbs/09a_service.ipynb #7b4165f7
 def _check_finite(self:Served, Xt, records:list):
     "`DataError` naming the first column the feature steps made infinite (NaN stays: a missing value some estimators take)."
     a = Xt.to_numpy() if hasattr(Xt, 'to_numpy') else Xt
@@ -330,7 +337,7 @@ def _check_finite(self:Served, Xt, records:list):
     raise DataError(f"feature '{name}' is not a finite number after the feature steps: a value is out of range")
 Served._check_finite = _check_finite
 
-# %% ../nbs/09a_service.ipynb #71dbc3db
+# %% ../nbs/09a_service.ipynb #a57da231
 def explain_record(self:Served, record, row) -> tuple[float, dict[str, float], int|None]:
     "Base value, SHAP value per (preprocessed) feature of `record` whose output is `row`, and the class explained (None: a value)."
     from mlnb.evaluate import explain
@@ -344,7 +351,7 @@ def explain_record(self:Served, record, row) -> tuple[float, dict[str, float], i
     return float(base[0]), {str(sv.feature_names[i]): float(values[i]) for i in order}, k
 Served.explain = explain_record
 
-# %% ../nbs/09a_service.ipynb #70b2cefa
+# %% ../nbs/09a_service.ipynb #9f666bb0
 log = logging.getLogger('bentoml.mlnb')
 TABLES = {'predictions': predictions, 'feedback': feedback, 'alerts': alerts}
 
@@ -378,7 +385,7 @@ class PredictionLog:
         self.q.put((table, row))
         if self.closed.is_set(): self.flush()      # a straggler after shutdown began: write it now
 
-# %% ../nbs/09a_service.ipynb #fac9b595
+# %% ../nbs/09a_service.ipynb #ae3d99d6
 def _take(self:PredictionLog, wait:float):
     "Move queued rows to `pending`, after waiting `wait` seconds unless a batch is already there."
     if wait and self.q.qsize() < self.batch: self.closed.wait(wait)
@@ -412,7 +419,7 @@ def _run(self:PredictionLog):
 
 PredictionLog._take, PredictionLog._write, PredictionLog._run = _take, _write, _run
 
-# %% ../nbs/09a_service.ipynb #4c73b95c
+# %% ../nbs/09a_service.ipynb #79ff404f
 def flush(self:PredictionLog, tries:int=5) -> bool:
     "Write every queued row now; True when nothing is left."
     with self.lock:
@@ -445,7 +452,7 @@ def known(self:PredictionLog, request_id:str) -> bool:
 
 PredictionLog.flush, PredictionLog.close, PredictionLog.known = flush, close, known
 
-# %% ../nbs/09a_service.ipynb #e6404fa9
+# %% ../nbs/09a_service.ipynb #e1d1e99a
 _COUNTERS:dict = {}
 COUNTERS = [  # name, help, labels
     ('mlnb_predictions', 'Predictions served, by model and predicted label ("value" for a regression model)', ['model', 'label']),
@@ -472,7 +479,7 @@ def counters() -> dict:
         for name, doc, labels in COUNTERS: _COUNTERS[name] = Counter(name, doc, labels)
     return _COUNTERS
 
-# %% ../nbs/09a_service.ipynb #7b479b84
+# %% ../nbs/09a_service.ipynb #8fd4f37f
 class Cache:
     "The model outputs of up to `size` recent records, keyed by model tag and the record's content."
     def __init__(self, size:int): self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
@@ -497,7 +504,7 @@ class Cache:
     def clear(self):
         with self.lock: self.d.clear()
 
-# %% ../nbs/09a_service.ipynb #a1ebad82
+# %% ../nbs/09a_service.ipynb #da63f308
 class Rejected(Exception):
     "A request the service refuses: its HTTP status and one line saying why."
     def __init__(self, status:int, detail:str): super().__init__(detail); self.status, self.detail = status, detail
@@ -526,7 +533,7 @@ class Service:
 
     def __repr__(self): return f"Service({self.current.tag!r}, mode {self.settings.mode}{', logging' if self.log else ''})"
 
-# %% ../nbs/09a_service.ipynb #1b357624
+# %% ../nbs/09a_service.ipynb #96339008
 def route(self:Service, key:str|None) -> Served:
     "The champion, or in ab mode the challenger for a `weight` share of requests (always the same for one key)."
     ch = self.challenger
@@ -561,7 +568,7 @@ def answerer(self:Service, m:Served) -> Served:
 
 Service.route, Service.fallback_for, Service.failed, Service.answerer = route, fallback_for, failed, answerer
 
-# %% ../nbs/09a_service.ipynb #657d0843
+# %% ../nbs/09a_service.ipynb #3a7082ce
 def score_with(self:Service, m:Served, records:list) -> tuple[Served, np.ndarray, float]:
     "Score with `m`, or with its fallback when `m` raises; a raise or a call over budget counts against `m`."
     fb = self.fallback_for(m)
@@ -590,7 +597,7 @@ def count_missing(self:Service, records:list):
 
 Service.score_with, Service.count_missing = score_with, count_missing
 
-# %% ../nbs/09a_service.ipynb #844565bd
+# %% ../nbs/09a_service.ipynb #3be638e0
 def answer(self:Service, records:list, key:str|None=None) -> list:
     "The answers to `records` (logged, counted, cached, shadowed)."
     self.count_missing(records)
@@ -631,7 +638,7 @@ def shadow(self:Service):
 
 Service.answer, Service.shadow = answer, shadow
 
-# %% ../nbs/09a_service.ipynb #2d393ed0
+# %% ../nbs/09a_service.ipynb #1ccdf664
 def predict(self:Service, record, key:str|None=None):
     "Score one record; `key` keeps A/B assignment sticky."
     try: return self.answer([record], key)[0]
@@ -658,7 +665,7 @@ def explain(self:Service, record):
 
 Service.predict, Service.predict_batch, Service.explain = predict, predict_batch, explain
 
-# %% ../nbs/09a_service.ipynb #e5978e0a
+# %% ../nbs/09a_service.ipynb #40b357fd
 def label_of(self:Service, label):
     "`label` as the model's: a finite number for a regression model, else one of its classes; `Rejected` otherwise."
     if self.current.classes is None:
@@ -683,7 +690,7 @@ def take_feedback(self:Service, request_id:str, label):
 
 Service.label_of, Service.feedback = label_of, take_feedback
 
-# %% ../nbs/09a_service.ipynb #60729443
+# %% ../nbs/09a_service.ipynb #3196cd2f
 def log_failure(self:Service, endpoint:str, status:int, detail:str, ms:float):
     "Count and log a request answered with an error: a prediction-log row whose output is `{'status', 'error'}`."
     counters()['mlnb_failed_requests'].labels(endpoint, str(status)).inc()
@@ -696,7 +703,7 @@ def report_failure(endpoint:str, status:int, detail:str, ms:float):
 
 Service.log_failure = log_failure
 
-# %% ../nbs/09a_service.ipynb #17a8b3a9
+# %% ../nbs/09a_service.ipynb #a10059f7
 def fits(features:list[dict], served:list[dict]) -> bool:
     "Whether a model's features are the served ones: the same names and kinds (int, float and number are one kind)."
     return [(f['name'], same_kind(f['kind'])) for f in features] == [(f['name'], same_kind(f['kind'])) for f in served]
@@ -715,7 +722,7 @@ def load_served(tag:str, types:Types, served:list[dict]|None=None, regression:bo
         raise MlnbError(f"model {tag} answers {what(m.classes is None)}, this service {what(regression)}: build a new bento for it")
     return m
 
-# %% ../nbs/09a_service.ipynb #990c2610
+# %% ../nbs/09a_service.ipynb #fc85031d
 def read_aliases(self:Service) -> dict:
     "`{name: (tag, previous)}` of the store's aliases; empty without a store, or (logged, counted) when it cannot be read."
     if self.log is None: return {}
@@ -757,7 +764,7 @@ def switch(self:Service, tag:str):
 
 Service.read_aliases, Service.model, Service.switch = read_aliases, model, switch
 
-# %% ../nbs/09a_service.ipynb #ea0e5e2b
+# %% ../nbs/09a_service.ipynb #4279c6fa
 def follow_once(self:Service, tried:set):
     "Read the aliases once: switch to a new champion, keep a fallback, pick up a new challenger (each change tried once)."
     a = self.read_aliases()
@@ -782,7 +789,7 @@ def follow(self:Service):
 
 Service.follow_once, Service.follow = follow_once, follow
 
-# %% ../nbs/09a_service.ipynb #be32bd56
+# %% ../nbs/09a_service.ipynb #c0c58036
 def warm(self:Service, m:Served, freeze:bool=False) -> threading.Event:
     "Explain one sample record with `m` on a background thread (then, with `freeze`, freeze the GC's objects); the event is set when done."
     done = threading.Event()
@@ -826,7 +833,7 @@ def stop(self:Service):
 
 Service.warm, Service.start, Service.stop = warm, classmethod(start), stop
 
-# %% ../nbs/09a_service.ipynb #385419a2
+# %% ../nbs/09a_service.ipynb #c1bb2773
 OPEN_PATHS = ('/healthz', '/livez', '/readyz', '/metrics')
 
 class Guard:
@@ -861,7 +868,7 @@ class Guard:
             receive = replay(body, receive)
         return await self.app(scope, receive, send)
 
-# %% ../nbs/09a_service.ipynb #4dbcf744
+# %% ../nbs/09a_service.ipynb #5e7ad626
 async def refuse(send, status:int, detail:str):
     "Answer `{\"detail\": detail}` with `status`."
     body = json.dumps({'detail': detail}).encode()
@@ -897,7 +904,7 @@ async def read_body(self:Guard, headers:dict, receive) -> bytes|None:
 
 Guard.body = read_body
 
-# %% ../nbs/09a_service.ipynb #522e862d
+# %% ../nbs/09a_service.ipynb #b3ab2a10
 def detail_of(body:bytes) -> str:
     "One line from an error answer's JSON body: its `detail` (or BentoML's `error`), a list's first item."
     try: d = json.loads(body)
@@ -934,7 +941,7 @@ def answers(self:Guard, scope, send, start:float):
 
 Guard.answers = answers
 
-# %% ../nbs/09a_service.ipynb #4cbe80a7
+# %% ../nbs/09a_service.ipynb #1565adcd
 ERROR_STATUSES = {400: 'Bad request: the field named in detail', 401: 'No or a wrong bearer token', 404: 'No such request id',
                   413: 'The body is over MLNB_MAX_BODY', 415: 'Not JSON', 500: 'An error of the service'}
 

@@ -22,7 +22,7 @@ TYPES = request_types(ARGS.features, ARGS.task, SETTINGS.max_batch)
 Features, Prediction, Explanation = TYPES.features, TYPES.prediction, TYPES.explanation
 
 
-@bentoml.service(name=ARGS.name, traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.access_log}})
+@bentoml.service(name=ARGS.name, **SETTINGS.bentoml_config())
 class Classifier:
     """Serves the champion; in ab mode the challenger answers an MLNB_WEIGHT share of requests (sticky by `key`), in
     shadow mode it scores every request off the request path and is only logged. When the serving model raises, the
