@@ -567,9 +567,9 @@ def test_direct_column_path_gives_the_pipelines_answers():
         assert np.abs(scores[name] - result.pipeline.predict_proba(X.head(60))).max() < 1e-12
     groups, steps = plans['plain']
     assert sorted((list(f.index), f.numbers) for _, f in groups) == [(['age', 'income'], True), (['city'], False), (['member'], False)]
-    assert [type(t).__name__ for t in steps] == ['HistGradientBoostingClassifier']
+    assert [type(t).__name__ for t in steps] == ['TreeStack']          # the boosted trees walked together
     groups, steps = plans['stepped']                     # feature steps come first: the ColumnTransformer is called as it is
-    assert groups is None and [type(t).__name__ for t in steps] == ['FeatureSteps', 'ColumnTransformer', 'HistGradientBoostingClassifier']
+    assert groups is None and [type(t).__name__ for t in steps] == ['FeatureSteps', 'ColumnTransformer', 'TreeStack']
     from mlnb.serve import check_frame                   # batch scoring types a file's rows as the service types requests
     assert np.abs(plain.pipeline.predict_proba(check_frame(X.head(60), plain.schema)) - scores['plain']).max() < 1e-12
 
