@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, keyword, os, re, shutil, signal, ssl, subprocess, sys, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, templates_dir
+from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, redact, templates_dir
 from .config import Project, load_project
 from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
 from .store import Store, models as models_table
@@ -15,7 +15,7 @@ from .store import Store, models as models_table
 # %% auto #0
 __all__ = ['SERVE_ENV', 'render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package',
            'post_json', 'serve_setting', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
-           'check_frame', 'score_frame', 'sql_url', 'shown', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
+           'check_frame', 'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
            'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
@@ -291,39 +291,34 @@ def score_frame(pipeline, features:list[dict], df, tag:str, first_row:int=0, kee
     return out
 
 # %% ../nbs/10_serve.ipynb #fbb49b1b
-def sql_url(s) -> bool:
+def is_sql_url(s) -> bool:
     "Whether `s` is a SQLAlchemy database URL (`sqlite:///f.db`, `postgresql://…`) rather than a file."
     if not isinstance(s, str) or '://' not in s: return False
     import sqlalchemy as sa
     try: sa.engine.make_url(s).get_dialect(); return True
     except Exception: return False
 
-def shown(url:str) -> str:
-    "`url` with its password hidden, for messages and results."
-    import sqlalchemy as sa
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
-
 def _sql_table(engine, name:str, url:str):
     import sqlalchemy as sa
     try: return sa.Table(name, sa.MetaData(), autoload_with=engine)
-    except sa.exc.NoSuchTableError: raise DataError(f"{shown(url)}: no table '{name}' to score") from None
+    except sa.exc.NoSuchTableError: raise DataError(f"{redact(url)}: no table '{name}' to score") from None
 
 def read_sql_chunks(url:str, rows:int, table:str|None=None, query:str|None=None):
     "DataFrames of at most `rows` rows of `table` (or the rows of `query`) in database `url`, streamed with a server-side cursor."
     import pandas as pd, sqlalchemy as sa
-    if bool(table) == bool(query): raise DataError(f"{shown(url)}: name a table or give a query to score (one of them)")
+    if bool(table) == bool(query): raise DataError(f"{redact(url)}: name a table or give a query to score (one of them)")
     engine = sa.create_engine(url)
     try:
         sel = sa.select(_sql_table(engine, table, url)) if table else sa.text(query)
         with engine.connect() as c:
             try: yield from pd.read_sql(sel, c.execution_options(stream_results=True), chunksize=rows)
-            except sa.exc.DBAPIError as e: raise DataError(f"{shown(url)}: the query failed: {str(e.orig).splitlines()[0]}") from None
+            except sa.exc.DBAPIError as e: raise DataError(f"{redact(url)}: the query failed: {str(e.orig).splitlines()[0]}") from None
     finally: engine.dispose()
 
 def read_chunks(path, rows:int, table:str|None=None, query:str|None=None):
     "DataFrames of at most `rows` rows from a Parquet, CSV or JSON-lines file, or from a SQL table or query."
     import pandas as pd
-    if sql_url(path): yield from read_sql_chunks(path, rows, table, query); return
+    if is_sql_url(path): yield from read_sql_chunks(path, rows, table, query); return
     if table or query: raise DataError(f"{path}: a table or query needs a database URL as input (sqlite:///file.db, postgresql://…)")
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: no such file to score")
@@ -348,7 +343,7 @@ def transactional_engine(url:str):
 
 def write_sql_chunks(frames, url:str, table:str) -> int:
     "Write DataFrames to `table` of database `url` (replacing it) in one transaction; returns the rows written."
-    if not table: raise DataError(f"{shown(url)}: name the table to write the scores to (output_table)")
+    if not table: raise DataError(f"{redact(url)}: name the table to write the scores to (output_table)")
     engine, n = transactional_engine(url), 0
     try:
         with engine.begin() as c:
@@ -360,7 +355,7 @@ def write_sql_chunks(frames, url:str, table:str) -> int:
 
 def write_chunks(frames, path, table:str|None=None) -> int:
     "Write DataFrames to one Parquet or CSV file through a temporary name, or to a SQL table; returns the rows written."
-    if sql_url(path): return write_sql_chunks(frames, path, table)
+    if is_sql_url(path): return write_sql_chunks(frames, path, table)
     if table: raise DataError(f"{path}: an output table needs a database URL as output (sqlite:///file.db, postgresql://…)")
     path = Path(path); kind = path.suffix.lower()
     if kind not in ('.parquet', '.csv'): raise DataError(f"{path}: write scores to a .parquet or .csv file")
@@ -407,7 +402,7 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
         for chunk in read_chunks(input, chunk_rows, table, query):
             yield score_frame(pipe, feats, chunk, str(m.tag), start, keep, task); start += len(chunk)
     rows = write_chunks(frames(), output, output_table)
-    return ScoreResult(f"{shown(output)} table {output_table}" if sql_url(output) else Path(output), rows, str(m.tag))
+    return ScoreResult(f"{redact(output)} table {output_table}" if is_sql_url(output) else Path(output), rows, str(m.tag))
 
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:
