@@ -735,6 +735,9 @@ def test_regression_bento_over_http(regression_served):
     batch = requests.post(f'{srv.url}/predict_batch', json={'records': recs}, timeout=30)
     assert batch.status_code == 200 and np.abs(np.array([b['value'] for b in batch.json()]) - local.predict(X.head(6))).max() < 1e-9
     assert srv.predict({'size': 9.5, 'rooms': 3, 'city': 'b'})['value'] == pytest.approx(local.predict(pd.DataFrame([{'size': 9.5, 'rooms': 3, 'city': 'b'}]))[0])
+    for ep in ('predict', 'explain'):                                   # finite on the wire, infinite once scaled and weighed: a 400, not inf or a 500
+        r = requests.post(f'{srv.url}/{ep}', json={'record': {'size': 1e308, 'rooms': 3, 'city': 'b'}}, timeout=30)
+        assert r.status_code == 400 and 'not a finite number' in r.json()['detail'], (ep, r.status_code, r.text)
     api = requests.get(f'{srv.url}/docs.json', timeout=30).json()
     schemas = json.dumps(api['components'])
     assert 'Estimated' in schemas and 'Classified' not in schemas and 'ValueExplanation' in schemas    # the OpenAPI says `value`
