@@ -24,10 +24,10 @@ __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'K
            'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection', 'Service', 'route', 'fallback_for', 'failed',
            'answerer', 'score_with', 'count_missing', 'answer', 'shadow', 'predict', 'predict_batch', 'explain',
            'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits', 'load_served', 'read_aliases', 'model',
-           'switch', 'follow_once', 'follow', 'warm', 'start', 'stop', 'Guard', 'refuse', 'replay', 'read_body',
-           'detail_of', 'answers', 'openapi', 'docs']
+           'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start', 'stop', 'Guard', 'refuse', 'replay',
+           'read_body', 'detail_of', 'answers', 'openapi', 'docs']
 
-# %% ../nbs/09a_service.ipynb #df91535b
+# %% ../nbs/09a_service.ipynb #5d93b841
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
 
 @dataclass
@@ -80,7 +80,7 @@ def _parsed(raw:str, f):
     try: return kind(raw)
     except ValueError: raise MlnbError(f"{f.metadata['var']}={raw!r}: expected a{'n' if kind is int else ''} {kind.__name__}") from None
 
-# %% ../nbs/09a_service.ipynb #5ac13dd5
+# %% ../nbs/09a_service.ipynb #c625700a
 NUMBER_KINDS = ('number', 'float', 'int')     # one request kind: a number (int and float are older schemas' names)
 
 def check_date(v:str) -> str:
@@ -111,7 +111,7 @@ def features_model(features:list[dict]) -> type[BaseModel]:
         defs[field_name(f['name'], taken)] = (Optional[PY_TYPES[f['kind']]], Field(alias=f['name']))
     return create_model('Features', __config__=RECORD_CONFIG, **defs)
 
-# %% ../nbs/09a_service.ipynb #7289ea61
+# %% ../nbs/09a_service.ipynb #c21bb690
 class Classified(BaseModel):
     "The predicted label, the probability of each class, the model that answered and the request id."
     label: Union[int, float, str]
@@ -155,7 +155,7 @@ class BentoArgs(BaseModel):
     task: str                  # binary | multiclass | regression
     features: list[dict]       # the model's feature schema: [{'name', 'kind'}]
 
-# %% ../nbs/09a_service.ipynb #f5e4bb16
+# %% ../nbs/09a_service.ipynb #c3f50492
 PARSED = 'mlnb.parsed'       # the ASGI scope key under which the Guard hands over the validated request body
 Key = Annotated[Optional[str], Field(max_length=200)]
 
@@ -188,7 +188,7 @@ def request_types(features:list[dict], task:str, max_batch:int=1000, base=None) 
                  body('FeedbackIn', request_id=(Annotated[str, Field(min_length=1, max_length=64)], ...), label=(Union[bool, int, float, str], ...)),
                  Estimated if reg else Classified, ValueExplanation if reg else ClassExplanation)
 
-# %% ../nbs/09a_service.ipynb #10e33c3a
+# %% ../nbs/09a_service.ipynb #698b53ad
 def problem(e:ValidationError) -> str:
     "One line naming the first invalid field of `e` and what is wrong with it."
     errs = e.errors(include_url=False)
@@ -198,7 +198,7 @@ def problem(e:ValidationError) -> str:
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ''
     return f"{where}: {what}{more}" if where else f"{what}{more}"
 
-# %% ../nbs/09a_service.ipynb #397e611f
+# %% ../nbs/09a_service.ipynb #995f2189
 class Frame:
     "Makes the DataFrame of columns `names` (of `kinds`) from records whose attributes are `attrs` (default: the names)."
     def __init__(self, names:list[str], kinds:list[str], attrs:list[str]|None=None):
@@ -226,7 +226,7 @@ def frame_for(features:list[dict], model:type[BaseModel]|None=None) -> Frame:
     attrs = list(model.model_fields) if model is not None else None
     return Frame([f['name'] for f in features], [f['kind'] for f in features], attrs)
 
-# %% ../nbs/09a_service.ipynb #6b2acb2b
+# %% ../nbs/09a_service.ipynb #2ec1300e
 def wire(v):
     "A value as JSON carries it: None for a missing one, ISO text for a time, a plain Python scalar for a numpy one."
     if v is None or (not isinstance(v, str) and pd.isna(v)): return None
@@ -239,7 +239,7 @@ def sample_records(df:pd.DataFrame, model:type[BaseModel]) -> list:
     if df is None: return [model.model_validate({n: None for n in names})]
     return [model.model_validate({n: wire(r[n]) for n in names}) for r in df[names].to_dict('records')]
 
-# %% ../nbs/09a_service.ipynb #9267534c
+# %% ../nbs/09a_service.ipynb #3593d473
 def plain_steps(est) -> list:
     "The steps of a Pipeline, nested Pipelines opened up and 'passthrough', None and sampler steps left out; any other estimator alone."
     from sklearn.pipeline import Pipeline
@@ -271,7 +271,7 @@ def outcome(classes:list|None, row) -> dict:
     if classes is None: return {'value': float(row)}
     return {'label': classes[int(row.argmax())], 'probabilities': {str(c): float(v) for c, v in zip(classes, row)}}
 
-# %% ../nbs/09a_service.ipynb #047a3635
+# %% ../nbs/09a_service.ipynb #f149a99c
 class TreeStack:
     "The trees of a fitted HistGradientBoosting classifier or regressor, walked together: `predict_proba` / `predict` of a few rows."
     def __init__(self, est):
@@ -305,7 +305,7 @@ class TreeStack:
     def predict_proba(self, X) -> np.ndarray: return self.est._loss.predict_proba(self.raw(X))
     def predict(self, X) -> np.ndarray: return self.est._loss.link.inverse(self.raw(X).ravel())
 
-# %% ../nbs/09a_service.ipynb #e2590d66
+# %% ../nbs/09a_service.ipynb #fed77d73
 class Served:
     "One loaded model: its Pipeline, classes (None for a regression model), call plan and explanation."
     def __init__(self, tag:str, pipeline, schema:dict, background:pd.DataFrame|None, model:type[BaseModel]):
@@ -364,7 +364,7 @@ class Served:
         if not np.isfinite(out).all(): raise DataError("the model's answer is not a finite number for this record: check its values' ranges")
         return (out.reshape(len(records)) if self.classes is None else out), (time.perf_counter() - start) * 1000
 
-# %% ../nbs/09a_service.ipynb #14dd533d
+# %% ../nbs/09a_service.ipynb #093122b0
 def _check_finite(self:Served, Xt, records:list):
     "`DataError` naming the first column the feature steps made infinite (NaN stays: a missing value some estimators take)."
     a = Xt.to_numpy() if hasattr(Xt, 'to_numpy') else Xt
@@ -378,7 +378,7 @@ def _check_finite(self:Served, Xt, records:list):
     raise DataError(f"feature '{name}' is not a finite number after the feature steps: a value is out of range")
 Served._check_finite = _check_finite
 
-# %% ../nbs/09a_service.ipynb #6f6c903f
+# %% ../nbs/09a_service.ipynb #124dfae1
 def explain_record(self:Served, record, row) -> tuple[float, dict[str, float], int|None]:
     "Base value, SHAP value per (preprocessed) feature of `record` whose output is `row`, and the class explained (None: a value)."
     from mlnb.evaluate import explain
@@ -392,7 +392,7 @@ def explain_record(self:Served, record, row) -> tuple[float, dict[str, float], i
     return float(base[0]), {str(sv.feature_names[i]): float(values[i]) for i in order}, k
 Served.explain = explain_record
 
-# %% ../nbs/09a_service.ipynb #62c68094
+# %% ../nbs/09a_service.ipynb #cb3e4239
 log = logging.getLogger('bentoml.mlnb')
 TABLES = {'predictions': predictions, 'feedback': feedback, 'alerts': alerts}
 
@@ -426,7 +426,7 @@ class PredictionLog:
         self.q.put((table, row))
         if self.closed.is_set(): self.flush()      # a straggler after shutdown began: write it now
 
-# %% ../nbs/09a_service.ipynb #4b3906ed
+# %% ../nbs/09a_service.ipynb #941e05c7
 def _take(self:PredictionLog, wait:float):
     "Move queued rows to `pending`, after waiting `wait` seconds unless a batch is already there."
     if wait and self.q.qsize() < self.batch: self.closed.wait(wait)
@@ -460,7 +460,7 @@ def _run(self:PredictionLog):
 
 PredictionLog._take, PredictionLog._write, PredictionLog._run = _take, _write, _run
 
-# %% ../nbs/09a_service.ipynb #b49c4b75
+# %% ../nbs/09a_service.ipynb #eff7c677
 def flush(self:PredictionLog, tries:int=5) -> bool:
     "Write every queued row now; True when nothing is left."
     with self.lock:
@@ -493,7 +493,7 @@ def known(self:PredictionLog, request_id:str) -> bool:
 
 PredictionLog.flush, PredictionLog.close, PredictionLog.known = flush, close, known
 
-# %% ../nbs/09a_service.ipynb #87916070
+# %% ../nbs/09a_service.ipynb #ae0f1312
 _COUNTERS:dict = {}
 COUNTERS = [  # name, help, labels
     ('mlnb_predictions', 'Predictions served, by model and predicted label ("value" for a regression model)', ['model', 'label']),
@@ -520,7 +520,7 @@ def counters() -> dict:
         for name, doc, labels in COUNTERS: _COUNTERS[name] = Counter(name, doc, labels)
     return _COUNTERS
 
-# %% ../nbs/09a_service.ipynb #559d3cc0
+# %% ../nbs/09a_service.ipynb #89c1d6ec
 class Cache:
     "The model outputs of up to `size` recent records, keyed by model tag and the record's content."
     def __init__(self, size:int): self.size, self.d, self.lock = size, OrderedDict(), threading.Lock()
@@ -545,7 +545,7 @@ class Cache:
     def clear(self):
         with self.lock: self.d.clear()
 
-# %% ../nbs/09a_service.ipynb #4142ae88
+# %% ../nbs/09a_service.ipynb #2ca1c16f
 class Rejected(Exception):
     "A request the service refuses: its HTTP status and one line saying why."
     def __init__(self, status:int, detail:str): super().__init__(detail); self.status, self.detail = status, detail
@@ -574,7 +574,7 @@ class Service:
 
     def __repr__(self): return f"Service({self.current.tag!r}, mode {self.settings.mode}{', logging' if self.log else ''})"
 
-# %% ../nbs/09a_service.ipynb #d697df24
+# %% ../nbs/09a_service.ipynb #a68da1e6
 def route(self:Service, key:str|None) -> Served:
     "The champion, or in ab mode the challenger for a `weight` share of requests (always the same for one key)."
     ch = self.challenger
@@ -609,7 +609,7 @@ def answerer(self:Service, m:Served) -> Served:
 
 Service.route, Service.fallback_for, Service.failed, Service.answerer = route, fallback_for, failed, answerer
 
-# %% ../nbs/09a_service.ipynb #adf32a9b
+# %% ../nbs/09a_service.ipynb #23155252
 def score_with(self:Service, m:Served, records:list) -> tuple[Served, np.ndarray, float]:
     "Score with `m`, or with its fallback when `m` raises; a raise or a call over budget counts against `m`."
     fb = self.fallback_for(m)
@@ -638,7 +638,7 @@ def count_missing(self:Service, records:list):
 
 Service.score_with, Service.count_missing = score_with, count_missing
 
-# %% ../nbs/09a_service.ipynb #97a57591
+# %% ../nbs/09a_service.ipynb #bb14b4a2
 def answer(self:Service, records:list, key:str|None=None) -> list:
     "The answers to `records` (logged, counted, cached, shadowed)."
     self.count_missing(records)
@@ -679,7 +679,7 @@ def shadow(self:Service):
 
 Service.answer, Service.shadow = answer, shadow
 
-# %% ../nbs/09a_service.ipynb #965aec4d
+# %% ../nbs/09a_service.ipynb #696f62bd
 def predict(self:Service, record, key:str|None=None):
     "Score one record; `key` keeps A/B assignment sticky."
     try: return self.answer([record], key)[0]
@@ -706,7 +706,7 @@ def explain(self:Service, record):
 
 Service.predict, Service.predict_batch, Service.explain = predict, predict_batch, explain
 
-# %% ../nbs/09a_service.ipynb #2934c0da
+# %% ../nbs/09a_service.ipynb #981e737f
 def label_of(self:Service, label):
     "`label` as the model's: a finite number for a regression model, else one of its classes; `Rejected` otherwise."
     if self.current.classes is None:
@@ -731,7 +731,7 @@ def take_feedback(self:Service, request_id:str, label):
 
 Service.label_of, Service.feedback = label_of, take_feedback
 
-# %% ../nbs/09a_service.ipynb #ddb3c071
+# %% ../nbs/09a_service.ipynb #b950873e
 def log_failure(self:Service, endpoint:str, status:int, detail:str, ms:float):
     "Count and log a request answered with an error: a prediction-log row whose output is `{'status', 'error'}`."
     counters()['mlnb_failed_requests'].labels(endpoint, str(status)).inc()
@@ -744,7 +744,7 @@ def report_failure(endpoint:str, status:int, detail:str, ms:float):
 
 Service.log_failure = log_failure
 
-# %% ../nbs/09a_service.ipynb #f6d0514c
+# %% ../nbs/09a_service.ipynb #3e2c34a6
 def fits(features:list[dict], served:list[dict]) -> bool:
     "Whether a model's features are the served ones: the same names and kinds (int, float and number are one kind)."
     return [(f['name'], same_kind(f['kind'])) for f in features] == [(f['name'], same_kind(f['kind'])) for f in served]
@@ -763,7 +763,7 @@ def load_served(tag:str, types:Types, served:list[dict]|None=None, regression:bo
         raise MlnbError(f"model {tag} answers {what(m.classes is None)}, this service {what(regression)}: build a new bento for it")
     return m
 
-# %% ../nbs/09a_service.ipynb #aa9af6df
+# %% ../nbs/09a_service.ipynb #47623c03
 def read_aliases(self:Service) -> dict:
     "`{name: (tag, previous)}` of the store's aliases; empty without a store, or (logged, counted) when it cannot be read."
     if self.log is None: return {}
@@ -805,7 +805,7 @@ def switch(self:Service, tag:str):
 
 Service.read_aliases, Service.model, Service.switch = read_aliases, model, switch
 
-# %% ../nbs/09a_service.ipynb #3c10c7e5
+# %% ../nbs/09a_service.ipynb #1437bbbc
 def follow_once(self:Service, tried:set):
     "Read the aliases once: switch to a new champion, keep a fallback, pick up a new challenger (each change tried once)."
     a = self.read_aliases()
@@ -830,7 +830,7 @@ def follow(self:Service):
 
 Service.follow_once, Service.follow = follow_once, follow
 
-# %% ../nbs/09a_service.ipynb #d7301d52
+# %% ../nbs/09a_service.ipynb #cf2d6fa5
 def warm(self:Service, m:Served, freeze:bool=False) -> threading.Event:
     "Explain one sample record with `m` on a background thread (then, with `freeze`, freeze the GC's objects); the event is set when done."
     done = threading.Event()
@@ -848,9 +848,19 @@ def warm(self:Service, m:Served, freeze:bool=False) -> threading.Event:
     threading.Thread(target=build, name='mlnb-warm', daemon=True).start()
     return done
 
+def quiet_4xx(record:logging.LogRecord) -> bool:
+    "A logging filter: BentoML's record of a request it refused (a 4xx error) loses its traceback and names the error in one line."
+    exc = record.exc_info[1] if record.exc_info else None
+    status = getattr(getattr(exc, 'error_code', None), 'value', 500)
+    if exc is not None and status < 500:
+        record.msg, record.args = f"{record.getMessage()}: {status} {one_line(exc)}", ()
+        record.exc_info = record.exc_text = None
+    return True
+
 def start(cls, model, settings:Settings, types:Types, regression:bool) -> Service:
     "The service of a bento: model `model` (a BentoML model), the log, the follower and shadow threads, warming up."
     sys.setswitchinterval(settings.switch_interval)
+    logging.getLogger('bentoml._internal.server.http_app').addFilter(quiet_4xx)      # where BentoML logs a refused request
     first = load_served(str(model.tag), types)
     feats = first.features
     s = cls(first, settings, types, loader=lambda tag: load_served(tag, types, feats, regression),
@@ -874,7 +884,7 @@ def stop(self:Service):
 
 Service.warm, Service.start, Service.stop = warm, classmethod(start), stop
 
-# %% ../nbs/09a_service.ipynb #278b9f6a
+# %% ../nbs/09a_service.ipynb #6f244225
 OPEN_PATHS = ('/healthz', '/livez', '/readyz', '/metrics')
 
 class Guard:
@@ -909,7 +919,7 @@ class Guard:
             receive = replay(body, receive)
         return await self.app(scope, receive, send)
 
-# %% ../nbs/09a_service.ipynb #b7ef9a17
+# %% ../nbs/09a_service.ipynb #a357deae
 async def refuse(send, status:int, detail:str):
     "Answer `{\"detail\": detail}` with `status`."
     body = json.dumps({'detail': detail}).encode()
@@ -945,7 +955,7 @@ async def read_body(self:Guard, headers:dict, receive) -> bytes|None:
 
 Guard.body = read_body
 
-# %% ../nbs/09a_service.ipynb #0ed3b181
+# %% ../nbs/09a_service.ipynb #759d696c
 def detail_of(body:bytes) -> str:
     "One line from an error answer's JSON body: its `detail` (or BentoML's `error`), a list's first item."
     try: d = json.loads(body)
@@ -982,7 +992,7 @@ def answers(self:Guard, scope, send, start:float):
 
 Guard.answers = answers
 
-# %% ../nbs/09a_service.ipynb #1abd9ed0
+# %% ../nbs/09a_service.ipynb #e7920cf6
 ERROR_STATUSES = {400: 'Bad request: the field named in detail', 401: 'No or a wrong bearer token', 404: 'No such request id',
                   413: 'The body is over MLNB_MAX_BODY', 415: 'Not JSON', 500: 'An error of the service'}
 

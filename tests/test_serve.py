@@ -738,6 +738,9 @@ def test_regression_bento_over_http(regression_served):
     for ep in ('predict', 'explain'):                                   # finite on the wire, infinite once scaled and weighed: a 400, not inf or a 500
         r = requests.post(f'{srv.url}/{ep}', json={'record': {'size': 1e308, 'rooms': 3, 'city': 'b'}}, timeout=30)
         assert r.status_code == 400 and 'not a finite number' in r.json()['detail'], (ep, r.status_code, r.text)
+    r = requests.post(f'{srv.url}/predict_batch', json={'records': [recs[0], {'size': 1e308, 'rooms': 3, 'city': 'b'}]}, timeout=30)
+    assert r.status_code == 400 and 'not a finite number' in r.json()['detail'], r.text     # the merged call is refused whole
+    assert 'Traceback' not in srv.log.read_text()                       # one line, also for what BentoML itself refuses
     api = requests.get(f'{srv.url}/docs.json', timeout=30).json()
     schemas = json.dumps(api['components'])
     assert 'Estimated' in schemas and 'Classified' not in schemas and 'ValueExplanation' in schemas    # the OpenAPI says `value`
