@@ -8,15 +8,15 @@ import json, keyword, os, re, shutil, signal, ssl, subprocess, sys, time, urllib
 from dataclasses import dataclass
 from pathlib import Path
 from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, redact, templates_dir
-from .config import Project, load_project
-from .registry import ModelInfo, bentoml_for, bentoml_home, save_model
+from .config import HOLDOUT, SETTINGS, Project, load_project
+from .registry import KEY_ENV, ModelInfo, bentoml_for, bentoml_home, load_model, load_pipeline, model_key, save_model, stored_model
 from .store import Store, models as models_table
 
 # %% auto #0
-__all__ = ['SERVE_ENV', 'render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package',
-           'post_json', 'serve_setting', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve',
-           'check_frame', 'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine',
-           'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
+__all__ = ['render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package', 'post_json',
+           'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve', 'check_frame', 'score_frame',
+           'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks', 'write_chunks',
+           'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
 def render_service(folder) -> Path:
@@ -65,7 +65,7 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
     bentoml = bentoml_for(p)
     name = p.serve['name'] or p.name
     if 'task' not in info.schema:        # an old schema: whether the model gives class probabilities decides
-        info.schema = {**info.schema, 'task': served_task(info.schema, bentoml.sklearn.load_model(info.tag))}
+        info.schema = {**info.schema, 'task': served_task(info.schema, load_model(stored_model(p, info.tag), model_key(p)))}
     ctx = render_service(p.workspace/'build'/name)
     b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'], args=bento_args(info, name),
                              labels={'run': info.run_id, 'model': info.tag.replace(':', '-')},
@@ -88,19 +88,6 @@ def post_json(url:str, body, timeout:float=30, context:ssl.SSLContext|None=None)
         raw = e.read()
         try: return e.code, json.loads(raw)
         except ValueError: return e.code, {'error': raw.decode(errors='replace')}
-
-SERVE_ENV = [  # settings.ini [serve] key -> the service's variable, the kind of value and its least value
-    ('weight', 'MLNB_WEIGHT', float, 0), ('cache', 'MLNB_CACHE_SIZE', int, 0), ('budget_ms', 'MLNB_BUDGET_MS', float, 0),
-    ('fallback_after', 'MLNB_FALLBACK_AFTER', int, 1), ('batch_size', 'MLNB_BATCH_SIZE', int, 2)]
-
-def serve_setting(p:Project, key:str, kind, least) -> str|None:
-    "`[serve] key` of `p` checked to be a `kind` of at least `least`; None when settings.ini has no value."
-    v = p.serve.get(key)
-    if v is None: return None
-    try: ok = kind(v) >= least
-    except (TypeError, ValueError): ok = False
-    if not ok: raise ConfigError(f"expected a{'n' if kind is int else ''} {kind.__name__} of at least {least}, got '{v}'", p.path, 'serve', key)
-    return str(v)
 
 class RotatingFile:
     "A log file rotated by size: past `max_bytes` it becomes `<name>.1`, the older ones moving up to `<name>.<backups>`."
@@ -143,12 +130,11 @@ class Server:
         self.home = bentoml_home(p)/'servers'/str(self.port)   # BentoML's home for this server only: see `_make_home`
 
     def environ(self) -> dict:
-        "The server's environment: ours, BentoML's home, the store to log to, `[serve]`'s settings, and `env`."
+        "The server's environment: ours, BentoML's home, the store to log to, the model key, `[serve]`'s settings, and `env`."
         env = {**os.environ, 'BENTOML_HOME': str(self.home), 'BENTOML_DO_NOT_TRACK': 'true',
                'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl')),
-               'MLNB_MODE': self.p.serve.get('mode') or 'single'}
-        for key, var, kind, least in SERVE_ENV:                  # when settings.ini's [serve] has them
-            if (v := serve_setting(self.p, key, kind, least)) is not None: env[var] = v
+               KEY_ENV: model_key(self.p).hex(),
+               **{s.env: str(self.p.sections[s.section][s.key]) for s in SETTINGS if s.env}}   # [serve]'s keys, checked when read
         env.update({k: v for k,v in self.extra_env.items() if v is not None})
         return {k: v for k,v in env.items() if self.extra_env.get(k, '') is not None}
 
@@ -391,10 +377,8 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
     p = load_project(settings)
     tag = model or Store(p.store_url).alias('champion')
     if not tag: raise MlnbError(f"no champion in {p.store_url}: run `mlnb package` first")
-    bentoml = bentoml_for(p)
-    try: m = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound: raise MlnbError(f"model {tag} is not in BentoML's model store at {bentoml_home(p)}") from None
-    pipe, feats = bentoml.sklearn.load_model(m), m.info.metadata['schema']['features']
+    m = stored_model(p, tag)
+    pipe, feats = load_model(m, model_key(p)), m.info.metadata['schema']['features']
     keep = (*keep, m.info.metadata['schema'].get('target') or p.data['target'])
     task = m.info.metadata['schema'].get('task')
     def frames():
@@ -407,7 +391,7 @@ def score(settings='settings.ini', input=None, output=None, model:str|None=None,
 # %% ../nbs/10_serve.ipynb #6685b73a
 def _holdout_record(run_dir:Path, target:str) -> tuple[dict, object]:
     import pandas as pd
-    df = pd.read_parquet(run_dir/'holdout.parquet')
+    df = pd.read_parquet(run_dir/HOLDOUT.file)
     row, truth = df.drop(columns=target).iloc[0], df[target].iloc[0]
     return {k: (None if pd.isna(v) else v.item() if hasattr(v, 'item') else v) for k,v in row.items()}, truth
 
@@ -425,7 +409,6 @@ def _check_prediction(pred:dict, bento:BentoInfo, local_label):
 def demo(settings=None, sample:int=0, jobs:int|None=None):
     "Run the demo project end to end: pipeline, package, serve, one checked prediction, summary."
     from mlnb.pipeline import run
-    import joblib
     p = load_project(settings or templates_dir().parent/'settings.ini')
     print(f"== 1/3 pipeline: {' -> '.join(p.stages)} (project {p.path})", flush=True)
     r = run(p, params={'ingest.sample': sample} if sample else None, jobs=jobs)
@@ -434,7 +417,7 @@ def demo(settings=None, sample:int=0, jobs:int|None=None):
     print(f"   model {b.model.tag}\n   bento {b.tag} (Dockerfile: {b.dockerfile})", flush=True)
     train_dir = Path(r.stages['train'].out_dir)
     record, truth = _holdout_record(train_dir, p.data['target'])
-    local = joblib.load(train_dir/'model.joblib').predict(__import__('pandas').DataFrame([record]))[0]
+    local = load_pipeline(Store(p.store_url), r.run_id).predict(__import__('pandas').DataFrame([record]))[0]
     print("== 3/3 serve: bentoml serve on loopback, one real prediction", flush=True)
     with Server(p, b.tag) as srv:
         pred = srv.predict(record)

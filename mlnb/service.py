@@ -752,12 +752,13 @@ def fits(features:list[dict], served:list[dict]) -> bool:
 def load_served(tag:str, types:Types, served:list[dict]|None=None, regression:bool|None=None) -> Served:
     "Model `tag` from BentoML's model store; refused (`MlnbError`) when its features or kind of answer are not the bento's."
     import bentoml
+    from mlnb.registry import load_model, load_objects, model_key
     model = bentoml.models.get(tag)
     schema = (model.info.metadata or {}).get('schema') or {}
     if served is not None and not fits(schema.get('features', []), served):
         raise MlnbError(f"model {tag} has other features than this service: build a new bento for it")
-    bg = model.custom_objects.get('shap_background') if model.custom_objects else None
-    m = Served(str(model.tag), bentoml.sklearn.load_model(model), schema, bg, types.features)
+    key = model_key()                                   # $MLNB_MODEL_KEY: nothing is unpickled unless the model's signature checks
+    m = Served(str(model.tag), load_model(model, key), schema, load_objects(model, key).get('shap_background'), types.features)
     if regression is not None and (m.classes is None) != regression:
         what = lambda r: 'a value' if r else 'a class'
         raise MlnbError(f"model {tag} answers {what(m.classes is None)}, this service {what(regression)}: build a new bento for it")

@@ -333,14 +333,14 @@ BROKEN = """
 # a copy of the champion whose estimator raises on every call, promoted by force
 from sklearn.linear_model import LogisticRegression
 from mlnb.config import load_project
-from mlnb.registry import bentoml_for, promote
+from mlnb.registry import load_model, model_key, promote, save_signed, stored_model
 from mlnb.store import Store
-p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
-good = bentoml.models.get(st.alias('champion'))
-pipe = bentoml.sklearn.load_model(good)
+p = load_project('settings.ini'); st = Store(p.store_url)
+good = stored_model(p, st.alias('champion'))
+pipe = load_model(good, model_key(p))
 est = LogisticRegression(); est.classes_ = pipe[-1].classes_           # looks fitted, has no coefficients
 pipe.steps[-1] = (pipe.steps[-1][0], est)
-bad = bentoml.sklearn.save_model('shop', pipe, metadata=good.info.metadata)
+bad = save_signed(p, 'shop', pipe, metadata=good.info.metadata)     # signed with the project's key: it loads, then fails on every call
 st.add_model(str(bad.tag), 'broken', None, {})
 print(promote(p, str(bad.tag), force=True))
 """
@@ -644,7 +644,10 @@ def test_served_regression_model_answers_values(monkeypatch):
     get = lambda tag: SimpleNamespace(tag=tag, custom_objects={'shap_background': X.head(20)},
                                       info=SimpleNamespace(metadata={'schema': {'task': stored[tag][1], 'features': widened(tag)}}))
     for models in {id(m): m for m in (bentoml.models, __import__('importlib').import_module('bentoml.models'))}.values(): monkeypatch.setattr(models, 'get', get)   # (BentoML's lazy modules)
-    for sk in {id(m): m for m in (bentoml.sklearn, __import__('importlib').import_module('bentoml.sklearn'))}.values(): monkeypatch.setattr(sk, 'load_model', lambda model: stored[model.tag][0])
+    import mlnb.registry as registry                    # the signature check is the registry's (tests/test_security.py): stand-ins for these fakes
+    monkeypatch.setattr(registry, 'model_key', lambda p=None: b'k' * 16)
+    monkeypatch.setattr(registry, 'load_model', lambda model, key: stored[model.tag][0])
+    monkeypatch.setattr(registry, 'load_objects', lambda model, key: model.custom_objects)
     assert service.load_served('reg:2', types, TASK_FEATURES, regression=True).classes is None    # a challenger whose int column became a number
     with pytest.raises(service.MlnbError, match='answers a class, this service a value'): service.load_served('cls:1', types, TASK_FEATURES, regression=True)
 
@@ -690,18 +693,18 @@ sys.path.insert(0, {tests!r})
 from sklearn.linear_model import Ridge
 from test_serve import TASK_FEATURES, tasks_frame, tasks_pipeline
 from mlnb.config import load_project
-from mlnb.registry import ModelInfo, background_sample, bentoml_for
+from mlnb.registry import ModelInfo, background_sample, save_signed
 from mlnb.serve import build_bento
 from mlnb.store import Store
-p = load_project('settings.ini'); st = Store(p.store_url); bentoml = bentoml_for(p)
+p = load_project('settings.ini'); st = Store(p.store_url)
 df = tasks_frame(); X = df[['size', 'rooms', 'city']]
 schema = {{'target': 'y', 'task': 'regression', 'features': TASK_FEATURES}}
 tags = []
 for alpha in (1.0, 50.0):
     pipe = tasks_pipeline(Ridge(alpha=alpha)).fit(X, df['y'])
     joblib.dump(pipe, f'ridge-{{alpha:g}}.joblib')
-    m = bentoml.sklearn.save_model('houses', pipe, signatures={{'predict': {{'batchable': True}}}},
-                                   custom_objects={{'shap_background': background_sample(X, 50)}}, metadata={{'schema': schema, 'metrics': {{'rmse': 1.0}}}})
+    m = save_signed(p, 'houses', pipe, signatures={{'predict': {{'batchable': True}}}},
+                    custom_objects={{'shap_background': background_sample(X, 50)}}, metadata={{'schema': schema, 'metrics': {{'rmse': 1.0}}}})
     st.add_model(str(m.tag), 'by-hand', None, {{'rmse': 1.0}}); tags.append(str(m.tag))
 st.set_alias('champion', tags[0]); st.set_alias('challenger', tags[1])
 b = build_bento(p, ModelInfo(tags[0], 'by-hand', None, {{'rmse': 1.0}}, schema))
