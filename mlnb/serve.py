@@ -14,9 +14,9 @@ from .store import Store, models as models_table
 
 # %% auto #0
 __all__ = ['render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package', 'post_json',
-           'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve', 'check_frame', 'score_frame',
-           'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks', 'write_chunks',
-           'ScoreResult', 'score', 'demo', 'demo_summary']
+           'port_in_use', 'die_with_parent', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm',
+           'serve', 'check_frame', 'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks',
+           'transactional_engine', 'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
 def render_service(folder) -> Path:
@@ -89,6 +89,20 @@ def post_json(url:str, body, timeout:float=30, context:ssl.SSLContext|None=None)
         try: return e.code, json.loads(raw)
         except ValueError: return e.code, {'error': raw.decode(errors='replace')}
 
+def port_in_use(host:str, port:int) -> bool:
+    "Whether a socket is bound to `host`:`port` (connections closing on it do not count)."
+    import socket
+    with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try: s.bind((host, port))
+        except OSError: return True
+    return False
+
+def die_with_parent():
+    "In a child about to exec (Linux): be sent SIGTERM when the parent dies, even by SIGKILL, so no server outlives its `mlnb serve`."
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+
 class RotatingFile:
     "A log file rotated by size: past `max_bytes` it becomes `<name>.1`, the older ones moving up to `<name>.<backups>`."
     def __init__(self, path, max_bytes:int=10 * 1024 * 1024, backups:int=3):
@@ -145,11 +159,14 @@ class Server:
         return ctx
 
     def start(self, timeout:float=120) -> 'Server':
-        "Start the server and wait until it is ready."
+        "Start the server and wait until it is ready; refused, before any file is touched, when its port is taken."
+        if port_in_use(self.host, self.port):
+            raise MlnbError(f"port {self.port} on {self.host} is in use (another server?): choose a free one, e.g. mlnb serve --port {free_port(self.host)}")
         self.log.parent.mkdir(parents=True, exist_ok=True); self._make_home()
         cmd = [str(Path(sys.executable).parent/'bentoml'), 'serve', self.bento, '--host', self.host, '--port', str(self.port)]
         if self.ssl: cmd += ['--ssl-certfile', self.ssl[0], '--ssl-keyfile', self.ssl[1]]
-        self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=self.environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         import threading
         self.pump = threading.Thread(target=pump, args=(self.proc.stdout, RotatingFile(self.log, self.log_bytes)), name='mlnb-serve-log', daemon=True)
         self.pump.start()

@@ -545,6 +545,35 @@ def test_mlnb_serve_stops_its_server_on_sigterm(packaged):
         if proc.poll() is None: proc.kill()
 
 
+def test_mlnb_serve_refuses_a_busy_port_and_its_server_dies_with_it(packaged):
+    "A second `mlnb serve` on a live server's port exits 2 naming the port and touches none of its files; SIGKILL of `mlnb serve` leaves no orphan."
+    import psutil, signal
+    from mlnb.core import free_port
+    root, _ = packaged
+    port = free_port()
+    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f'http://127.0.0.1:{port}', time.time() + 180
+        while time.time() < deadline:
+            try:
+                if requests.get(url + '/readyz', timeout=1).status_code == 200: break
+            except requests.RequestException: pass
+            time.sleep(0.5)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        log, home = root/'.mlnb'/'logs'/f'serve-{port}.log', root/'.mlnb'/'bentoml'/'servers'/str(port)
+        size = log.stat().st_size
+        second = subprocess.run([MLNB, 'serve', '--port', str(port)], cwd=root, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f'port {port} on 127.0.0.1 is in use' in second.stderr, (second.returncode, second.stderr[-1000:])
+        assert 'ready' not in second.stdout and home.is_dir() and log.stat().st_size >= size     # the live server's home and log untouched
+        assert requests.get(url + '/readyz', timeout=5).status_code == 200
+        proc.send_signal(signal.SIGKILL)                                   # mlnb serve dies without a word: its server must follow
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(children, timeout=45)
+        assert not alive, f"left running after SIGKILL of mlnb serve: {[p.cmdline() for p in alive]}"
+    finally:
+        if proc.poll() is None: proc.kill()
+
+
 def test_direct_column_path_gives_the_pipelines_answers():
     "The service feeds each ColumnTransformer transformer its columns (numbers, bools, categories, gaps): same probabilities."
     import numpy as np
