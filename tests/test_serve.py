@@ -517,20 +517,26 @@ print('ok', made)
     assert 'ok' in py(code, root).stdout
 
 
+def mlnb_serve(root, port:int):
+    "`mlnb serve` started from the shell in `root`, once its server answers /readyz: the process and the server's URL."
+    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f'http://127.0.0.1:{port}', time.time() + 180
+    while time.time() < deadline:
+        try:
+            if requests.get(url + '/readyz', timeout=1).status_code == 200: break
+        except requests.RequestException: pass             # not listening yet, or still starting
+        time.sleep(0.5)
+    return proc, url
+
+
 def test_mlnb_serve_stops_its_server_on_sigterm(packaged):
     "`mlnb serve` killed by a supervisor (SIGTERM) stops bentoml serve too, after flushing its log: no orphan, no lost row."
     import psutil, signal
     from mlnb.core import free_port
     root, _ = packaged
     port = free_port()
-    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url = mlnb_serve(root, port)
     try:
-        url, deadline = f'http://127.0.0.1:{port}', time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(url + '/readyz', timeout=1).status_code == 200: break
-            except requests.RequestException: pass         # not listening yet, or still starting
-            time.sleep(0.5)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "mlnb serve started no server"
         record = holdout_X(load_project(root/'settings.ini')).iloc[0].to_dict()
@@ -551,14 +557,8 @@ def test_mlnb_serve_refuses_a_busy_port_and_its_server_dies_with_it(packaged):
     from mlnb.core import free_port
     root, _ = packaged
     port = free_port()
-    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, url = mlnb_serve(root, port)
     try:
-        url, deadline = f'http://127.0.0.1:{port}', time.time() + 180
-        while time.time() < deadline:
-            try:
-                if requests.get(url + '/readyz', timeout=1).status_code == 200: break
-            except requests.RequestException: pass
-            time.sleep(0.5)
         children = psutil.Process(proc.pid).children(recursive=True)
         log, home = root/'.mlnb'/'logs'/f'serve-{port}.log', root/'.mlnb'/'bentoml'/'servers'/str(port)
         size = log.stat().st_size
