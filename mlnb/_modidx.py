@@ -477,6 +477,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'mlnb.registry._new_key': ('registry.html#_new_key', 'mlnb/registry.py'),
                                'mlnb.registry._signed': ('registry.html#_signed', 'mlnb/registry.py'),
                                'mlnb.registry._unchanged': ('registry.html#_unchanged', 'mlnb/registry.py'),
+                               'mlnb.registry._unpickle': ('registry.html#_unpickle', 'mlnb/registry.py'),
                                'mlnb.registry.background_sample': ('registry.html#background_sample', 'mlnb/registry.py'),
                                'mlnb.registry.bentoml_for': ('registry.html#bentoml_for', 'mlnb/registry.py'),
                                'mlnb.registry.bentoml_home': ('registry.html#bentoml_home', 'mlnb/registry.py'),

@@ -110,17 +110,22 @@ def verified(store:Store, run_id:str, stage:str, name:str) -> Path:
     if not rows: raise MlnbError(f"run {run_id} recorded no {name} for stage '{stage}'")
     return _unchanged(Path(rows[0]['path']), [rows[0]['sha256']], f"run {run_id}")
 
+def _unpickle(checked:Path):
+    "The one `joblib.load` in mlnb: only ever given a file whose hash was just checked."
+    import joblib
+    return joblib.load(checked)
+
 def load_file(store:Store, path:Path):
     "Unpickle `path` (a stage's output) once its content hash equals one the store recorded for that file."
-    import joblib, sqlalchemy as sa
+    import sqlalchemy as sa
     from mlnb.store import artifacts
     rows = store.read(sa.select(artifacts.c.sha256).where(artifacts.c.path == str(path)))
     if not rows: raise MlnbError(f"{path}: the store recorded no content hash for this file: refusing to unpickle it")
-    return joblib.load(_unchanged(Path(path), [r['sha256'] for r in rows], 'it'))
+    return _unpickle(_unchanged(Path(path), [r['sha256'] for r in rows], 'it'))
 
 def load_pipeline(store:Store, run_id:str):
     "The Pipeline run `run_id` trained, unpickled only after its hash was checked against the store's record."
-    return load_file(store, verified(store, run_id, *MODEL))
+    return _unpickle(verified(store, run_id, *MODEL))
 
 def load_output(ctx, stage:str, name:str):
     "In a stage notebook: unpickle output `name` of the upstream `stage`, checked against the hash its run recorded."
