@@ -1,5 +1,7 @@
 """Shared fixtures: a real project made by `mlnb new` and run once by `mlnb run` in real kernels."""
-import os, subprocess, sys
+import os, subprocess, sys, threading
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 import pytest
 
@@ -23,3 +25,14 @@ def project(tmp_path_factory):
     mlnb('new', root)
     r = mlnb('run', '--params', f'ingest.sample={SAMPLE}', cwd=root)
     return root, r
+
+
+@contextmanager
+def http_server(handler):
+    "A real HTTP server on a free loopback port answering with `handler` (a BaseHTTPRequestHandler class): its `host:port`."
+    srv = ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try: yield f'127.0.0.1:{srv.server_address[1]}'
+    finally:
+        srv.shutdown()
+        srv.server_close()

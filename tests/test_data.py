@@ -1,11 +1,11 @@
 """The data layer against real sources: files and fsspec URLs, SQLite and a PostgreSQL server, an HTTP API served here,
 incremental ingestion across runs, every kind of bad input, both gate severities with Data Docs, and no training/serving skew."""
-import gzip, json, os, subprocess, sys, textwrap, threading, uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import gzip, json, os, subprocess, sys, textwrap, uuid
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 import joblib, numpy as np, pandas as pd, pyarrow.parquet as pq, pytest, sqlalchemy as sa
-from conftest import mlnb
+from conftest import http_server, mlnb
 import mlnb.ingest as ing
 from mlnb.core import ConfigError, DataError, ValidationFailed
 from mlnb.ingest import (SKLEARN_SETS, check_source, source_columns, frame_hash, ingest, list_snapshots, parquet_hash, previous_snapshot,
@@ -137,10 +137,7 @@ class _Api(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope='module')
 def api():
-    srv = ThreadingHTTPServer(('127.0.0.1', 0), _Api)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    with http_server(_Api) as address: yield f'http://{address}'
 
 
 def test_http_api_paging(api, tmp_path):

@@ -1,11 +1,11 @@
 """Issue 14, items 3, 4, 6, 8 and 13, probed as a user (or bad luck) would: through the `mlnb` command, with real kernels,
 a real HTTP API that checks credentials, real SQLite files damaged on disk, SIGTERM and SIGKILL."""
-import base64, json, os, signal, sqlite3, subprocess, textwrap, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import base64, json, os, signal, sqlite3, subprocess, textwrap, time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 import pytest, sqlalchemy as sa
-from conftest import MLNB, mlnb
+from conftest import MLNB, http_server, mlnb
 from mlnb.config import load_project, new_project
 from mlnb.store import Store, predictions, runs, stage_runs, utcnow
 
@@ -61,10 +61,7 @@ class _AuthApi(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope='module')
 def auth_api():
-    srv = ThreadingHTTPServer(('127.0.0.1', 0), _AuthApi)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown(); srv.server_close()
+    with http_server(_AuthApi) as address: yield address
 
 
 def test_source_credentials_reach_the_api_but_no_record(tmp_path, auth_api):
