@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test vendor chromium check-export export-only nbtest pytest bench docs export
+.PHONY: demo test vendor chromium services check-export export-only nbtest pytest bench docs export
 
 $(STAMP): pyproject.toml
 	@echo "== setting up $(VENV) (first run, or pyproject.toml changed)"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) vendor
 	$(BIN)/mlnb demo
 
-test: $(STAMP) vendor chromium check-export nbtest docs pytest
+test: $(STAMP) vendor chromium services check-export nbtest docs pytest
 
 # Great Expectations' Data Docs link Bootstrap, jQuery, Font Awesome and Vega from CDNs: the files named in
 # mlnb/static/cdn.json are fetched once from npm into mlnb/static/vendor/ (not committed), which mlnb.validate links instead.
@@ -66,6 +66,14 @@ docs/_static/vendor/.done: docs/cdn.json
 chromium:
 	@test -x /usr/bin/chromium || { echo "== installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Servers the tests start on loopback themselves (never left running): Redis Streams, HAProxy in front of replicas,
+# Prometheus and promtool for the alert rules. Debian's packages; their system services are not started here.
+SERVICES := redis-server:redis-server haproxy:haproxy prometheus:prometheus promtool:prometheus
+services:
+	@missing=$$(for s in $(SERVICES); do command -v $${s%%:*} >/dev/null || echo $${s#*:}; done | sort -u | tr "\n" " "); \
+	if [ -n "$$missing" ]; then echo "== installing Debian's $$missing for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 # mlnb/ and README.md are generated from nbs/: fail when regenerating them would change them.
 check-export: $(STAMP)

@@ -5,14 +5,15 @@
 # %% ../nbs/14_cli.ipynb #24fe2cb5
 from __future__ import annotations
 import argparse, sys, textwrap
+from importlib import import_module
 from pathlib import Path
 from . import __version__
 from .core import MlnbError, quiet_env
 
 # %% auto #0
-__all__ = ['cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor', 'monitor_loop', 'cmd_dag',
-           'cmd_package', 'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score', 'cmd_feedback', 'inputs_text',
-           'cmd_label', 'cmd_ab', 'cmd_retrain', 'parser', 'main']
+__all__ = ['COMMAND_MODULES', 'cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor',
+           'monitor_loop', 'cmd_dag', 'cmd_package', 'cmd_serve', 'cmd_promote', 'cmd_rollback', 'cmd_score',
+           'cmd_feedback', 'inputs_text', 'cmd_label', 'cmd_ab', 'cmd_retrain', 'parser', 'main']
 
 # %% ../nbs/14_cli.ipynb #cd54dbe4
 def _settings(a):
@@ -147,6 +148,8 @@ def cmd_retrain(a):
           + (f" (bento {r['bento']})" if r['bento'] else ''))
 
 # %% ../nbs/14_cli.ipynb #86e979d3
+COMMAND_MODULES = ()
+
 def parser() -> argparse.ArgumentParser:
     "The `mlnb` argument parser."
     ap = argparse.ArgumentParser(prog='mlnb', description='Notebooks in, production ML system out.')
@@ -240,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument('--model', help='model tag (default: the champion)')
     sp.add_argument('--chunk-rows', type=int, default=10000)
     sp.add_argument('--keep', nargs='+', metavar='COLUMN', help='columns copied to the output')
+    for name in COMMAND_MODULES: import_module(f'mlnb.{name}').add_commands(add)
     return ap
 
 # %% ../nbs/14_cli.ipynb #2b166d58
