@@ -14,12 +14,13 @@ from .core import ConfigError, MlnbError, StageFailed, hash_dir, hash_file, hash
 from .config import Project, load_project, parse_value, topo_order
 
 # %% auto #0
-__all__ = ['RECORD', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
+__all__ = ['RECORD', 'WHY', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
            'ancestors', 'descendants', 'select', 'with_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
-           'param_files', 'cache_key', 'cached_outputs', 'StageResult', 'off_worker_threads', 'execute_stage',
-           'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
-           'columns_lines', 'search_line', 'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
+           'param_files', 'key_parts', 'cache_key', 'cached_outputs', 'StageState', 'last_success', 'changed', 'decide',
+           'plan', 'plan_lines', 'StageResult', 'off_worker_threads', 'execute_stage', 'kernel_env', 'KernelPool',
+           'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress', 'columns_lines', 'search_line',
+           'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -209,11 +210,16 @@ def param_files(p:Project, name:str) -> dict:
             f = p.resolve(v); out[k] = hash_file(f) if f.is_file() else None
     return out
 
+def key_parts(p:Project, name:str, upstream_hashes:dict|None, inputs:dict) -> dict:
+    "Each part of stage `name`'s cache key, hashed on its own (code, params, files, project, upstream), so a miss can say which part changed; `upstream_hashes` None leaves that part out."
+    s = p.stages[name]
+    parts = {'code': hash_notebook_code(s.notebook), 'params': hash_obj(s.params), 'files': hash_obj(param_files(p, name)), 'project': hash_obj(inputs)}
+    if upstream_hashes is not None: parts['upstream'] = hash_obj(upstream_hashes)
+    return parts
+
 def cache_key(p:Project, name:str, upstream_hashes:dict, inputs:dict) -> str:
     "The content hash deciding whether stage `name` can be skipped."
-    s = p.stages[name]
-    return hash_obj({'code': hash_notebook_code(s.notebook), 'params': s.params, 'files': param_files(p, name),
-                     'upstream': upstream_hashes, 'project': inputs})
+    return hash_obj(key_parts(p, name, upstream_hashes, inputs))
 
 def cached_outputs(store:Store, key:str) -> dict|None:
     "The earlier successful stage-run with `key`, if all its outputs are still there unchanged."
@@ -222,6 +228,97 @@ def cached_outputs(store:Store, key:str) -> dict|None:
     for a in hit['artifacts']:
         if not Path(a['path']).is_file() or hash_file(a['path']) != a['sha256']: return None
     return hit
+
+# %% ../nbs/08_pipeline.ipynb #475011b8
+WHY = {'code': 'code', 'params': 'parameters', 'files': 'parameters', 'project': 'data', 'upstream': 'upstream'}   # key part -> the reason a user reads
+
+@dataclass
+class StageState:
+    "What a run would do with one stage now: reuse it (`up to date`) or run it (`stale`, with `why`); or what the store says: `running`, `failed`."
+    stage: str; state: str; why: list = field(default_factory=list)
+    key: str|None = None; parts: dict|None = None                      # the cache key (None when an upstream stage runs first) and its parts
+    hit: dict|None = None; last: dict|None = None                      # the stage-run reused; the stage's last success
+    run_id: str|None = None; seconds: float|None = None; cell: int|None = None; error: str|None = None; notebook: str|None = None
+    def __str__(self):
+        extra = f" ({', '.join(self.why)})" if self.why else ''
+        if self.state == 'failed': extra += f": cell {self.cell}, {self.error}"
+        if self.state == 'running': extra += f" for {self.seconds:.0f}s in run {self.run_id}"
+        return f"{self.stage}: {self.state}{extra}"
+    def to_dict(self) -> dict:
+        "JSON-able, for the sidebar: the state, why, and the last success's run."
+        last = self.last or {}
+        return {'stage': self.stage, 'state': self.state, 'why': self.why, 'run_id': self.run_id, 'seconds': self.seconds, 'cell': self.cell,
+                'error': self.error, 'notebook': self.notebook, 'last_run': last.get('run_id'), 'last_notebook': last.get('notebook'),
+                'from_run': (self.hit or {}).get('run_id')}
+
+def last_success(store:Store, name:str) -> dict|None:
+    "The latest stage-run of `name` that succeeded or came from the cache, or None."
+    import sqlalchemy as sa
+    from mlnb.store import stage_runs as t
+    rows = store.read(sa.select(t).where(t.c.stage == name, t.c.status.in_(['done', 'cached'])).order_by(t.c.id.desc()).limit(1))
+    return rows[0] if rows else None
+
+def changed(parts:dict, before:dict|None) -> list[str]:
+    "The reasons (`WHY`) for the key parts that differ from `before`, in order, each once."
+    out = [WHY[k] for k, v in parts.items() if before and before.get(k) != v]
+    return list(dict.fromkeys(out))
+
+def decide(p:Project, store:Store, name:str, upstream_hashes:dict|None, inputs:dict, forced=()) -> StageState:
+    "Whether a run reuses stage `name` or runs it, and why; `upstream_hashes` None: a stage it needs runs first."
+    parts, last = key_parts(p, name, upstream_hashes, inputs), last_success(store, name)
+    why = changed(parts, (last or {}).get('values', {}).get('key_parts') if last and last.get('values') else None)
+    stale = lambda *w: StageState(name, 'stale', list(dict.fromkeys([*why, *w])), None if upstream_hashes is None else hash_obj(parts), parts, last=last)
+    if name in forced: return stale('forced')
+    if inputs['uncacheable'] and not p.stages[name].needs: return stale('data')     # SQL or an API: new rows at any time
+    if upstream_hashes is None: return stale('upstream')
+    key = hash_obj(parts)
+    if (hit := cached_outputs(store, key)): return StageState(name, 'up to date', [], key, parts, hit, last)
+    return stale() if why else stale('never run' if not last else 'outputs')
+
+
+# %% ../nbs/08_pipeline.ipynb #cf064d4b
+def _store_states(store:Store, states:dict) -> dict:
+    "Overlay on planned `states` what the store knows: stages of a run still going are `running`; a stale stage whose last execution failed is `failed`."
+    import sqlalchemy as sa
+    from mlnb.store import runs as rt, stage_runs as t, utcnow
+    store.mark_stale_runs()
+    live = {r['id'] for r in store.read(sa.select(rt.c.id).where(rt.c.status == 'running'))}
+    for n, s in states.items():
+        rows = store.read(sa.select(t).where(t.c.stage == n).order_by(t.c.id.desc()).limit(1))
+        if not rows: continue
+        r = rows[0]
+        if r['status'] == 'running' and r['run_id'] in live:
+            s.state, s.run_id, s.seconds = 'running', r['run_id'], round((utcnow() - r['started']).total_seconds(), 1)
+        elif r['status'] == 'failed' and s.state == 'stale':
+            s.state, s.run_id, s.cell, s.notebook = 'failed', r['run_id'], r['error_cell'], r['notebook']
+            s.error = f"{r['error_name']}: {r['error_value']}" if r['error_value'] else r['error_name']
+    return states
+
+def plan(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, params=None, force:bool=False, store:Store|None=None) -> dict[str, StageState]:
+    "`{stage: StageState}` for what `run` with the same arguments would do now (no kernel is started), with running and failed stages from the store."
+    from mlnb.store import Store
+    p, _ = with_overrides(load_project(settings), params)
+    order, forced = select(p, stage, from_stage)
+    store, inputs = store or Store(p.store_url), project_inputs(p)
+    keys, hashes, states = {}, {}, {}
+    for n in order:
+        needs = p.stages[n].needs
+        ups = {d: [keys[d], hashes[d]] for d in needs} if all(d in hashes for d in needs) else None
+        s = states[n] = decide(p, store, n, ups, inputs, set(order) if force else forced)
+        if s.state == 'up to date': keys[n], hashes[n] = s.key, {a['name']: a['sha256'] for a in s.hit['artifacts']}
+        elif s.why == ['outputs'] and s.last['cache_key'] == s.key: keys[n], hashes[n] = s.key, _recorded(store, s.last)
+    return _store_states(store, states)
+
+def _recorded(store:Store, sr:dict) -> dict:
+    "`{name: sha256}` of the outputs stage-run `sr` recorded: what a stage run again on the same inputs writes (mlnb's stages are deterministic)."
+    import sqlalchemy as sa
+    from mlnb.store import artifacts as t
+    return {a['name']: a['sha256'] for a in store.read(sa.select(t).where(t.c.run_id == sr['run_id'], t.c.stage == sr['stage']))}
+
+def plan_lines(states:dict) -> str:
+    "The plan as text, one stage a line."
+    return '\n'.join(str(s) for s in states.values())
+
 
 # %% ../nbs/08_pipeline.ipynb #b8539499
 @dataclass
@@ -614,20 +711,21 @@ class _Runner:
         self.pool, self.client, self.stopping = pool, client, False     # stopping: Ctrl-C or SIGTERM, kernels being stopped
         self.inputs, self.hashes, self.keys = project_inputs(p), {}, {}
 
-    def _key(self, n):
+    def _parts(self, n):
         "Upstream keys make a code edit re-run everything downstream; upstream hashes catch changed outputs."
-        return cache_key(self.p, n, {d: [self.keys[d], self.hashes[d]] for d in self.p.stages[n].needs}, self.inputs)
+        return key_parts(self.p, n, {d: [self.keys[d], self.hashes[d]] for d in self.p.stages[n].needs}, self.inputs)
+    def _key(self, n): return hash_obj(self._parts(n))
     def _upstream(self, n): return {d: self.run.stages[d].out_dir for d in self.p.stages[n].needs}
 
     def try_cache(self, n) -> StageResult|None:
-        "Reuse an earlier execution of `n` when its key matches and its outputs are intact."
-        if n in self.forced or (self.inputs['uncacheable'] and not self.p.stages[n].needs): return None
-        key = self._key(n); hit = cached_outputs(self.store, key)
-        if not hit: return None
+        "Reuse an earlier execution of `n` when `decide` (what `plan` shows too) says it is up to date."
+        s = decide(self.p, self.store, n, {d: [self.keys[d], self.hashes[d]] for d in self.p.stages[n].needs}, self.inputs, self.forced)
+        if s.state != 'up to date': return None
+        key, hit = s.key, s.hit
         params = stage_parameters(self.p, n)
         sid = self.store.start_stage(self.run.run_id, n, key, {k: v['value'] for k, v in params.items()})
         self.store.record(self.run.run_id, n, hit['metrics'], {a['name']: (a['path'], a['sha256'], a['size']) for a in hit['artifacts']})
-        values = {**(hit['values'] or {}), 'parameters': params}
+        values = {**(hit['values'] or {}), 'parameters': params, 'key_parts': s.parts}
         self.store.finish_stage(sid, 'cached', out_dir=hit['out_dir'], notebook=hit['notebook'], cached_from=hit['run_id'], values=values)
         self.hashes[n], self.keys[n] = {a['name']: a['sha256'] for a in hit['artifacts']}, key
         return StageResult(n, 'cached', 0.0, hit['out_dir'], hit['notebook'], hit['metrics'], values)
@@ -649,8 +747,9 @@ class _Runner:
         if 'snapshot' in r.values:
             snap = dict(r.values['snapshot']); snap['path'] = str(Path(r.out_dir)/snap.pop('file'))
             st.add_snapshot(run_id=self.run.run_id, **snap)
-        self.hashes[n], self.keys[n] = arts, self._key(n)
-        st.finish_stage(sid, 'done', out_dir=r.out_dir, notebook=r.notebook, values=r.values, cache_key=self.keys[n])
+        self.hashes[n], parts = arts, self._parts(n)
+        self.keys[n] = hash_obj(parts)
+        st.finish_stage(sid, 'done', out_dir=r.out_dir, notebook=r.notebook, values={**r.values, 'key_parts': parts}, cache_key=self.keys[n])
         return r
 
     def finished(self, r:StageResult):
