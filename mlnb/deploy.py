@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, os, re, signal, subprocess, threading, time, urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .core import ConfigError, MlnbError, ServeError, atomic_write, free_port, need
 from .config import SETTINGS, Project, load_project
 
@@ -15,7 +16,8 @@ __all__ = ['DEPLOY_DEFAULTS', 'K8S_VERSION', 'CONTAINER_PORT', 'PREDICT', 'SEVER
            'k8s_labels', 'k8s_name', 'image_of', 'config_map', 'container', 'deployment', 'k8s_service', 'autoscaler',
            'disruption_budget', 'network_policy', 'k8s_manifests', 'to_yaml', 'validate_k8s', 'write_k8s',
            'scrape_config', 'alert_rules', 'rule_tests', 'promtool', 'check_rules', 'write_prometheus', 'Gauge',
-           'exposition', 'drift_gauges', 'accuracy_gauges', 'StoreMetrics', 'serve_metrics']
+           'exposition', 'drift_gauges', 'accuracy_gauges', 'StoreMetrics', 'serve_metrics', 'run_metrics',
+           'haproxy_config', 'haproxy', 'check_haproxy', 'Replicas', 'deploy_local', 'cmd_deploy', 'add_commands']
 
 # %% ../nbs/12d_deploy.ipynb #162dda63
 DEPLOY_DEFAULTS = {
@@ -389,3 +391,225 @@ def serve_metrics(metrics:StoreMetrics, host:str='127.0.0.1', port:int=0):
     threading.Thread(target=srv.serve_forever, name='mlnb-metrics', daemon=True).start()
     threading.Thread(target=metrics.run, name='mlnb-metrics-refresh', daemon=True).start()
     return srv
+
+# %% ../nbs/12d_deploy.ipynb #9673b43e
+def run_metrics(settings='settings.ini', host:str|None=None, port:int|None=None, every:float=60, last:int=500):
+    "Serve the store's metrics until Ctrl-C or SIGTERM (`mlnb deploy metrics`)."
+    from mlnb.serve import stop_on_sigterm
+    p = load_project(settings)
+    host, port = host or p.serve['host'], port or int(deploy_settings(p)['metrics_port'])
+    srv = serve_metrics(StoreMetrics(p, every, last), host, port)
+    print(f"store metrics of {p.name} at http://{host}:{port}/metrics (every {every:g}s); Ctrl-C stops", flush=True)
+    stop_on_sigterm()
+    try:
+        while True: time.sleep(3600)
+    except KeyboardInterrupt: print("stopping", flush=True)
+    finally: srv.shutdown()
+
+# %% ../nbs/12d_deploy.ipynb #5cb2574b
+def haproxy_config(backends:list[tuple[str, int]], host:str, port:int, folder, timeout:int=30) -> str:
+    "HAProxy's configuration: one public `host:port`, the replicas at `backends` checked on /readyz, retries, request ids, a stats socket in `folder`."
+    folder = Path(folder)
+    servers = '\n'.join(f"    server r{i} {h}:{pt} check" for i, (h, pt) in enumerate(backends, 1))
+    return f"""# written by mlnb deploy local: {len(backends)} replicas behind {host}:{port}
+global
+    log stdout format raw local0
+    stats socket {folder/'haproxy.sock'} mode 600 level admin
+    pidfile {folder/'haproxy.pid'}
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 1s
+    timeout client 60s
+    timeout server {timeout + 5}s
+    timeout queue 10s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response junk-response
+
+frontend mlnb
+    bind {host}:{port}
+    unique-id-format %{{+X}}o%ci%cp%fp%Ts%rt%pid
+    http-request set-header X-Request-ID %[unique-id] unless {{ req.hdr(x-request-id) -m found }}
+    default_backend replicas
+
+backend replicas
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 2
+{servers}
+"""
+
+def haproxy() -> str:
+    "The haproxy program (Debian's `haproxy` package); `MlnbError` saying how to get it."
+    import shutil
+    if (found := shutil.which('haproxy') or (Path('/usr/sbin/haproxy').is_file() and '/usr/sbin/haproxy')): return found
+    raise MlnbError("haproxy is needed for replicas: apt-get install haproxy (or make services)")
+
+def check_haproxy(cfg:Path):
+    "`haproxy -c` on file `cfg`; `MlnbError` with its complaint."
+    r = subprocess.run([haproxy(), '-c', '-f', str(cfg)], capture_output=True, text=True, timeout=30)
+    if r.returncode: raise MlnbError(f"{cfg}: HAProxy refuses it: {' '.join((r.stdout + r.stderr).split())[:300]}")
+
+# %% ../nbs/12d_deploy.ipynb #948b13d3
+class Replicas:
+    "`n` `bentoml serve` processes of `bento` behind HAProxy on `host:port` (default: `[serve]`'s)."
+    def __init__(self, settings, bento:str|None=None, n:int|None=None, port:int|None=None, host:str|None=None, env:dict|None=None):
+        from mlnb.serve import Server, champion_bento
+        self.p = load_project(settings)
+        self.bento = bento or champion_bento(self.p)
+        n = n or int(deploy_settings(self.p)['replicas'])
+        self.host, self.port = host or self.p.serve['host'], port or int(self.p.serve['port'])
+        self.servers = [Server(self.p, self.bento, env=env) for _ in range(n)]
+        self.folder = self.p.workspace/'deploy'/f'haproxy-{self.port}'
+        self.url, self.proc = f"http://{self.host}:{self.port}", None
+
+    def __repr__(self): return f"Replicas({self.bento!r}, {len(self.servers)} at {self.url}, {'running' if self.proc and self.proc.poll() is None else 'stopped'})"
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.stop()
+
+# %% ../nbs/12d_deploy.ipynb #fbaabba4
+@patch
+def start(self:Replicas, timeout:float=180) -> Replicas:
+    "Start the servers in parallel, then HAProxy; returns once HAProxy sees every replica up."
+    from concurrent.futures import ThreadPoolExecutor
+    from mlnb.serve import die_with_parent, port_in_use
+    if port_in_use(self.host, self.port): raise MlnbError(f"port {self.port} on {self.host} is in use: choose a free one, e.g. --port {free_port(self.host)}")
+    try:
+        with ThreadPoolExecutor(len(self.servers)) as ex: list(ex.map(lambda s: s.start(timeout), self.servers))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cfg = self.folder/'haproxy.cfg'
+        atomic_write(cfg, haproxy_config([(s.host, s.port) for s in self.servers], self.host, self.port, self.folder,
+                                         int(os.environ.get('MLNB_TIMEOUT', 30))))
+        check_haproxy(cfg)
+        self.log = open(self.folder/'haproxy.log', 'ab')
+        self.proc = subprocess.Popen([haproxy(), '-f', str(cfg)], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
+        self._wait_up(timeout)
+    except BaseException:
+        self.stop()
+        raise
+    return self
+
+@patch
+def _wait_up(self:Replicas, timeout:float):
+    end = time.time() + timeout
+    while time.time() < end:
+        if self.proc.poll() is not None: raise ServeError(f"haproxy exited with {self.proc.returncode}; log: {self.folder/'haproxy.log'}")
+        try:
+            if all(s['status'] == 'UP' for s in self.stats()): return
+        except OSError: pass
+        time.sleep(0.3)
+    raise ServeError(f"HAProxy did not see every replica up within {timeout:.0f}s: {self.stats()}")
+
+@patch
+def command(self:Replicas, line:str) -> str:
+    "Send one command to HAProxy's stats socket; its answer."
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(self.folder/'haproxy.sock'))
+        s.sendall(line.encode() + b'\n')
+        parts = []
+        while (b := s.recv(65536)): parts.append(b)
+    return b''.join(parts).decode()
+
+@patch
+def stats(self:Replicas) -> list[dict]:
+    "HAProxy's view of each replica: name, status (UP, DOWN, DRAIN, ...), requests in flight, total requests, retries, redispatches."
+    import csv, io
+    rows = csv.DictReader(io.StringIO(self.command('show stat').lstrip('# ')))
+    return [{'name': r['svname'], 'status': r['status'], 'in_flight': int(r['scur'] or 0), 'requests': int(r['stot'] or 0),
+             'retries': int(r['wretr'] or 0), 'redispatches': int(r['wredis'] or 0)}
+            for r in rows if r['pxname'] == 'replicas' and r['svname'] not in ('FRONTEND', 'BACKEND')]
+
+# %% ../nbs/12d_deploy.ipynb #6ab57f82
+@patch
+def drain(self:Replicas, i:int, grace:float=30):
+    "Take replica `i` (0-based) out gently: no new requests, those in flight finish (up to `grace` seconds), then stop it."
+    name = f"r{i + 1}"
+    self.command(f"set server replicas/{name} state drain")
+    end = time.time() + grace
+    while time.time() < end and next(s for s in self.stats() if s['name'] == name)['in_flight']: time.sleep(0.1)
+    self.command(f"set server replicas/{name} state maint")
+    self.servers[i].stop()
+
+@patch
+def kill(self:Replicas, i:int):
+    "SIGKILL replica `i`'s whole process group, as a crash would (for tests and drills)."
+    s = self.servers[i]
+    os.killpg(s.proc.pid, signal.SIGKILL)
+    s.proc.wait()
+
+@patch
+def stop(self:Replicas):
+    "Drain and stop every replica, then HAProxy."
+    if self.proc and self.proc.poll() is None:
+        for i, s in enumerate(self.servers):
+            if s.proc and s.proc.poll() is None:
+                try: self.drain(i)
+                except (OSError, StopIteration): s.stop()
+        self.proc.terminate()
+        try: self.proc.wait(10)
+        except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+    for s in self.servers: s.stop()
+    if getattr(self, 'log', None): self.log.close()
+
+# %% ../nbs/12d_deploy.ipynb #f16d0422
+def deploy_local(settings='settings.ini', replicas:int|None=None, port:int|None=None, host:str|None=None, bento:str|None=None):
+    "Serve `bento` (default: the champion's) on `replicas` servers behind HAProxy until Ctrl-C or SIGTERM (`mlnb deploy local`)."
+    from mlnb.serve import stop_on_sigterm
+    r = Replicas(settings, bento, replicas, port, host)
+    print(f"starting {len(r.servers)} replicas of {r.bento} behind HAProxy at {r.url}; Ctrl-C stops", flush=True)
+    stop_on_sigterm()
+    try:
+        r.start()
+        print(f"ready: POST {r.url}/predict\nreplicas (scrape these): {' '.join(f'{s.host}:{s.port}' for s in r.servers)}\n"
+              f"HAProxy: {r.folder} (haproxy.cfg, haproxy.log, haproxy.sock)", flush=True)
+        r.proc.wait()
+    except KeyboardInterrupt: print("draining and stopping", flush=True)
+    finally: r.stop()
+
+# %% ../nbs/12d_deploy.ipynb #48350e95
+def cmd_deploy(a):
+    "The `mlnb deploy` command."
+    from mlnb.pipeline import find_settings
+    s = Path(a.project) if a.project else find_settings()
+    if a.what == 'k8s':
+        out = write_k8s(s, a.output, a.bento, replicas=a.replicas, image=a.image, namespace=a.namespace)
+        p = load_project(s)
+        bad = validate_k8s(k8s_manifests(p, a.bento, replicas=a.replicas, image=a.image, namespace=a.namespace), a.k8s_version) if a.validate else []
+        if bad: raise MlnbError(f"{out}: not valid for Kubernetes {a.k8s_version}: {bad[0]}")
+        print(f"wrote {out}" + (f" (valid for Kubernetes {a.k8s_version})" if a.validate else ''))
+    elif a.what == 'prometheus':
+        out = write_prometheus(s, a.output, a.targets, a.exporter, kubernetes=a.kubernetes)
+        import shutil
+        if shutil.which('promtool'): check_rules(deploy_settings(load_project(s)))
+        print(f"wrote {out}/prometheus.yml, mlnb-rules.yml, mlnb-rules.test.yml" + (" (rules checked and unit-tested by promtool)" if shutil.which('promtool') else ''))
+    elif a.what == 'metrics': run_metrics(s, a.host, a.port, a.every, a.last)
+    else: deploy_local(s, a.replicas, a.port, a.host, a.bento)
+
+def add_commands(add):
+    "Add `mlnb deploy` to the CLI."
+    sp = add('deploy', cmd_deploy, 'operate a served model: Kubernetes manifests, Prometheus config and rules, the store\'s metrics, replicas behind HAProxy')
+    sp.add_argument('what', choices=['k8s', 'prometheus', 'metrics', 'local'])
+    sp.add_argument('--output', '-o', help='file (k8s) or folder (prometheus) to write (default: deploy/ beside settings.ini)')
+    sp.add_argument('--bento', help='bento tag (default: the champion)')
+    sp.add_argument('--replicas', type=int, help='servers or pods (default: [deploy] replicas)')
+    sp.add_argument('--image', help='k8s: the image, or a registry prefix ending in / (default: the bento tag)')
+    sp.add_argument('--namespace', help='k8s: the namespace')
+    sp.add_argument('--validate', action='store_true', help='k8s: check the manifests against the Kubernetes schema (pip install kubernetes-validate)')
+    sp.add_argument('--k8s-version', default=K8S_VERSION, help='k8s: the Kubernetes version to validate against (default: %(default)s)')
+    sp.add_argument('--targets', nargs='+', metavar='HOST:PORT', help='prometheus: the servers to scrape (default: [serve] host:port)')
+    sp.add_argument('--exporter', metavar='HOST:PORT', help='prometheus: where mlnb deploy metrics runs')
+    sp.add_argument('--kubernetes', action='store_true', help='prometheus: find the pods by their annotations instead')
+    sp.add_argument('--host')
+    sp.add_argument('--port', type=int, help='local: the public port (default: [serve] port); metrics: its port')
+    sp.add_argument('--every', type=float, default=60, help='metrics: seconds between computations (default: %(default)s)')
+    sp.add_argument('--last', type=int, default=500, help='metrics: logged requests the drift is computed over (default: %(default)s)')
+    return sp
