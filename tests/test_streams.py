@@ -1,0 +1,93 @@
+"""Streams against real brokers on loopback: tansu (the Kafka protocol) and Debian's redis-server, started here."""
+import json, os, random, signal, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+from conftest import MLNB, mlnb
+from mlnb.config import new_project
+from mlnb.streams import broker, consume, create_topic, local_broker, produce, read_manifest, store_folder, stream_url
+
+pytestmark = pytest.mark.skipif(not Path('/usr/bin/redis-server').exists(), reason='redis-server: make services')
+
+
+@pytest.fixture(scope='module')
+def kafka():
+    with local_broker('kafka') as url: yield url
+
+@pytest.fixture(scope='module')
+def redis():
+    with local_broker('redis') as url: yield url
+
+def source(kind, base, name):
+    "A fresh topic or stream called `name` on the broker at `base`."
+    if kind == 'kafka':
+        create_topic(f'{base}/{name}', partitions=2)
+        return f'{base}/{name}'
+    return f'{base}?stream={name}'
+
+def events(n, bad_every=0):
+    "`n` records with a unique `n`, and every `bad_every`-th one bad in turn: not JSON, a wrong type, no target."
+    out, bad = [], 0
+    for i in range(n):
+        rec = {'n': i, 'x': round(random.random(), 4), 'c': 'ab'[i % 2], 'target': i % 2}
+        if bad_every and i % bad_every == bad_every - 1:
+            rec, bad = [b'{not json', {**rec, 'x': 'high'}, {k: v for k, v in rec.items() if k != 'target'}][bad % 3], bad + 1
+        out.append(rec)
+    return out
+
+def ingest_cmd(project, *args):
+    "The `mlnb ingest` command line (through the CLI with mlnb.streams' commands plugged in, until COMMAND_MODULES lists it)."
+    from mlnb.cli import COMMAND_MODULES
+    if 'streams' in COMMAND_MODULES: return [MLNB, 'ingest', '-p', str(project), *args]
+    code = f"import sys, mlnb.cli as c; c.COMMAND_MODULES = (*c.COMMAND_MODULES, 'streams'); sys.exit(c.main(sys.argv[1:]))"
+    return [sys.executable, '-c', code, 'ingest', '-p', str(project), *args]
+
+def rows_of(folder):
+    m = read_manifest(folder)
+    return m, (pd.read_parquet(folder) if m['rows'] else pd.DataFrame())
+
+
+@pytest.mark.parametrize('kind', ['kafka', 'redis'])
+def test_kill_9_mid_batch_and_restart_leave_each_message_exactly_once(kind, kafka, redis, tmp_path):
+    base = kafka if kind == 'kafka' else redis
+    url = source(kind, base, f'kill{random.randrange(10**6)}')
+    recs = events(12_000, bad_every=97)
+    produce(url, recs, keys=[str(i % 5) for i in range(len(recs))])
+    settings = new_project(tmp_path/'p', source=url, target='target')
+    store = store_folder(tmp_path/'p'/'.mlnb', stream_url(url), 'mlnb')
+    for trial in range(3):                       # killed at a random moment while it writes
+        proc = subprocess.Popen(ingest_cmd(settings, '--follow'), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        end = time.monotonic() + 60
+        while read_manifest(store)['rows'] < 2500 * (trial + 1) and time.monotonic() < end and proc.poll() is None: time.sleep(0.005)
+        time.sleep(random.random() * 0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    r = subprocess.run(ingest_cmd(settings), capture_output=True, text=True, timeout=120)     # until caught up
+    assert r.returncode == 0, r.stderr
+    m, df = rows_of(store)
+    good = [x['n'] for x in recs if isinstance(x, dict) and 'target' in x and isinstance(x['x'], float)]
+    assert sorted(df['n']) == good                                   # none lost, none twice
+    assert m['dead'] == len(recs) - len(good) and m['rows'] == len(good)
+    assert len(m['parts']) >= 12 and m['hash']
+    assert df.dtypes.astype(str).to_dict() == {'n': 'int64', 'x': 'float64', 'c': 'str', 'target': 'int64'}
+
+
+@pytest.mark.parametrize('kind', ['kafka', 'redis'])
+def test_bad_messages_go_to_the_dead_letter_stream_with_their_reason(kind, kafka, redis, tmp_path):
+    base = kafka if kind == 'kafka' else redis
+    url = source(kind, base, f'dead{random.randrange(10**6)}')
+    produce(url, [{'x': 1.0, 'target': 0}, b'\xff not json', {'x': 'high', 'target': 1}, {'x': 2.0}, [1, 2], {'x': 3.0, 'target': 1, 'y': 2}, {'x': 4, 'target': 1}])
+    got = consume({'source': url, 'target': 'target'}, tmp_path)
+    assert (got.rows, got.dead, got.read) == (3, 4, 7)
+    dead_url = f'{url}.dead'
+    b, dead, end = broker(dead_url, group='check').start(), [], time.monotonic() + 20
+    while len(dead) < 4 and time.monotonic() < end: dead += b.read(10, 0.5)
+    b.close()
+    assert sorted((m.value, m.headers['mlnb-reason']) for m in dead) == sorted([
+        (b'\xff not json', "not JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+        (b'{"x": "high", "target": 1}', "field 'x' must be float, got 'high'"),
+        (b'{"x": 2.0}', "no target 'target'"), (b'[1, 2]', 'not a JSON object (a list)')])
+    assert {m.headers['mlnb-source'] for m in dead} == {str(stream_url(url))}
+    again = consume({'source': url, 'target': 'target'}, tmp_path)
+    assert (again.read, read_manifest(got.store)['dead']) == (0, 4)     # the group's position is past all of them
