@@ -12,10 +12,11 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from .core import ConfigError, DataError, MlnbError, expand, hash_bytes, need, redact, unexpand
 
 # %% auto #0
-__all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'FILE_READERS', 'MAX_PAGES',
-           'META_KEY', 'STRAY', 'source_kind', 'sql_url', 'resolved', 'source_batches', 'read_source', 'source_columns',
-           'check_source', 'TableHash', 'table_hash', 'frame_hash', 'parquet_hash', 'Snapshot', 'snapshot_meta',
-           'write_snapshot', 'source_rows', 'ingest', 'previous_snapshot', 'list_snapshots']
+__all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'STREAM_PREFIXES',
+           'FILE_READERS', 'MAX_PAGES', 'META_KEY', 'STRAY', 'source_kind', 'sql_url', 'resolved', 'source_batches',
+           'read_source', 'source_columns', 'check_source', 'TableHash', 'table_hash', 'frame_hash', 'parquet_hash',
+           'Snapshot', 'snapshot_meta', 'write_snapshot', 'source_rows', 'ingest', 'previous_snapshot',
+           'list_snapshots']
 
 # %% ../nbs/03_ingest.ipynb #586c9643
 SKLEARN_SETS = {'breast_cancer': 'load_breast_cancer', 'iris': 'load_iris', 'wine': 'load_wine',
@@ -34,9 +35,12 @@ def _ext(source:str) -> str:
 
 def _is_file_type(source:str) -> bool: return _ext(source) in FILE_READERS
 
+STREAM_PREFIXES = ('kafka://', 'redis://', 'rediss://')
+
 def source_kind(source:str) -> str:
-    "sklearn, sql, api (an http(s) URL without a file suffix) or file."
+    "sklearn, sql, api (an http(s) URL without a file suffix), stream (Kafka, Redis Streams: see `mlnb.streams`) or file."
     if source.startswith('sklearn:'): return 'sklearn'
+    if source.startswith(STREAM_PREFIXES): return 'stream'
     if source.startswith(SQL_PREFIXES): return 'sql'
     if source.startswith(('http://', 'https://')) and not _is_file_type(source): return 'api'
     return 'file'
@@ -360,6 +364,7 @@ def _source_batches(data:dict, root, opts:dict, since, nrows):
     if kind == 'sklearn': return _sklearn_tables(src.split(':', 1)[1])
     if kind == 'sql': return _sql_tables(data, since, nrows)
     if kind == 'api': return _api_tables(data, nrows)
+    if kind == 'stream': raise ConfigError("a stream source is read in micro-batches by the ingest stage or `mlnb ingest` (mlnb.streams), not as a table", None, 'data', 'source')
     path = _file_path(src, root)
     if not _is_file_type(src):
         raise ConfigError(f"unsupported file type '{_ext(src)}' (expected {', '.join(FILE_READERS)})", None, 'data', 'source')
@@ -406,6 +411,7 @@ def check_source(data:dict, root='.', settings=None) -> None:
     "Check, without reading rows, that the source is there with the target column and the columns `time` and `keep` name; errors name settings.ini."
     src = data['source']
     if source_kind(src) == 'sklearn' and src.split(':', 1)[1] in SKLEARN_SETS and data['target'] == 'target' and not _named(data): return   # their frames always have it
+    if source_kind(src) == 'stream': return                        # a message without the target goes to the dead letters, not the run
     try: cols = source_columns(data, root)
     except ConfigError as e: raise ConfigError(str(e).split(': ', 1)[-1], settings, 'data', e.key or 'source') from None
     _unique(cols, redact(src))
