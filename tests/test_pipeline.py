@@ -1,5 +1,5 @@
 """The pipeline for real: papermill runs the scaffold's stage notebooks in Jupyter kernels."""
-import json, shutil
+import json, os, shutil
 from pathlib import Path
 import nbformat, pandas as pd, sqlalchemy as sa
 from conftest import SAMPLE, mlnb
@@ -46,6 +46,10 @@ def test_code_edit_reruns_stage_and_downstream(project):
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells[-1].source += '\nprint("changed")'
     nbformat.write(nb, nb_path)
+    from mlnb.pipeline import plan
+    states = plan(root/'settings.ini', params=[f'ingest.sample={SAMPLE}'])           # what the sidebar and `mlnb status` show before the run
+    assert {n: (x.state, x.why) for n, x in states.items()} == {'ingest': ('up to date', []), 'validate': ('up to date', []),
+                                                                'train': ('stale', ['code']), 'evaluate': ('stale', ['upstream'])}
     mlnb('run', '--params', f'ingest.sample={SAMPLE}', cwd=root)
     run = _store(root).get_run()
     assert {n: s['status'] for n, s in run['stages'].items()} == {'ingest': 'cached', 'validate': 'cached', 'train': 'done', 'evaluate': 'done'}
@@ -97,3 +101,64 @@ def test_own_csv_with_missing_values_and_categories(tmp_path):
     suite = json.loads((root/'expectations'/'suite.json').read_text())
     plan_set = [e for e in suite['expectations'] if e['kwargs'].get('column') == 'plan' and 'value_set' in e['kwargs']]
     assert plan_set and sorted(plan_set[0]['kwargs']['value_set']) == ['basic', 'plus', 'pro']
+
+
+def _nb(path, *cells):
+    n = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    n.cells[0].metadata['tags'] = ['parameters']
+    n.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+    nbformat.write(n, path)
+
+
+def chain_project(d:Path) -> Path:
+    "Three tiny stages on a CSV: a counts its rows, b (parameter k, and a file named by parameter f) scales a's count, c reads b's."
+    ctx = 'from mlnb.pipeline import StageContext\nctx = StageContext(mlnb_context)'
+    (d/'data.csv').write_text('x\n1\n2\n3\n')
+    (d/'factor.txt').write_text('1')
+    _nb(d/'a.ipynb', 'mlnb_context = {}', ctx, 'import pandas as pd\nctx.output("n.txt").write_text(str(len(pd.read_csv(ctx.project.resolve("data.csv")))))')
+    _nb(d/'b.ipynb', 'mlnb_context = {}\nk = 2\nf = ""', ctx, 'n = int(ctx.input("a", "n.txt").read_text()) * k * int(open(f).read())\nctx.output("m.txt").write_text(str(n))')
+    _nb(d/'c.ipynb', 'mlnb_context = {}', ctx, 'ctx.record({"m": int(ctx.input("b", "m.txt").read_text())})')
+    (d/'settings.ini').write_text("[project]\nname = chain\n[data]\nsource = data.csv\ntarget = x\n[pipeline]\nstages = a b c\njobs = 1\n"
+                                  "[stage:a]\nnotebook = a.ipynb\n[stage:b]\nnotebook = b.ipynb\nneeds = a\nparams = k=2 f=factor.txt\n"
+                                  "[stage:c]\nnotebook = c.ipynb\nneeds = b\n")
+    return d/'settings.ini'
+
+
+def test_stale_stages_are_exactly_what_run_executes(tmp_path):
+    "For each kind of change, `plan` (what the sidebar and `mlnb status` show) names as stale exactly the stages the next run executes, and why."
+    from mlnb.pipeline import plan, run
+    s = chain_project(tmp_path)
+    def check(stale:dict, metric=None):
+        states = plan(s)
+        assert {n: x.why for n, x in states.items() if x.state != 'up to date'} == stale
+        r = run(s, on_event=lambda *a: None)
+        assert {n for n, x in r.stages.items() if x.status == 'done'} == set(stale)
+        assert {x.status for n, x in r.stages.items() if n not in stale} <= {'cached'}
+        assert {x.state for x in plan(s).values()} == {'up to date'}           # and after the run, nothing is stale
+        if metric is not None: assert r.metrics['m'] == metric
+    check({'a': ['never run'], 'b': ['upstream'], 'c': ['upstream']}, 6)
+    nb = nbformat.read(tmp_path/'b.ipynb', as_version=4)
+    nb.cells[-1].source += '\nprint(n)'                                      # code
+    nbformat.write(nb, tmp_path/'b.ipynb')
+    check({'b': ['code'], 'c': ['upstream']})
+    ini = (s.read_text())
+    s.write_text(ini.replace('k=2', 'k=5'))                                  # a parameter's value
+    check({'b': ['parameters'], 'c': ['upstream']}, 15)
+    (tmp_path/'factor.txt').write_text('2')                                  # the content of a file a parameter names
+    check({'b': ['parameters'], 'c': ['upstream']}, 30)
+    (tmp_path/'data.csv').write_text('x\n1\n2\n3\n4\n')                       # the data's content
+    check({'a': ['data'], 'b': ['data', 'upstream'], 'c': ['data', 'upstream']}, 40)
+    for f in ('data.csv', 'a.ipynb', 'b.ipynb', 'factor.txt'): os.utime(tmp_path/f, ns=(10**18, 10**18))   # a touch: nothing
+    check({})
+    last = _store(tmp_path).get_run()
+    shutil.rmtree(last['stages']['a']['out_dir'])                            # a deleted output: a runs again, writes the same bytes, b and c stay cached
+    check({'a': ['outputs']})
+    Path(_store(tmp_path).get_run()['stages']['b']['out_dir'], 'm.txt').write_text('999')   # an output changed by hand: b runs again
+    check({'b': ['outputs']}, 40)
+    nb = nbformat.read(tmp_path/'c.ipynb', as_version=4)
+    nb.cells[-1].source += '\n1/0'                                           # a failure: c is failed, with its cell and error
+    nbformat.write(nb, tmp_path/'c.ipynb')
+    try: run(s, on_event=lambda *a: None); raise AssertionError('c should fail')
+    except Exception as e: assert type(e).__name__ == 'StageFailed'
+    c = plan(s)['c']
+    assert (c.state, c.why, c.cell, c.error.split(':')[0]) == ('failed', ['code'], 3, 'ZeroDivisionError')
