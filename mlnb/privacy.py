@@ -314,7 +314,7 @@ class TokenChecker:
     def __init__(self, url:str, legacy:str='', refresh:float=2.0):
         self.url, self.legacy, self.refresh = url, legacy.encode(), refresh
         self.known, self.buckets, self.loaded, self.lock = None, {}, threading.Event(), threading.Lock()
-        self.store = None
+        self.store, self.any = None, False
         self.load()
         threading.Thread(target=self._follow, name='mlnb-tokens', daemon=True).start()
     def __repr__(self): return f"TokenChecker({len(self.known or {})} tokens, every {self.refresh}s)"
@@ -323,11 +323,12 @@ class TokenChecker:
         "Read the live tokens (an unreadable store keeps the last ones read)."
         try:
             self.store = self.store or Store(self.url)
-            rows = self.store.read(sa.select(tokens).where(tokens.c.revoked.is_(None)))
+            rows = self.store.read(sa.select(tokens))
         except Exception as e:
             log.warning("mlnb: cannot read the API tokens (%s); keeping the last ones read", str(e).splitlines()[0] if str(e) else type(e).__name__)
             return
-        self.known = {r['id']: r for r in rows}
+        self.known = {r['id']: r for r in rows if r['revoked'] is None}
+        self.any = bool(rows)                          # revoking the last token must not open the API
         with self.lock: self.buckets = {i: b for i, b in self.buckets.items() if i in self.known and b.rate == self.known[i]['rate']}
         self.loaded.set()
 
@@ -338,8 +339,8 @@ class TokenChecker:
 
     @property
     def active(self) -> bool:
-        "Whether requests need a token: tokens exist, or `MLNB_API_TOKEN` is set."
-        return bool(self.legacy) or self.known is None or bool(self.known)
+        "Whether requests need a token: a token was ever made (revoked ones count), or `MLNB_API_TOKEN` is set."
+        return bool(self.legacy) or self.known is None or self.any
 
 # %% ../nbs/02a_privacy.ipynb #03d08574
 def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:

@@ -1,0 +1,285 @@
+"""Issue 18 on real components: the audit chain, scoped tokens, pseudonyms, erasure, retention and encryption at rest,
+on SQLite and (with MLNB_TEST_PG_URL, as .ci/run sets it) PostgreSQL."""
+import json, os, secrets, subprocess, sys, threading, time
+from datetime import timedelta
+from pathlib import Path
+import pandas as pd, pyarrow as pa, pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from mlnb import config, privacy, erasure
+from mlnb.config import load_project, new_project
+from mlnb.ingest import parquet_hash, write_snapshot
+from mlnb.store import Store, audit_log, feedback, meta, models, predictions, runs, snapshots, tokens, utcnow
+
+PG_URL = os.environ.get('MLNB_TEST_PG_URL')
+CLI = ('import sys, mlnb.cli as c; c.COMMAND_MODULES = tuple(dict.fromkeys((*c.COMMAND_MODULES, "privacy", "erasure")));'
+       'sys.exit(c.main(sys.argv[1:]))')
+SUBJECT = 'CUST-7734-ANN'                       # distinctive, so a text search for it means something
+EMAIL = 'ann.example.7734@example.com'
+
+
+def cli(*args, env=None):
+    "The `mlnb` command with the privacy and erasure commands plugged in (until COMMAND_MODULES lists them)."
+    return subprocess.run([sys.executable, '-c', CLI, *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_keys(monkeypatch):
+    monkeypatch.delenv(privacy.KEY_ENV, raising=False)
+    monkeypatch.delenv('MLNB_ENCRYPT', raising=False)
+    yield
+    privacy.drop_keys()
+
+
+@pytest.fixture(params=['sqlite', pytest.param('postgresql', marks=pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it'))])
+def store_url(request, tmp_path):
+    "A fresh store: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards)."
+    if request.param == 'sqlite':
+        yield f'sqlite:///{tmp_path}/store.db'
+        return
+    schema = f'mlnb_priv_{secrets.token_hex(4)}'
+    eng = sa.create_engine(PG_URL)
+    with eng.begin() as c: c.execute(sa.text(f'CREATE SCHEMA {schema}'))
+    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
+    eng.dispose()
+
+
+def make_project(root:Path, store_url:str, **keys):
+    "A project made by `mlnb new` using `store_url`; `[section] key` settings go into settings.ini when declared, else in memory."
+    f = new_project(root)
+    text = f.read_text().replace('\n[project]\n', f'\n[project]\nstore = {store_url}\n', 1)
+    memory = {}
+    for name, value in keys.items():
+        sec, key = name.split('__')
+        if (sec, key) in config.SETTING:
+            head = f'\n[{sec}]\n'
+            text = text.replace(head, f'{head}{key} = {value}\n', 1) if head in text else text + f'{head}{key} = {value}\n'
+        else: memory[sec, key] = value
+    f.write_text(text)
+    p = load_project(f)
+    for (sec, key), value in memory.items(): p.sections.setdefault(sec, {})[key] = value
+    return p
+
+
+def in_file(p, **keys) -> bool:
+    "Whether every one of these settings is declared (so the CLI sees them in settings.ini)."
+    return all(tuple(k.split('__')) in config.SETTING for k in keys)
+
+
+# ---------------------------------------------------------------- audit
+
+def test_audit_chain_concurrent_writers_and_tampering(store_url, tmp_path):
+    "Two processes append at once: one unbroken chain; an edited, a deleted and a cut row are each named by `mlnb audit --verify` (exit 2)."
+    p = make_project(tmp_path/'proj', store_url)
+    st = Store(p.store_url)
+    code = (f'import sys; from mlnb.store import Store; st = Store({p.store_url!r})\n'
+            'for i in range(15): st.audit("label", f"{sys.argv[1]}-{i}", {"i": i})')
+    procs = [subprocess.Popen([sys.executable, '-c', code, w]) for w in ('a', 'b')]
+    assert all(pr.wait(120) == 0 for pr in procs)
+    problems, head = st.verify_audit()
+    assert problems == [] and head['seq'] == 30
+    assert [r['seq'] for r in st.read(sa.select(audit_log.c.seq).order_by(audit_log.c.seq))] == list(range(1, 31))
+    r = cli('audit', '--verify', '-p', p.path)
+    assert r.returncode == 0 and f"30 rows, head {head['hash']}" in r.stdout
+    assert cli('audit', '--verify', '--expect', '0' * 64, '-p', p.path).returncode == 2        # a head recorded elsewhere that differs
+    st.write(audit_log.update().where(audit_log.c.seq == 7).values(actor='mallory'))
+    r = cli('audit', '--verify', '-p', p.path)
+    assert r.returncode == 2 and 'row 7 (label' in r.stderr and 'was edited' in r.stderr
+    st.write(audit_log.delete().where(audit_log.c.seq == 7))
+    assert 'row 7 is missing (deleted)' in cli('audit', '--verify', '-p', p.path).stderr
+    st.write(audit_log.delete().where(audit_log.c.seq >= 29))
+    assert 'the head records 30 rows, the table ends at row 28' in cli('audit', '--verify', '-p', p.path).stderr
+
+
+def test_store_made_before_these_columns_is_upgraded(tmp_path):
+    "A store an older mlnb made (no token_id, subject, replaced_by, audit head) opens, gains them, and logs a token id."
+    url = f'sqlite:///{tmp_path}/old.db'
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text('CREATE TABLE predictions (request_id VARCHAR(64) PRIMARY KEY, model_tag VARCHAR(200), inputs JSON, output JSON, latency_ms FLOAT, created DATETIME)'))
+        c.execute(sa.text("INSERT INTO predictions (request_id, model_tag) VALUES ('old', 'm:1')"))
+        c.execute(sa.text('CREATE TABLE snapshots (hash VARCHAR(64) PRIMARY KEY, path TEXT, source TEXT, rows INTEGER, columns JSON, created DATETIME, run_id VARCHAR(40))'))
+    eng.dispose()
+    st = Store(url)
+    st.write(predictions.insert().values(request_id='new', model_tag='m:1', token_id='ab12cd34', subject='x'))
+    assert {r['request_id']: r['token_id'] for r in st.read(sa.select(predictions))} == {'old': None, 'new': 'ab12cd34'}
+    assert st.audit('promote', 'm:1') == 1 and st.verify_audit()[0] == []
+
+
+# ---------------------------------------------------------------- tokens
+
+def test_tokens_cli_hashed_scoped_revocable_rate_limited(tmp_path):
+    "`mlnb token add` shows the token once and stores its hash; scopes, 429s and revocation without restart through TokenChecker."
+    p = make_project(tmp_path/'proj', f'sqlite:///{tmp_path}/store.db')
+    r = cli('token', 'add', 'app', '--scope', 'predict', '--rate', '3', '-p', p.path)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip().splitlines()[-1]
+    tid = token.split('_')[1]
+    assert token.startswith('mlnb_') and tid in r.stdout.splitlines()[0]
+    listed = cli('token', 'list', '-p', p.path).stdout
+    assert 'app' in listed and 'live' in listed and token not in listed
+    st = Store(p.store_url)
+    assert token not in json.dumps(st.read(sa.select(tokens)), default=str)        # only the SHA-256 is kept
+    ck = privacy.TokenChecker(p.store_url, refresh=0.2)
+    auth = f'Bearer {token}'.encode()
+    assert [ck.check(auth, '/predict')[0] for _ in range(4)] == [0, 0, 0, 429]     # 3 a second, bursts of 3
+    time.sleep(0.4)
+    assert ck.check(auth, '/predict') == (0, tid) and privacy.TOKEN.get() == tid
+    assert ck.check(auth, '/feedback')[0] == 403
+    assert ck.check(b'Bearer mlnb_' + tid.encode() + b'_forged', '/predict')[0] == 401
+    assert cli('token', 'revoke', tid, '-p', p.path).returncode == 0
+    time.sleep(0.6)
+    assert ck.check(auth, '/predict')[0] == 401                                       # the running checker saw it
+    assert cli('token', 'revoke', 'nobody', '-p', p.path).returncode == 2
+    assert [r['action'] for r in st.read(sa.select(audit_log.c.action))] == ['token add', 'token revoke']
+
+
+def test_guard_answers_with_token_scopes_over_http(tmp_path, monkeypatch):
+    "The service's Guard in front of an app, served by uvicorn on loopback: 401, 403, 429 and 200 by token (once the Guard uses TokenChecker)."
+    from mlnb import service
+    import uvicorn
+    url = f'sqlite:///{tmp_path}/store.db'
+    st = Store(url)
+    _, ptok = privacy.add_token(st, 'app', ['predict'], rate=2)
+    monkeypatch.setenv('MLNB_STORE', url)
+    async def app(scope, receive, send):
+        await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'application/json')]})
+        await send({'type': 'http.response.body', 'body': json.dumps({'token': privacy.TOKEN.get()}).encode()})
+    g = service.Guard(app)
+    if getattr(g, 'tokens', None) is None: pytest.skip("the service's Guard does not call privacy.TokenChecker yet (REQUESTS.md 5)")
+    port = __import__('mlnb.core', fromlist=['x']).free_port()
+    srv = uvicorn.Server(uvicorn.Config(g, host='127.0.0.1', port=port, log_level='error'))
+    threading.Thread(target=srv.run, daemon=True).start()
+    import httpx
+    for _ in range(100):
+        if srv.started: break
+        time.sleep(0.05)
+    try:
+        base = f'http://127.0.0.1:{port}'
+        assert httpx.get(f'{base}/predict').status_code == 401
+        assert httpx.post(f'{base}/feedback', headers={'Authorization': f'Bearer {ptok}'}, json={}).status_code == 403
+        codes = [httpx.get(f'{base}/predict', headers={'Authorization': f'Bearer {ptok}'}).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+    finally: srv.should_exit = True
+
+
+# ---------------------------------------------------------------- personal data, erasure, retention
+
+def people(n=40):
+    ids = [SUBJECT if i % 10 == 0 else f'CUST-{1000 + i}' for i in range(n)]
+    return pd.DataFrame({'customer': ids, 'email': [EMAIL if c == SUBJECT else f'u{i}@example.org' for i, c in enumerate(ids)],
+                         'phone': ['+44 20 7946 %04d' % i for i in range(n)], 'spend': [float(i) for i in range(n)],
+                         'target': [i % 2 for i in range(n)]})
+
+
+def populate(p):
+    "A snapshot and a holdout written through `protect`, a run and its model, logged predictions and labels, text files: the subject in each."
+    st, keys = Store(p.store_url), privacy.project_keys(p)
+    run = p.workspace/'runs'/'r1'
+    snap = write_snapshot(privacy.protect(people(), p), run/'ingest')
+    write_snapshot(privacy.protect(people().iloc[::3], p), run/'train', 'holdout.parquet')
+    st.add_snapshot(snap.hash, snap.path, 'customers.csv', snap.rows, snap.columns, 'r1')
+    st.write(runs.insert().values(id='r1', status='succeeded', data_hash=snap.hash))
+    st.record('r1', 'ingest', artifacts_={'snapshot': (snap.path, __import__('mlnb.core', fromlist=['x']).hash_file(snap.path), snap.path.stat().st_size)})
+    st.add_model('shop:1', 'r1', snap.hash, {'accuracy': 0.9})
+    ann = privacy.pseudonym(SUBJECT, keys)
+    rows = [dict(request_id=f'q{i}', model_tag='shop:1', inputs={'customer': ann if i % 3 == 0 else f'other{i}', 'spend': float(i)},
+                 output={'label': i % 2}, created=utcnow() - timedelta(days=i * 10), subject=ann if i % 3 == 0 else None) for i in range(12)]
+    rows.append(dict(request_id='raw', model_tag='shop:1', inputs={'customer': SUBJECT, 'spend': 1.0}, output={'label': 1}, created=utcnow(), subject=None))
+    st.write(predictions.insert(), rows)
+    st.write(feedback.insert(), [dict(request_id=f'q{i}', label=i % 2, source='api', created=utcnow()) for i in range(0, 12, 2)])
+    (run/'train.ipynb').write_text(json.dumps({'cells': [{'outputs': [{'text': f'| {ann} | 0.0 |'}]}]}))
+    (p.workspace/'mlnb-log-spill.jsonl').write_text(json.dumps({'table': 'predictions', 'inputs': {'customer': ann}}) + '\n')
+    return st, snap, ann
+
+
+def counts(st) -> dict:
+    return {t.name: len(st.read(sa.select(t))) for t in (predictions, feedback)}
+
+
+def everything_but_the_audit(p, st) -> str:
+    "Every table but the audit trail, and every file of the project, as one text to search."
+    tables = [t for t in meta.sorted_tables if t.name not in ('audit', 'audit_head')]
+    text = [json.dumps(st.read(sa.select(t)), default=str) for t in tables]
+    for f in p.root.rglob('*'):
+        if not f.is_file(): continue
+        if f.suffix == '.parquet': text.append(privacy.read_parquet(f, p).to_pandas().to_csv())
+        else: text.append(f.read_bytes().decode('utf-8', 'replace'))
+    return '\n'.join(text)
+
+
+def test_pii_never_reaches_a_snapshot(tmp_path):
+    "[data] pii pseudonymized or dropped by protect: no raw e-mail or phone in the snapshot's bytes; joins keep working."
+    p = make_project(tmp_path/'proj', f'sqlite:///{tmp_path}/s.db', data__pii='email phone:drop', data__subject='customer')
+    snap = write_snapshot(privacy.protect(people(), p), tmp_path/'snap')
+    raw = snap.path.read_bytes()
+    assert EMAIL.encode() not in raw and b'7946' not in raw and SUBJECT.encode() not in raw
+    df = pq.read_table(snap.path).to_pandas()
+    assert list(df.columns) == ['customer', 'email', 'spend', 'target']
+    assert df.groupby('customer').size().max() == 4                                       # the subject's 4 rows share one pseudonym
+    warned = privacy.personal_warnings(people(), p)
+    assert warned == [] and privacy.personal_warnings(people().rename(columns={'email': 'contact'}), p)[0].startswith("column 'contact' looks personal (e-mail")
+
+
+def test_forget_export_and_purge(store_url, tmp_path):
+    "forget removes the subject's predictions, labels and rows (snapshot rewritten with a new hash, lineage kept), leaving its id only in the audit trail."
+    p = make_project(tmp_path/'proj', store_url, data__subject='customer', data__pii='email phone:drop', monitor__retention='90d')
+    st, snap, ann = populate(p)
+    before = counts(st)
+    assert before == {'predictions': 13, 'feedback': 6}
+    export = erasure.export_subject(p, SUBJECT)
+    assert len(export['predictions']) == 5 and len(export['feedback']) == 2 and sum(map(len, export['rows'].values())) == 4 + 2
+    if in_file(p, data__subject='x'):                                                        # the CLI, once the settings are declared
+        r = cli('forget', SUBJECT, '-p', p.path)
+        assert r.returncode == 0, r.stderr
+        assert 'shop:1' in r.stdout                                                          # due for retraining
+    else: erasure.forget(p, SUBJECT)
+    assert counts(st) == {'predictions': 13 - 5, 'feedback': 6 - 2}
+    new = parquet_hash(snap.path)
+    assert new != snap.hash and pq.read_table(snap.path).num_rows == 36
+    lineage = {r['hash']: r['replaced_by'] for r in st.read(sa.select(snapshots))}
+    assert lineage == {snap.hash: new, new: None}
+    text = everything_but_the_audit(p, st)
+    assert SUBJECT not in text and ann not in text and EMAIL not in text
+    assert ann in json.dumps(st.read(sa.select(audit_log)), default=str)                   # the one place it stays
+    assert st.verify_audit()[0] == []
+    from mlnb.registry import verified
+    assert verified(st, 'r1', 'ingest', 'snapshot') == snap.path                             # the artifact record follows the rewrite
+    left = counts(st)['predictions']
+    purged = erasure.purge(p)                                                                # q10, q11 are 100 and 110 days old
+    assert purged == {'predictions': 2, 'feedback': 1} and counts(st)['predictions'] == left - 2
+    assert [r['action'] for r in st.read(sa.select(audit_log.c.action).order_by(audit_log.c.seq))] == ['export-subject', 'forget', 'purge']
+
+
+# ---------------------------------------------------------------- encryption at rest
+
+def test_encryption_at_rest_and_key_rotation(tmp_path):
+    "Snapshots (Parquet modular encryption) and log payloads (AES-GCM) are unreadable without the project key, readable with it, also after `keys rotate`."
+    p = make_project(tmp_path/'proj', f'sqlite:///{tmp_path}/s.db', privacy__encrypt='on', data__subject='customer')
+    keys = privacy.project_keys(p)
+    f = p.workspace/'runs'/'r1'/'ingest'/'snapshot.parquet'
+    f.parent.mkdir(parents=True)
+    t = pa.Table.from_pandas(privacy.protect(people(), p), preserve_index=False)
+    with pq.ParquetWriter(f, t.schema, **privacy.parquet_options(p)) as w: w.write_table(t)
+    assert privacy.is_encrypted(f) and b'example.org' not in f.read_bytes()
+    with pytest.raises(OSError): pq.read_table(f)
+    assert privacy.read_parquet(f, p).equals(t)
+    privacy.use_keys(p)
+    st = Store(p.store_url)
+    st.write(predictions.insert().values(request_id='r', model_tag='m', inputs={'spend': 123.456, 'plan': 'gold'}, output={'label': 1}, created=utcnow()))
+    raw = sa.create_engine(p.store_url).connect().execute(sa.text('SELECT inputs FROM predictions')).scalar()
+    assert '123.456' not in raw and 'gold' not in raw and '"sealed"' in raw
+    privacy.drop_keys()
+    assert privacy.is_sealed(st.read(sa.select(predictions.c.inputs))[0]['inputs'])
+    before = f.read_bytes()
+    out = erasure.rotate_keys(p)
+    assert out['key'] == 2 and out['payloads'] == 1 and out['files'] == 1
+    assert f.read_bytes() != before and privacy.read_parquet(f, p).equals(t)              # re-encrypted, same content
+    privacy.use_keys(p)
+    assert st.read(sa.select(predictions.c.inputs))[0]['inputs'] == {'spend': 123.456, 'plan': 'gold'}
+    erasure.rotate_keys(p)                                                                 # key 1 retired now
+    with pytest.raises(Exception): privacy.read_parquet(f, keys=privacy.Keys(keys.pseudonym, {1: keys.data[1]}))
+    assert keys.data[1].hex() not in (p.workspace/'data.key').read_text()
