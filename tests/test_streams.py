@@ -91,3 +91,22 @@ def test_bad_messages_go_to_the_dead_letter_stream_with_their_reason(kind, kafka
     assert {m.headers['mlnb-source'] for m in dead} == {str(stream_url(url))}
     again = consume({'source': url, 'target': 'target'}, tmp_path)
     assert (again.read, read_manifest(got.store)['dead']) == (0, 4)     # the group's position is past all of them
+
+
+def test_stream_to_snapshot_to_a_trained_model(kafka, tmp_path):
+    from sklearn.datasets import load_breast_cancer
+    url = source('kafka', kafka, f'train{random.randrange(10**6)}')
+    df = load_breast_cancer(as_frame=True).frame.sample(200, random_state=0)
+    produce(url, df.to_dict('records')[:120])
+    root = tmp_path/'p'
+    new_project(root, source=url, target='target')
+    mlnb('run', '--stage', 'train', cwd=root)
+    produce(url, df.to_dict('records')[120:] + [b'oops'])                 # more data: the next run appends parts, never rewrites
+    mlnb('run', '--stage', 'ingest', '--force', cwd=root)   # --force until the pipeline counts a stream source as uncacheable (REQUESTS 4)
+    snaps = sorted((root/'.mlnb'/'runs').glob('*/ingest/snapshot.parquet'), key=lambda p: p.stat().st_mtime)
+    first, second = (read_manifest(s) for s in snaps[-2:])
+    assert (first['rows'], second['rows'], second['dead']) == (120, 200, 1)
+    assert second['parts'][:len(first['parts'])] == first['parts'] and second['hash'] != first['hash']
+    assert os.path.samefile(snaps[-2]/first['parts'][0]['file'], snaps[-1]/first['parts'][0]['file'])   # linked, not copied
+    assert len(pd.read_parquet(snaps[-1])) == 200
+    assert (root/'.mlnb'/'runs').glob('*/train/model.joblib')
