@@ -14,7 +14,7 @@ from .core import MlnbError, redact
 # %% auto #0
 __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots', 'models', 'aliases', 'CIPHER', 'predictions',
            'feedback', 'drift_reports', 'alerts', 'GENESIS', 'audit_log', 'audit_head', 'tokens', 'erasures', 'ADDED',
-           'utcnow', 'is_sealed', 'Sealed', 'sqlite_file', 'check_sqlite', 'new_run_id', 'upgrade', 'Store',
+           'utcnow', 'is_sealed', 'seal', 'Sealed', 'sqlite_file', 'check_sqlite', 'new_run_id', 'upgrade', 'Store',
            'start_run', 'finish_run', 'start_stage', 'finish_stage', 'record', 'runner', 'runner_gone',
            'mark_stale_runs', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model',
            'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at', 'actor', 'audit_hash', 'audit',
@@ -69,12 +69,15 @@ def is_sealed(v) -> bool:
     "Whether a column value is a sealed payload (`{'sealed': 'KEYID:…'}`)."
     return isinstance(v, dict) and len(v) == 1 and isinstance(v.get('sealed'), str)
 
+def seal(value):
+    "`value` sealed when this process's cipher encrypts, else as it is (the service seals a row's inputs before it journals the row)."
+    c = CIPHER.get('on')
+    return c.seal(value) if c is not None and c.encrypt and value is not None and not is_sealed(value) else value
+
 class Sealed(sa.types.TypeDecorator):
     "A JSON column sealed with AES-GCM when this process has a cipher that encrypts; opened on read when it has the key."
     impl, cache_ok = sa.JSON, True
-    def process_bind_param(self, value, dialect):
-        c = CIPHER.get('on')
-        return c.seal(value) if c is not None and c.encrypt and value is not None and not is_sealed(value) else value
+    def process_bind_param(self, value, dialect): return seal(value)
     def process_result_value(self, value, dialect):
         c = CIPHER.get('on')
         return c.open(value) if c is not None and is_sealed(value) else value
