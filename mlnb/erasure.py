@@ -8,10 +8,8 @@ import json, os, re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, hash_file, need
 from .config import Project, load_project
-from .store import Store, artifacts, erasures, feedback, models, predictions, runs, snapshots, utcnow
 from .privacy import FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
 
 # %% auto #0
@@ -19,7 +17,7 @@ __all__ = ['TEXT_SUFFIXES', 'UNITS', 'subject_column', 'subject_keys', 'subject_
            'Erasure', 'text_files', 'redact_text', 'forget', 'export_subject', 'duration', 'purge', 'rotate_keys',
            'cmd_forget', 'cmd_export_subject', 'cmd_purge', 'cmd_keys', 'add_commands']
 
-# %% ../nbs/13a_erasure.ipynb #47ffe261
+# %% ../nbs/13a_erasure.ipynb #d4249310
 def subject_column(p:Project) -> str:
     "The `[data] subject` column; `ConfigError` when the project declares none."
     col = p.data.get('subject')
@@ -30,9 +28,11 @@ def subject_keys(subject, keys:Keys) -> set[str]:
     "What a subject's rows hold in the subject column: the id as given, and its pseudonym."
     return {_norm(subject), pseudonym(subject, keys)}
 
-# %% ../nbs/13a_erasure.ipynb #38bc667a
+# %% ../nbs/13a_erasure.ipynb #66b6de16
 def subject_requests(st:Store, col:str, wanted:set) -> list[str]:
     "Request ids of logged predictions about the subject: by `subject`, or by the subject column of their inputs."
+    import sqlalchemy as sa
+    from mlnb.store import predictions
     c = predictions.c
     ids = {r['request_id'] for r in st.read(sa.select(c.request_id).where(c.subject.in_(wanted)))}
     with st.engine.connect() as conn:
@@ -43,6 +43,8 @@ def subject_requests(st:Store, col:str, wanted:set) -> list[str]:
 
 def parquet_files(p:Project) -> list[Path]:
     "Every Parquet file under the workspace (snapshots, holdouts, exports), and the snapshots recorded elsewhere."
+    import sqlalchemy as sa
+    from mlnb.store import Store, snapshots
     found = {f.resolve() for f in p.workspace.rglob('*.parquet') if f.is_file()} if p.workspace.is_dir() else set()
     st = Store(p.store_url)
     found |= {Path(r['path']).resolve() for r in st.read(sa.select(snapshots.c.path)) if r['path'] and Path(r['path']).is_file()}
@@ -51,7 +53,7 @@ def parquet_files(p:Project) -> list[Path]:
 def _mask(t, col:str, wanted:set) -> list[bool]:
     return [v is not None and _norm(v) in wanted for v in t.column(col).to_pylist()]
 
-# %% ../nbs/13a_erasure.ipynb #b9a0cc76
+# %% ../nbs/13a_erasure.ipynb #b0870cda
 def rewrite_without(path:Path, col:str, wanted:set, p:Project, keys:Keys) -> tuple[int, str|None, str|None]:
     "Drop the subject's rows from the Parquet file at `path`; returns rows removed, old and new content hash (None: untouched)."
     pa, pq, pc = need('pyarrow'), need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
@@ -73,7 +75,7 @@ def rewrite_without(path:Path, col:str, wanted:set, p:Project, keys:Keys) -> tup
     os.replace(tmp, path)
     return sum(hit), old, new
 
-# %% ../nbs/13a_erasure.ipynb #6e418bd6
+# %% ../nbs/13a_erasure.ipynb #042709bf
 @dataclass
 class Erasure:
     "What `forget` removed."
@@ -90,7 +92,7 @@ class Erasure:
                 f"{sum(self.files.values())} rows in {len(self.files)} Parquet files ({len(self.snapshots)} snapshots rewritten), "
                 f"{len(self.redacted)} text files redacted{due}")
 
-# %% ../nbs/13a_erasure.ipynb #4ff22f01
+# %% ../nbs/13a_erasure.ipynb #f3dc4cdf
 TEXT_SUFFIXES = ('.ipynb', '.json', '.jsonl', '.html', '.csv', '.md', '.txt', '.log', '.yaml', '.yml')
 
 def text_files(p:Project) -> list[Path]:
@@ -115,9 +117,11 @@ def redact_text(files, needles:list[str]) -> list[Path]:
             changed.append(f)
     return changed
 
-# %% ../nbs/13a_erasure.ipynb #99e20852
+# %% ../nbs/13a_erasure.ipynb #0eda2beb
 def _due_models(st:Store, old_hashes:list[str]) -> list[str]:
     "Models trained on one of `old_hashes` (recorded as their data hash, or their run's)."
+    import sqlalchemy as sa
+    from mlnb.store import models, runs
     if not old_hashes: return []
     rids = [r['id'] for r in st.read(sa.select(runs.c.id).where(runs.c.data_hash.in_(old_hashes)))]
     rows = st.read(sa.select(models.c.tag).where(sa.or_(models.c.data_hash.in_(old_hashes), models.c.run_id.in_(rids))))
@@ -125,6 +129,8 @@ def _due_models(st:Store, old_hashes:list[str]) -> list[str]:
 
 def _relink(st:Store, path:Path, old:str|None, new:str|None):
     "The store's records of the rewritten file at `path`: the snapshot row replaced, the artifacts' hashes updated."
+    import sqlalchemy as sa
+    from mlnb.store import artifacts, snapshots
     same = [str(path), os.path.realpath(path)]
     if old:
         for r in st.read(sa.select(snapshots).where(snapshots.c.hash == old)):
@@ -133,9 +139,11 @@ def _relink(st:Store, path:Path, old:str|None, new:str|None):
             st.add_snapshot(new, r['path'], r['source'], n if n is not None else r['rows'], r['columns'], r['run_id'])
     st.write(artifacts.update().where(artifacts.c.path.in_(same)).values(sha256=hash_file(path), size=path.stat().st_size))
 
-# %% ../nbs/13a_erasure.ipynb #e7de1dda
+# %% ../nbs/13a_erasure.ipynb #af885587
 def forget(project, subject) -> Erasure:
     "Erase `subject` (an id of the `[data] subject` column, as given or pseudonymized) from the log, the labels and every file of the project."
+    import sqlalchemy as sa
+    from mlnb.store import Store, erasures, feedback, models, predictions, snapshots, utcnow
     p = load_project(project)
     col, keys = subject_column(p), project_keys(p)
     use_keys(p)
@@ -163,9 +171,11 @@ def forget(project, subject) -> Erasure:
                                      'snapshots': e.snapshots, 'retrain': e.models})
     return e
 
-# %% ../nbs/13a_erasure.ipynb #625a6be8
+# %% ../nbs/13a_erasure.ipynb #3dbe13a1
 def export_subject(project, subject) -> dict:
     "All that the project holds about `subject`: predictions, labels and Parquet rows, JSON-ready."
+    import sqlalchemy as sa
+    from mlnb.store import Store, feedback, predictions, utcnow
     p = load_project(project)
     col, keys = subject_column(p), project_keys(p)
     use_keys(p)
@@ -185,7 +195,7 @@ def export_subject(project, subject) -> dict:
     return json.loads(json.dumps({'subject': str(subject), 'pseudonym': pseudonym(subject, keys), 'exported': utcnow(),
                                   'predictions': preds, 'feedback': labels, 'rows': files}, default=str))
 
-# %% ../nbs/13a_erasure.ipynb #b84710fa
+# %% ../nbs/13a_erasure.ipynb #7c2f7c81
 UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 
 def duration(text:str, where=()) -> timedelta:
@@ -196,6 +206,8 @@ def duration(text:str, where=()) -> timedelta:
 
 def purge(project, older_than:str|None=None, now=None) -> dict:
     "Delete prediction-log rows (and their labels) older than `[monitor] retention` (or `older_than`); returns the counts."
+    import sqlalchemy as sa
+    from mlnb.store import Store, feedback, predictions, utcnow
     p = load_project(project)
     text = older_than or p.sections.get('monitor', {}).get('retention')
     if not text: raise ConfigError("no retention: set `retention = 90d` (or run `mlnb purge --older-than 90d`)", p.path, 'monitor', 'retention')
@@ -208,9 +220,11 @@ def purge(project, older_than:str|None=None, now=None) -> dict:
     st.audit('purge', text, {**out, 'before': cut.isoformat()})
     return out
 
-# %% ../nbs/13a_erasure.ipynb #01076dba
+# %% ../nbs/13a_erasure.ipynb #49caeed7
 def _reseal_log(st:Store, keys:Keys, encrypt:bool) -> int:
     "Re-seal every prediction payload not sealed with the current key of `keys` (plain ones too when `encrypt`); returns how many."
+    import sqlalchemy as sa
+    from mlnb.store import predictions
     c, last, n = predictions.c, '', 0
     raw = sa.cast(c.inputs, sa.Text)                                   # the stored JSON, not opened by the Sealed type
     while True:
@@ -240,6 +254,7 @@ def _reencrypt(f:Path, keys:Keys):
 
 def rotate_keys(project) -> dict:
     "Add a data key, re-seal the log payloads and re-encrypt the Parquet files under it, retire the keys older than the previous one."
+    from mlnb.store import Store
     from mlnb.privacy import encrypting
     p = load_project(project)
     if os.environ.get('MLNB_DATA_KEY'): raise MlnbError("the data keys come from $MLNB_DATA_KEY: rotate them where that variable is kept")
@@ -259,7 +274,7 @@ def rotate_keys(project) -> dict:
     st.audit('keys rotate', f'data key {ring.current}', out)
     return out
 
-# %% ../nbs/13a_erasure.ipynb #880f6a1b
+# %% ../nbs/13a_erasure.ipynb #e05acebd
 def _project_of(a) -> Project:
     from mlnb.pipeline import find_settings
     return load_project(Path(a.project) if a.project else find_settings())

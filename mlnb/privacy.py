@@ -6,10 +6,8 @@
 from __future__ import annotations
 import base64, contextvars, hashlib, hmac, json, logging, math, os, re, secrets, threading, time
 from pathlib import Path
-import sqlalchemy as sa
 from .core import ConfigError, DataError, MlnbError, need
 from .config import Project, load_project
-from .store import CIPHER, Store, is_sealed, tokens, utcnow
 
 # %% auto #0
 __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log', 'Keys', 'new_keys', 'parse_keys', 'key_file',
@@ -19,7 +17,7 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log',
            'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit',
            'cmd_token', 'add_commands']
 
-# %% ../nbs/02a_privacy.ipynb #2ac15f42
+# %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
 
 class Keys:
@@ -37,7 +35,7 @@ def new_keys() -> Keys:
     "A fresh ring: a random pseudonym key and data key 1."
     return Keys(secrets.token_bytes(32), {1: secrets.token_bytes(32)})
 
-# %% ../nbs/02a_privacy.ipynb #85fb15ff
+# %% ../nbs/02a_privacy.ipynb #7dc721f7
 def _hex(v:str, where:str) -> bytes:
     try: k = bytes.fromhex(v)
     except ValueError: k = b''
@@ -57,7 +55,7 @@ def parse_keys(text:str, where:str) -> Keys:
     if pseudo is None or not data: raise ConfigError("a key ring needs a `pseudonym` line and at least one numbered data key", where)
     return Keys(pseudo, data, where)
 
-# %% ../nbs/02a_privacy.ipynb #91e166f6
+# %% ../nbs/02a_privacy.ipynb #ba797848
 def key_file(p:Project) -> Path:
     "The project's key file: `[privacy] key_file`, else `<workspace>/data.key`."
     named = p.sections.get('privacy', {}).get('key_file')
@@ -85,7 +83,7 @@ def key_env(keys:Keys) -> str:
     "`keys` as the value of `$MLNB_DATA_KEY` (for the service's environment, never for a file or a log)."
     return ';'.join(keys.text().splitlines())
 
-# %% ../nbs/02a_privacy.ipynb #9237f71c
+# %% ../nbs/02a_privacy.ipynb #2c8a81c2
 def _norm(v) -> str:
     if isinstance(v, float) and v.is_integer(): v = int(v)
     return str(v)
@@ -95,7 +93,7 @@ def pseudonym(value, keys:Keys) -> str|None:
     if value is None or (isinstance(value, float) and math.isnan(value)): return None
     return hmac.new(keys.pseudonym, _norm(value).encode(), hashlib.sha256).hexdigest()[:32]
 
-# %% ../nbs/02a_privacy.ipynb #1af3929d
+# %% ../nbs/02a_privacy.ipynb #66bafa6f
 def pii_columns(p:Project) -> tuple[list[str], list[str]]:
     "The columns `p` pseudonymizes (`[data] pii` and `[data] subject`) and the ones it drops (`COLUMN:drop`)."
     hide, drop = [], []
@@ -108,7 +106,7 @@ def pii_columns(p:Project) -> tuple[list[str], list[str]]:
     if subject and subject not in hide: hide.append(subject)
     return hide, drop
 
-# %% ../nbs/02a_privacy.ipynb #5d14e732
+# %% ../nbs/02a_privacy.ipynb #73054c8d
 def _pseudonyms(values, keys:Keys) -> list:
     return [pseudonym(v, keys) for v in values]
 
@@ -132,7 +130,7 @@ def protect(data, project, keys:Keys|None=None):
         out = out.set_column(i, pa.field(c, pa.string()), pa.array(_pseudonyms(out.column(i).to_pylist(), keys), pa.string()))
     return out
 
-# %% ../nbs/02a_privacy.ipynb #35a68b51
+# %% ../nbs/02a_privacy.ipynb #0f3ca713
 _NAME_HINT = re.compile(r'(?:^|_)(e?mail|phone|tel|mobile|name|first_?name|last_?name|surname|address|street|ssn|passport|iban|birth|dob|ip_?addr)(?:$|_)', re.I)
 _EMAIL = re.compile(r'^[\w.+-]+@[\w-]+(\.[\w-]+)+$')
 _PHONE = re.compile(r'^\+?[\d\s().-]{7,20}$')
@@ -160,7 +158,7 @@ def personal_warnings(df, project=None) -> list[str]:
     return [f"column '{c}' looks personal ({why}): add it to [data] pii in settings.ini (pseudonymized), or `{c}:drop`"
             for c, why in looks_personal(df).items() if c not in known]
 
-# %% ../nbs/02a_privacy.ipynb #e2b65448
+# %% ../nbs/02a_privacy.ipynb #4b42e670
 AAD = b'mlnb:predictions.inputs'
 
 class FieldCipher:
@@ -186,7 +184,7 @@ class FieldCipher:
         except need('cryptography.exceptions', 'cryptography').InvalidTag:
             raise DataError(f"a sealed value does not open with data key {n}: it was changed, or the key file is not this project's") from None
 
-# %% ../nbs/02a_privacy.ipynb #f9f6789e
+# %% ../nbs/02a_privacy.ipynb #55337053
 def encrypting(p:Project|None) -> bool:
     "Whether new log payloads and snapshots are encrypted: `[privacy] encrypt = on`, or `$MLNB_ENCRYPT` for the service."
     env = os.environ.get('MLNB_ENCRYPT', '').lower()
@@ -195,6 +193,7 @@ def encrypting(p:Project|None) -> bool:
 
 def use_keys(project=None, keys:Keys|None=None, encrypt:bool|None=None) -> FieldCipher|None:
     "Install this process's cipher from `project`'s keys (or `$MLNB_DATA_KEY`): sealed payloads open on read, and seal on write when encrypting."
+    from mlnb.store import CIPHER
     p = load_project(project) if project is not None else None
     if keys is None and p is None and not os.environ.get(KEY_ENV): return None
     keys = keys or project_keys(p)
@@ -203,9 +202,10 @@ def use_keys(project=None, keys:Keys|None=None, encrypt:bool|None=None) -> Field
 
 def drop_keys():
     "Forget this process's cipher."
+    from mlnb.store import CIPHER
     CIPHER.pop('on', None)
 
-# %% ../nbs/02a_privacy.ipynb #f8192301
+# %% ../nbs/02a_privacy.ipynb #2c272798
 def _kms_base():
     return need('pyarrow.parquet.encryption', 'pyarrow').KmsClient
 
@@ -231,7 +231,7 @@ def crypto_factory(keys:Keys):
     Kms = kms_client(keys)
     return pe.CryptoFactory(lambda config: Kms(config))
 
-# %% ../nbs/02a_privacy.ipynb #789036dc
+# %% ../nbs/02a_privacy.ipynb #8f8159d8
 def encryption_properties(keys:Keys):
     "Parquet `FileEncryptionProperties`: every column and the footer encrypted under the current data key."
     pe = need('pyarrow.parquet.encryption', 'pyarrow')
@@ -265,7 +265,7 @@ def read_parquet(path, project=None, keys:Keys|None=None, **kwargs):
     except (OSError, need('cryptography.exceptions', 'cryptography').InvalidTag) as e:
         raise DataError(f"{path}: does not open with the project's data keys ({keys.where}): {type(e).__name__}") from None
 
-# %% ../nbs/02a_privacy.ipynb #3880c817
+# %% ../nbs/02a_privacy.ipynb #2c0bd963
 SCOPES = ('predict', 'feedback', 'admin')
 PATH_SCOPE = {'/predict': 'predict', '/predict_batch': 'predict', '/explain': 'predict', '/feedback': 'feedback'}
 TOKEN = contextvars.ContextVar('mlnb_token', default=None)   # the id of the token of the request being answered
@@ -274,6 +274,7 @@ def token_hash(token:str) -> str: return hashlib.sha256(token.encode()).hexdiges
 
 def add_token(store:Store, name:str, scopes=('predict',), rate:float=0.0) -> tuple[str, str]:
     "Make a token `name` with `scopes` and `rate` (requests a second, 0: no limit); returns its id and the token (shown once)."
+    from mlnb.store import tokens, utcnow
     scopes = sorted(set(scopes))
     if bad := [s for s in scopes if s not in SCOPES]: raise MlnbError(f"scope {bad[0]!r}: expected {', '.join(SCOPES)}")
     if rate < 0: raise MlnbError(f"rate {rate}: expected requests a second, 0 for no limit")
@@ -285,17 +286,21 @@ def add_token(store:Store, name:str, scopes=('predict',), rate:float=0.0) -> tup
 
 def list_tokens(store:Store) -> list[dict]:
     "The tokens: id, name, scopes, rate, created, revoked (never the hash)."
+    import sqlalchemy as sa
+    from mlnb.store import tokens
     return store.read(sa.select(tokens.c.id, tokens.c.name, tokens.c.scopes, tokens.c.rate, tokens.c.created, tokens.c.revoked).order_by(tokens.c.created))
 
 def revoke_token(store:Store, which:str) -> str:
     "Revoke the token with id or name `which`; returns its id."
+    import sqlalchemy as sa
+    from mlnb.store import tokens, utcnow
     rows = store.read(sa.select(tokens.c.id).where(sa.or_(tokens.c.id == which, tokens.c.name == which), tokens.c.revoked.is_(None)))
     if len(rows) != 1: raise MlnbError(f"token {which!r}: {'no live token has that id or name' if not rows else f'{len(rows)} live tokens have that name: give the id'}")
     store.write(tokens.update().where(tokens.c.id == rows[0]['id']).values(revoked=utcnow()))
     store.audit('token revoke', rows[0]['id'])
     return rows[0]['id']
 
-# %% ../nbs/02a_privacy.ipynb #f0551691
+# %% ../nbs/02a_privacy.ipynb #23c43185
 class Bucket:
     "A token bucket: `rate` a second, bursts of `max(1, rate)`."
     def __init__(self, rate:float): self.rate, self.cap = rate, max(1.0, rate); self.left, self.at = self.cap, time.monotonic()
@@ -306,7 +311,7 @@ class Bucket:
         if self.left >= 1: self.left -= 1; return 0.0
         return (1 - self.left) / self.rate
 
-# %% ../nbs/02a_privacy.ipynb #b972dbc2
+# %% ../nbs/02a_privacy.ipynb #89e3b4d2
 log = logging.getLogger('bentoml.mlnb')
 
 class TokenChecker:
@@ -321,6 +326,8 @@ class TokenChecker:
 
     def load(self):
         "Read the live tokens (an unreadable store keeps the last ones read)."
+        import sqlalchemy as sa
+        from mlnb.store import Store, tokens
         try:
             self.store = self.store or Store(self.url)
             rows = self.store.read(sa.select(tokens))
@@ -342,7 +349,7 @@ class TokenChecker:
         "Whether requests need a token: a token was ever made (revoked ones count), or `MLNB_API_TOKEN` is set."
         return bool(self.legacy) or self.known is None or self.any
 
-# %% ../nbs/02a_privacy.ipynb #03d08574
+# %% ../nbs/02a_privacy.ipynb #b168e574
 def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
     "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate, 503 tokens unknown."
     if not self.active: return 0, ''
@@ -366,14 +373,15 @@ def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
 
 TokenChecker.check = check
 
-# %% ../nbs/02a_privacy.ipynb #22d08f46
+# %% ../nbs/02a_privacy.ipynb #b2f8bd8e
 def _project_of(a) -> Project:
     from mlnb.pipeline import find_settings
     return load_project(Path(a.project) if a.project else find_settings())
 
 def cmd_audit(a):
     "Show the audit trail's latest rows, or verify its chain."
-    from mlnb.store import audit_log
+    import sqlalchemy as sa
+    from mlnb.store import Store, audit_log
     st = Store(_project_of(a).store_url)
     if a.verify:
         problems, head = st.verify_audit()
@@ -386,6 +394,7 @@ def cmd_audit(a):
 
 def cmd_token(a):
     "Add, list or revoke API tokens."
+    from mlnb.store import Store
     st = Store(_project_of(a).store_url)
     if a.action == 'add':
         if not a.name: raise MlnbError("mlnb token add NAME: a name is needed")
