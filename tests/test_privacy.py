@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from mlnb import config, privacy, erasure
 from mlnb.config import load_project, new_project
 from mlnb.ingest import parquet_hash, write_snapshot
-from mlnb.store import Store, audit_log, feedback, meta, models, predictions, runs, snapshots, tokens, utcnow
+from mlnb.store import Store, audit_log, feedback, is_sealed, meta, models, predictions, runs, snapshots, tokens, utcnow
 
 PG_URL = os.environ.get('MLNB_TEST_PG_URL')
 CLI = ('import sys, mlnb.cli as c; c.COMMAND_MODULES = tuple(dict.fromkeys((*c.COMMAND_MODULES, "privacy", "erasure")));'
@@ -273,7 +273,7 @@ def test_encryption_at_rest_and_key_rotation(tmp_path):
     raw = sa.create_engine(p.store_url).connect().execute(sa.text('SELECT inputs FROM predictions')).scalar()
     assert '123.456' not in raw and 'gold' not in raw and '"sealed"' in raw
     privacy.drop_keys()
-    assert privacy.is_sealed(st.read(sa.select(predictions.c.inputs))[0]['inputs'])
+    assert is_sealed(st.read(sa.select(predictions.c.inputs))[0]['inputs'])
     before = f.read_bytes()
     out = erasure.rotate_keys(p)
     assert out['key'] == 2 and out['payloads'] == 1 and out['files'] == 1
