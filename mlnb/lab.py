@@ -115,7 +115,7 @@ class Job:
         except OSError: return []
 
     def to_dict(self) -> dict:
-        return {'id': self.id, 'status': self.status, 'stage': self.stage, 'from': self.from_stage, 'settings': str(self.settings),
+        return {'id': self.id, 'status': self.status, 'stage': self.stage, 'from': self.from_stage, 'settings': str(self.settings), 'pid': self.proc.pid,
                 'seconds': round(time.time() - self.started, 1), 'returncode': self.proc.poll(), 'output': self.tail()}
     def __repr__(self): return f"Job({self.id}, {self.status}, stage={self.stage!r}, from={self.from_stage!r})"
 
@@ -156,7 +156,7 @@ def _executed_html(f:Path) -> str:
 def handlers(base_url:str='/') -> list:
     "The extension's tornado routes under `{base_url}mlnb/`."
     import asyncio, tornado.web
-    from jupyter_server.base.handlers import APIHandler
+    from jupyter_server.base.handlers import APIHandler, JupyterHandler
     from jupyter_server.utils import url_path_join
 
     class Base(APIHandler):
@@ -213,10 +213,10 @@ def handlers(base_url:str='/') -> list:
         async def post(self):
             from mlnb.registry import rollback
             await self.answer(lambda: {'champion': rollback(self.project(self.body().get('path', '')))})
-    class File(Base):
+    class File(JupyterHandler):                   # HTML, not JSON: a page of its own in the browser
         @tornado.web.authenticated
         async def get(self):
-            p = load_project(self.project())
+            p = load_project(project_of(self.settings['server_root_dir'], self.get_argument('path', '')))
             f = Path(self.get_argument('file')).resolve()
             if p.workspace.resolve() not in f.parents or not f.is_file(): raise tornado.web.HTTPError(404, "not a file of the project's workspace")
             self.set_header('Content-Type', 'text/html; charset=utf-8')
