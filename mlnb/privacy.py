@@ -12,10 +12,10 @@ from .config import Project, load_project
 # %% auto #0
 __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log', 'Keys', 'new_keys', 'parse_keys', 'key_file',
            'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'protect', 'looks_personal',
-           'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'drop_keys', 'kms_client', 'crypto_factory',
-           'encryption_properties', 'decryption_properties', 'parquet_options', 'is_encrypted', 'read_parquet',
-           'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit',
-           'cmd_token', 'add_commands']
+           'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys', 'kms_client',
+           'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options', 'is_encrypted',
+           'read_parquet', 'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check',
+           'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -199,6 +199,12 @@ def use_keys(project=None, keys:Keys|None=None, encrypt:bool|None=None) -> Field
     keys = keys or project_keys(p)
     CIPHER['on'] = FieldCipher(keys, encrypting(p) if encrypt is None else encrypt)
     return CIPHER['on']
+
+def subject_of(value) -> str|None:
+    "The pseudonym the service logs in `predictions.subject` for a request's subject field (None without one, or without keys)."
+    from mlnb.store import CIPHER
+    c = CIPHER.get('on')
+    return pseudonym(value, c.keys) if c is not None and value not in (None, '') else None
 
 def drop_keys():
     "Forget this process's cipher."
