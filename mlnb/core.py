@@ -10,8 +10,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['SECRET_PARAMS', 'is_secret_name', 'redact', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed',
            'StageFailed', 'ServeError', 'read_secrets', 'expand', 'unexpand', 'hash_bytes', 'hash_obj', 'hash_file',
-           'hash_dir', 'read_notebook', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'atomic_write',
-           'templates_dir']
+           'hash_dir', 'read_notebook', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'die_with_parent',
+           'atomic_write', 'templates_dir']
 
 # %% ../nbs/00_core.ipynb #3b788aa4
 SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
@@ -161,6 +161,11 @@ def free_port(host:str='127.0.0.1') -> int:
     "A TCP port that is free on `host` right now."
     with socket.socket() as s:
         s.bind((host, 0)); return s.getsockname()[1]
+
+def die_with_parent():
+    "Linux: be sent SIGTERM when the parent process dies, even by SIGKILL (a server started by `mlnb serve`, a server's worker), so none outlives what started it."
+    import ctypes, signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
 
 def atomic_write(path, text:str):
     "Write `text` to `path` through a temporary file, so readers never see half a file."

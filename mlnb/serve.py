@@ -7,16 +7,16 @@ from __future__ import annotations
 import json, keyword, os, re, shutil, signal, ssl, subprocess, sys, time, urllib.error, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from .core import ConfigError, DataError, MlnbError, ServeError, free_port, need, redact, templates_dir
+from .core import ConfigError, DataError, MlnbError, ServeError, die_with_parent, free_port, need, redact, templates_dir
 from .config import HOLDOUT, SETTINGS, Project, load_project
 from .registry import KEY_ENV, ModelInfo, bentoml_for, bentoml_home, load_model, load_pipeline, model_key, save_model, stored_model
 from .store import Store, models as models_table
 
 # %% auto #0
 __all__ = ['render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package', 'post_json',
-           'port_in_use', 'die_with_parent', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm',
-           'serve', 'check_frame', 'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks',
-           'transactional_engine', 'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
+           'port_in_use', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve', 'check_frame',
+           'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks',
+           'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
 def render_service(folder) -> Path:
@@ -98,11 +98,6 @@ def port_in_use(host:str, port:int) -> bool:
         except OSError: return True
     return False
 
-def die_with_parent():
-    "In a child about to exec (Linux): be sent SIGTERM when the parent dies, even by SIGKILL, so no server outlives its `mlnb serve`."
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
-
 class RotatingFile:
     "A log file rotated by size: past `max_bytes` it becomes `<name>.1`, the older ones moving up to `<name>.<backups>`."
     def __init__(self, path, max_bytes:int=10 * 1024 * 1024, backups:int=3):
@@ -146,7 +141,7 @@ class Server:
     def environ(self) -> dict:
         "The server's environment: ours, BentoML's home, the store to log to, the model key, `[serve]`'s settings, and `env`."
         env = {**os.environ, 'BENTOML_HOME': str(self.home), 'BENTOML_DO_NOT_TRACK': 'true',
-               'MLNB_STORE': self.p.store_url, 'MLNB_LOG_SPILL': str(self.log.with_suffix('.spill.jsonl')),
+               'MLNB_STORE': self.p.store_url, 'MLNB_LOG_JOURNAL': str(self.p.workspace/'journal'),
                KEY_ENV: model_key(self.p).hex(),
                **{s.env: str(self.p.sections[s.section][s.key]) for s in SETTINGS if s.env}}   # [serve]'s keys, checked when read
         env.update({k: v for k,v in self.extra_env.items() if v is not None})
@@ -205,10 +200,10 @@ class Server:
         return body
 
     def stop(self, grace:float=15):
-        "Stop the server: SIGTERM to its process group, SIGKILL after `grace` seconds."
+        "Stop the server: SIGTERM to its process group (it drains for `[serve] drain` seconds), SIGKILL `grace` seconds after the drain."
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try: self.proc.wait(grace)
+            try: self.proc.wait(grace + float(self.environ().get('MLNB_DRAIN_SECONDS') or 0))
             except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
         if self.proc: self.pump.join(5)
         if self.proc: shutil.rmtree(self.home, ignore_errors=True)     # the links and the metrics files; the bentos and models stay

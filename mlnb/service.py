@@ -4,8 +4,10 @@
 
 # %% ../nbs/09a_service.ipynb #690967e3
 from __future__ import annotations
-import hashlib, hmac, json, keyword, logging, os, queue, random, re, sys, threading, time, uuid
+import fcntl, hashlib, hmac, json, keyword, logging, os, queue, random, re, sys, threading, time, uuid
 from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Optional, Union
 import numpy as np
@@ -16,16 +18,17 @@ from .core import DataError, MlnbError
 from .store import Store, alerts, aliases, feedback, predictions, utcnow
 
 # %% auto #0
-__all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'Key', 'log', 'TABLES', 'COUNTERS', 'OPEN_PATHS',
-           'ERROR_STATUSES', 'Settings', 'check_date', 'field_name', 'features_model', 'Classified', 'Estimated',
-           'ClassExplanation', 'ValueExplanation', 'FeedbackAck', 'BentoArgs', 'Types', 'io_base', 'request_types',
-           'problem', 'Frame', 'frame_for', 'wire', 'sample_records', 'plain_steps', 'transformed', 'same_kind',
-           'is_regression', 'outcome', 'TreeStack', 'Served', 'explain_record', 'one_line', 'PredictionLog', 'flush',
-           'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection', 'Service', 'route', 'fallback_for', 'failed',
-           'answerer', 'score_with', 'count_missing', 'answer', 'shadow', 'predict', 'predict_batch', 'explain',
-           'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits', 'load_served', 'read_aliases', 'model',
-           'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start', 'stop', 'Guard', 'refuse', 'replay',
-           'read_body', 'detail_of', 'answers', 'openapi', 'docs']
+__all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'Key', 'log', 'TABLES', 'ROW_KEYS', 'COUNTERS',
+           'DRAINING', 'OPEN_PATHS', 'ERROR_STATUSES', 'Settings', 'check_date', 'field_name', 'features_model',
+           'Classified', 'Estimated', 'ClassExplanation', 'ValueExplanation', 'FeedbackAck', 'BentoArgs', 'Types',
+           'io_base', 'request_types', 'problem', 'Frame', 'frame_for', 'wire', 'sample_records', 'plain_steps',
+           'transformed', 'same_kind', 'is_regression', 'outcome', 'TreeStack', 'Served', 'explain_record', 'one_line',
+           'Journal', 'release', 'journaled', 'orphans', 'PredictionLog', 'adopt', 'flush', 'close', 'known',
+           'counters', 'Cache', 'Rejected', 'rejection', 'Service', 'route', 'fallback_for', 'failed', 'answerer',
+           'score_with', 'count_missing', 'answer', 'shadow', 'predict', 'predict_batch', 'explain', 'label_of',
+           'take_feedback', 'log_failure', 'report_failure', 'fits', 'load_served', 'read_aliases', 'model', 'switch',
+           'follow_once', 'follow', 'warm', 'quiet_4xx', 'start', 'stop', 'drain_on_sigterm', 'stop_listening',
+           'is_ready', 'Guard', 'refuse', 'closing', 'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
 
 # %% ../nbs/09a_service.ipynb #5d93b841
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
@@ -38,7 +41,7 @@ class Settings:
     poll: float = _env('MLNB_POLL_SECONDS', 1.0, "how often the champion and challenger aliases are read")
     max_batch: int = _env('MLNB_MAX_BATCH', 1000, "most records in one /predict_batch call")
     max_body: int = _env('MLNB_MAX_BODY', 10 * 1024 * 1024, "largest request body in bytes, counted as they arrive whatever the framing (chunked too)")
-    spill: str = _env('MLNB_LOG_SPILL', 'mlnb-log-spill.jsonl', "JSON-lines file for log rows the store could not take at shutdown")
+    journal: str = _env('MLNB_LOG_JOURNAL', 'mlnb-journal', "folder of the prediction log's journal: each logged row is written there before its answer leaves, and a server writes to the store what a killed one left (`mlnb serve`: the workspace's journal/)")
     model_threads: int = _env('MLNB_MODEL_THREADS', 1, "OpenMP threads per model call, unless OMP_NUM_THREADS is set (requests already run in parallel)")
     switch_interval: float = _env('MLNB_SWITCH_INTERVAL', 0.0005, "Python's thread switch interval in seconds: the event loop and the request threads hand the GIL over quickly (Python's default, 0.005, adds up to 5 ms a hand-over)")
     mode: str = _env('MLNB_MODE', 'single', "single, ab (the challenger answers MLNB_WEIGHT of requests, sticky by `key`) or shadow (the challenger scores every request off the request path; only logged)")
@@ -51,6 +54,8 @@ class Settings:
     access_log: bool = _env('MLNB_ACCESS_LOG', False, "true: BentoML's access log, a line per request (off: every answered request is in the prediction log anyway, each rejected one is a line of its own, and the line costs ~0.5 ms of CPU)")
     tracing: bool = _env('MLNB_TRACING', False, "true: OpenTelemetry spans of the API requests, for a tracing exporter configured in BentoML (off: no span is made, ~0.3 ms of CPU a request)")
     timeout: int = _env('MLNB_TIMEOUT', 30, "seconds a request may take before BentoML answers 504")
+    drain: float = _env('MLNB_DRAIN_SECONDS', 0.0, "on SIGTERM, seconds the server keeps answering while /readyz says 503 and each answer closes its connection, before it stops accepting (requests in flight always finish)")
+    log_every: float = _env('MLNB_LOG_EVERY', 0.5, "seconds between the prediction log's writes to the store (rows are in its journal meanwhile)")
 
     def bentoml_config(self) -> dict:
         "The `@bentoml.service` configuration these settings make: the request timeout, the access log, tracing."
@@ -395,24 +400,90 @@ Served.explain = explain_record
 # %% ../nbs/09a_service.ipynb #cb3e4239
 log = logging.getLogger('bentoml.mlnb')
 TABLES = {'predictions': predictions, 'feedback': feedback, 'alerts': alerts}
+ROW_KEYS = {'predictions': ('request_id',), 'feedback': ('request_id', 'created'), 'alerts': ('created', 'kind')}   # a row's identity, for replays
 
 def one_line(e:BaseException) -> str:
     "The first line of an error's message."
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
+def _plain(v):
+    "JSON for what `json` does not know: numpy scalars as numbers, anything else (datetimes) as text."
+    return v.item() if hasattr(v, 'item') else str(v)
+
+class Journal:
+    "Log rows appended to locked segment files in `folder` before their answers leave; a segment is deleted once the store has its rows."
+    def __init__(self, folder):
+        self.folder, self.segment, self.rows = Path(folder), None, 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self): return f"Journal({str(self.folder)!r}, {self.rows} rows in the open segment)"
+
+    def _open(self) -> tuple[Path, int]:
+        "A new segment, locked before it appears under its name (the lock lasts as long as this process)."
+        name = f'{os.getpid()}-{time.time_ns()}'
+        fd = os.open(self.folder/f'.{name}', os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(self.folder/f'.{name}', self.folder/f'{name}.jsonl')
+        return self.folder/f'{name}.jsonl', fd
+
+    def append(self, table:str, row:dict):
+        "Write one row to the open segment, in one `write` call."
+        if self.segment is None: self.segment = self._open()
+        os.write(self.segment[1], (json.dumps([table, row], default=_plain) + '\n').encode())
+        self.rows += 1
+
+    def rotate(self) -> tuple[Path, int]|None:
+        "Close the open segment to new rows and return it (None when it holds none); the next row opens a new one."
+        segment, self.segment, self.rows = self.segment, None, 0
+        return segment
+
+def release(segment:tuple[Path, int]|None, keep:bool=False):
+    "Done with a segment: delete it (unless `keep`) and let go of its lock."
+    if segment is None: return
+    if not keep: segment[0].unlink(missing_ok=True)
+    os.close(segment[1])
+
+
+# %% ../nbs/09a_service.ipynb #b2321354
+def journaled(fd:int) -> list[tuple[str, dict]]:
+    "The rows of a segment; a last line cut short by a killed writer is left out."
+    with os.fdopen(os.dup(fd), 'rb') as f: lines = f.read().splitlines()
+    rows = []
+    for line in lines:
+        try: rows.append(tuple(json.loads(line)))
+        except ValueError: log.warning("mlnb: a journal line cut short was left out (%d bytes)", len(line))
+    return rows
+
+def orphans(folder) -> list[tuple[tuple[Path, int], list]]:
+    "Segments of processes that are gone (their lock is free), each locked now by us, with its rows."
+    found = []
+    for path in sorted(Path(folder).glob('*.jsonl')):
+        try: fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError: continue                 # another process adopted it just now
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd); continue                         # its writer is alive
+        if not path.exists(): os.close(fd); continue
+        found.append(((path, fd), journaled(fd)))
+    return found
+
+
+# %% ../nbs/09a_service.ipynb #96692f81
 class PredictionLog:
-    "Rows for the store at `url`, queued by requests and written in batches by one background thread."
-    def __init__(self, url:str, every:float=0.5, batch:int=500, spill:str='mlnb-log-spill.jsonl'):
-        self.url, self.every, self.batch, self.spill = url, every, batch, spill
-        self._store, self.unwritten = None, set()        # request ids queued but not yet in the store
-        self.q, self.pending = queue.SimpleQueue(), []
-        self.lock, self.closed = threading.Lock(), threading.Event()
+    "Rows for the store at `url`, journaled in `journal` (a folder) by requests, written in batches by one background thread."
+    def __init__(self, url:str, journal, every:float=0.5, batch:int=500,
+                 adopt_every:float=10.0):  # seconds between looks for segments that dead processes left
+        self.url, self.every, self.batch, self.adopt_every = url, every, batch, adopt_every
+        self.journal, self.adopted = Journal(journal), None        # when orphans were last looked for
+        self._store, self.unwritten = None, set()                 # request ids queued but not yet in the store
+        self.q, self.pending = queue.SimpleQueue(), []           # pending: (segment, rows) taken from the queue, not yet written
+        self.lock, self.jlock, self.closed = threading.Lock(), threading.Lock(), threading.Event()
         self.thread = threading.Thread(target=self._run, name='mlnb-log', daemon=True)
         self.thread.start()
         import atexit
         atexit.register(self.close)
 
-    def __repr__(self): return f"PredictionLog({self.url!r}, {self.q.qsize() + len(self.pending)} rows waiting)"
+    def __repr__(self): return f"PredictionLog({self.url!r}, {self.q.qsize() + sum(len(r) for _, r in self.pending)} rows waiting)"
 
     @property
     def store(self) -> Store:
@@ -421,69 +492,120 @@ class PredictionLog:
         return self._store
 
     def put(self, table:str, row:dict):
-        "Queue one row for `table`; never blocks on the database."
+        "Journal one row for `table` and queue it; never blocks on the database."
         if table == 'predictions': self.unwritten.add(row['request_id'])
-        self.q.put((table, row))
+        with self.jlock:
+            self.journal.append(table, row)
+            self.q.put((table, row))
         if self.closed.is_set(): self.flush()      # a straggler after shutdown began: write it now
+
 
 # %% ../nbs/09a_service.ipynb #941e05c7
 def _take(self:PredictionLog, wait:float):
-    "Move queued rows to `pending`, after waiting `wait` seconds unless a batch is already there."
+    "After waiting `wait` seconds (unless a batch is queued), move the queued rows and their segment to `pending`."
     if wait and self.q.qsize() < self.batch: self.closed.wait(wait)
-    while len(self.pending) < self.batch:
-        try: self.pending.append(self.q.get_nowait())
-        except queue.Empty: return
+    with self.jlock:
+        segment, rows = self.journal.rotate(), []
+        while True:
+            try: rows.append(self.q.get_nowait())
+            except queue.Empty: break
+    if rows or segment: self.pending.append((segment, rows))
+
+def _insert(self:PredictionLog, rows:list):
+    "Insert `rows` (table, row) in one transaction."
+    by_table = {}
+    for table, row in rows: by_table.setdefault(table, []).append(row)
+    with self.store.engine.begin() as c:
+        for table, rs in by_table.items(): c.execute(TABLES[table].insert(), rs)
+    return by_table
 
 def _write(self:PredictionLog) -> bool:
-    "Write `pending` in one transaction; on failure keep it for the next try."
-    if not self.pending: return True
-    by_table = {}
-    for table, row in self.pending: by_table.setdefault(table, []).append(row)
-    try:
-        with self.store.engine.begin() as c:
-            for table, rows in by_table.items(): c.execute(TABLES[table].insert(), rows)
-    except Exception as e:
-        counters()['mlnb_log_errors'].inc()
-        log.warning("mlnb: writing %d log rows failed (%s); retrying", len(self.pending), one_line(e))
-        return False
-    for table, rows in by_table.items(): counters()['mlnb_log_rows'].labels(table).inc(len(rows))
-    self.unwritten.difference_update(r['request_id'] for r in by_table.get('predictions', ()))
-    self.pending = []
+    "Write `pending`, a transaction per segment, deleting each segment once written; on failure keep the rest for the next try."
+    while self.pending:
+        segment, rows = self.pending[0]
+        try: by_table = self._insert(rows) if rows else {}
+        except Exception as e:
+            counters()['mlnb_log_errors'].inc()
+            log.warning("mlnb: writing %d log rows failed (%s); retrying", len(rows), one_line(e))
+            return False
+        for table, rs in by_table.items(): counters()['mlnb_log_rows'].labels(table).inc(len(rs))
+        self.unwritten.difference_update(r['request_id'] for r in by_table.get('predictions', ()))
+        release(segment)
+        self.pending.pop(0)
     return True
 
 def _run(self:PredictionLog):
     while not self.closed.is_set():
         with self.lock:
+            if time.monotonic() - (self.adopted or -1e9) >= self.adopt_every: self.adopt()      # at start, then every adopt_every s
             self._take(self.every)
             ok = self._write()
         if not ok: self.closed.wait(1.0)
 
-PredictionLog._take, PredictionLog._write, PredictionLog._run = _take, _write, _run
+PredictionLog._take, PredictionLog._insert, PredictionLog._write, PredictionLog._run = _take, _insert, _write, _run
+
+
+# %% ../nbs/09a_service.ipynb #1e453bb4
+def _stored(row:dict, table:str) -> dict:
+    "A journaled row as the store takes it: its timestamps back from text."
+    return {k: datetime.fromisoformat(v) if isinstance(TABLES[table].c[k].type, sa.DateTime) and isinstance(v, str) else v
+            for k, v in row.items()}
+
+def _unseen(self:PredictionLog, rows:list) -> list:
+    "The rows (table, row) the store does not have yet, by `ROW_KEYS`."
+    rows, out = [(t, _stored(r, t)) for t, r in rows], []
+    for table, keys in ROW_KEYS.items():
+        mine = [r for t, r in rows if t == table]
+        if not mine: continue
+        T, have = TABLES[table], set()
+        firsts = sorted({r[keys[0]] for r in mine}, key=str)
+        for i in range(0, len(firsts), 500):
+            q = sa.select(*[T.c[k] for k in keys]).where(T.c[keys[0]].in_(firsts[i:i + 500]))
+            have |= {tuple(r[k] for k in keys) for r in self.store.read(q)}
+        out += [(table, r) for r in mine if tuple(r[k] for k in keys) not in have]
+    return out
+
+def adopt(self:PredictionLog) -> int:
+    "Write the rows of segments that dead processes left in the journal (their acknowledged answers); returns how many were new."
+    self.adopted, n = time.monotonic(), 0
+    for segment, rows in orphans(self.journal.folder):
+        try:
+            fresh = self._unseen(rows)
+            if fresh: self._insert(fresh)
+        except Exception as e:
+            release(segment, keep=True)
+            log.warning("mlnb: writing a stopped server's %d journaled rows failed (%s); retrying", len(rows), one_line(e))
+            continue
+        release(segment)
+        n += len(fresh)
+    if n: log.warning("mlnb: wrote %d log rows that a stopped server had journaled", n)
+    return n
+
+PredictionLog._unseen, PredictionLog.adopt = _unseen, adopt
+
 
 # %% ../nbs/09a_service.ipynb #eff7c677
 def flush(self:PredictionLog, tries:int=5) -> bool:
     "Write every queued row now; True when nothing is left."
     with self.lock:
         for i in range(tries):
-            while True:
-                self._take(0)
-                if not self.pending or not self._write(): break
-            if not self.pending and self.q.empty(): return True
+            self._take(0)
+            if self._write() and self.q.empty(): return True
             time.sleep(0.2 * (i + 1))
         return False
 
 def close(self:PredictionLog):
-    "Stop the writer and write (or spill) every row still queued."
+    "Stop the writer and write every row still queued; what the store refuses stays in the journal for the next server."
     if self.closed.is_set() and not self.thread.is_alive() and self.q.empty() and not self.pending: return
     self.closed.set()
     self.thread.join(30)
     if not self.flush():
         with self.lock:
-            while not self.q.empty(): self.pending.append(self.q.get())
-            with open(self.spill, 'a') as f:
-                for table, row in self.pending: f.write(json.dumps({'table': table, **row}, default=str) + '\n')
-            log.error("mlnb: the store refused %d log rows; they are in %s", len(self.pending), self.spill)
+            left = sum(len(rows) for _, rows in self.pending) + self.q.qsize()
+            for segment, _ in self.pending: release(segment, keep=True)
+            release(self.journal.rotate(), keep=True)
             self.pending = []
+            log.error("mlnb: the store refused %d log rows; they stay in %s and the next server to start writes them", left, self.journal.folder)
     if self._store is not None: self._store.engine.dispose()
 
 def known(self:PredictionLog, request_id:str) -> bool:
@@ -492,6 +614,7 @@ def known(self:PredictionLog, request_id:str) -> bool:
     return bool(self.store.read(sa.select(predictions.c.request_id).where(predictions.c.request_id == request_id)))
 
 PredictionLog.flush, PredictionLog.close, PredictionLog.known = flush, close, known
+
 
 # %% ../nbs/09a_service.ipynb #ae0f1312
 _COUNTERS:dict = {}
@@ -865,13 +988,14 @@ def start(cls, model, settings:Settings, types:Types, regression:bool) -> Servic
     first = load_served(str(model.tag), types)
     feats = first.features
     s = cls(first, settings, types, loader=lambda tag: load_served(tag, types, feats, regression),
-            log=PredictionLog(settings.store, spill=settings.spill) if settings.store else None)
+            log=PredictionLog(settings.store, settings.journal, every=settings.log_every) if settings.store else None)
     s.seen = s.read_aliases().get('champion', (None, None))[0]
     if s.log is not None: threading.Thread(target=s.follow, name='mlnb-champion', daemon=True).start()
     if settings.mode == 'shadow':
         s.shadow_thread = threading.Thread(target=s.shadow, name='mlnb-shadow', daemon=True)
         s.shadow_thread.start()
     s.ready = s.warm(first, freeze=True)
+    drain_on_sigterm(settings.drain)
     counters()
     return s
 
@@ -884,6 +1008,41 @@ def stop(self:Service):
     if self.log: self.log.close()
 
 Service.warm, Service.start, Service.stop = warm, classmethod(start), stop
+
+# %% ../nbs/09a_service.ipynb #2dc6c8ab
+DRAINING = threading.Event()      # set on SIGTERM: the server still answers, but is not ready and closes connections
+
+def drain_on_sigterm(seconds:float):
+    "In the server's main thread: on SIGTERM, drain for `seconds`, then call the SIGTERM handler in place (uvicorn's graceful shutdown)."
+    import signal
+    stop = signal.getsignal(signal.SIGTERM)
+    if seconds <= 0 or not callable(stop) or threading.current_thread() is not threading.main_thread(): return
+    def stop_accepting(signum):
+        stop_listening()
+        stop(signum, None)
+    def on_sigterm(signum, frame):
+        if DRAINING.is_set(): return stop_accepting(signum)       # a second SIGTERM: stop now
+        DRAINING.set()
+        log.warning("mlnb: SIGTERM: draining for %g s (not ready, connections closed after each answer), then stopping", seconds)
+        threading.Timer(seconds, stop_accepting, (signum,)).start()
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+def stop_listening():
+    """Refuse new connections from now on: shut down the listening socket BentoML's arbiter handed this worker (`--fd N`).
+    Uvicorn only stops accepting, and the arbiter keeps the socket open until the worker exits: connections made
+    meanwhile would wait in its backlog and then be reset, not refused."""
+    import socket
+    if '--fd' not in sys.argv: return
+    try:
+        with socket.socket(fileno=os.dup(int(sys.argv[sys.argv.index('--fd') + 1]))) as s: s.shutdown(socket.SHUT_RD)
+    except (OSError, ValueError, IndexError) as e: log.warning("mlnb: could not stop listening (%s)", one_line(e))
+
+def is_ready(self:Service) -> bool:
+    "Ready for traffic: the first model is warm and the server is not draining."
+    return self.ready.is_set() and not DRAINING.is_set()
+
+Service.is_ready = is_ready
+
 
 # %% ../nbs/09a_service.ipynb #6f244225
 OPEN_PATHS = ('/healthz', '/livez', '/readyz', '/metrics')
@@ -902,6 +1061,7 @@ class Guard:
         self._openapi = None
 
     async def __call__(self, scope, receive, send):
+        if DRAINING.is_set() and scope['type'] == 'http': send = closing(send)
         if scope['type'] != 'http' or scope['path'] in OPEN_PATHS: return await self.app(scope, receive, send)
         if scope['path'] == '/docs.json': return await self.docs(scope, receive, send)
         start, headers = time.perf_counter(), dict(scope['headers'])
@@ -928,6 +1088,13 @@ async def refuse(send, status:int, detail:str):
     if status == 401: headers.append((b'www-authenticate', b'Bearer'))
     await send({'type': 'http.response.start', 'status': status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': body})
+
+def closing(send):
+    "`send` that tells the client this connection closes after the answer (while draining)."
+    async def out(msg):
+        if msg['type'] == 'http.response.start': msg = {**msg, 'headers': [*msg.get('headers', []), (b'connection', b'close')]}
+        await send(msg)
+    return out
 
 def replay(body:bytes, receive):
     "An ASGI `receive` that gives `body` once, then defers to `receive` (for the disconnect)."

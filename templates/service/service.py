@@ -14,7 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("MLNB_MODEL_THREADS", "1
 from typing import Optional, Union
 
 import bentoml
+from mlnb.core import die_with_parent
 from mlnb.service import BentoArgs, FeedbackAck, Guard, Service, Settings, request_types
+
+die_with_parent()  # this worker goes when its arbiter (`bentoml serve`) goes, even by SIGKILL: it runs in a process group of its own
 
 ARGS = bentoml.use_arguments(BentoArgs)
 SETTINGS = Settings.from_env()
@@ -33,8 +36,8 @@ class Classifier:
         self.svc = Service.start(self.model_ref, SETTINGS, TYPES, regression=ARGS.task == "regression")
 
     def __is_ready__(self) -> bool:
-        "Ready (/readyz answers 200) once the first model is warm."
-        return self.svc.ready.is_set()
+        "Ready (/readyz answers 200) once the first model is warm, and until SIGTERM starts the drain."
+        return self.svc.is_ready()
 
     @bentoml.on_shutdown
     def shutdown(self):
