@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from .core import ConfigError, DataError, MlnbError, hash_file, need
 from .config import Project, load_project
-from .privacy import FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
+from .privacy import parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'UNITS', 'subject_column', 'subject_keys', 'subject_requests', 'parquet_files', 'rewrite_without',
@@ -58,7 +58,7 @@ def rewrite_without(path:Path, col:str, wanted:set, p:Project, keys:Keys) -> tup
     "Drop the subject's rows from the Parquet file at `path`; returns rows removed, old and new content hash (None: untouched)."
     pa, pq, pc = need('pyarrow'), need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
     from mlnb.ingest import META_KEY, table_hash
-    if col not in pq.read_schema(path, **({'decryption_properties': __import__('mlnb.privacy', fromlist=['x']).decryption_properties(keys)} if is_encrypted(path) else {})).names: return 0, None, None
+    if col not in parquet_file(path, keys=keys).schema_arrow.names: return 0, None, None
     t = read_parquet(path, keys=keys)
     hit = _mask(t, col, wanted)
     if not any(hit): return 0, None, None
@@ -135,8 +135,7 @@ def _relink(st:Store, path:Path, old:str|None, new:str|None):
     if old:
         for r in st.read(sa.select(snapshots).where(snapshots.c.hash == old)):
             st.write(snapshots.update().where(snapshots.c.hash == old).values(replaced_by=new))
-            n = need('pyarrow.parquet', 'pyarrow').read_metadata(path).num_rows if not is_encrypted(path) else None
-            st.add_snapshot(new, r['path'], r['source'], n if n is not None else r['rows'], r['columns'], r['run_id'])
+            st.add_snapshot(new, r['path'], r['source'], parquet_file(path).metadata.num_rows, r['columns'], r['run_id'])
     st.write(artifacts.update().where(artifacts.c.path.in_(same)).values(sha256=hash_file(path), size=path.stat().st_size))
 
 # %% ../nbs/13a_erasure.ipynb #af885587

@@ -14,8 +14,8 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log',
            'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'protect', 'looks_personal',
            'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys', 'kms_client',
            'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options', 'is_encrypted',
-           'read_parquet', 'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check',
-           'cmd_audit', 'cmd_token', 'add_commands']
+           'reading_keys', 'read_parquet', 'parquet_file', 'token_hash', 'add_token', 'list_tokens', 'revoke_token',
+           'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -262,14 +262,30 @@ def is_encrypted(path) -> bool:
         f.seek(-4, 2)
         return f.read(4) == b'PARE'
 
-def read_parquet(path, project=None, keys:Keys|None=None, **kwargs):
-    "The Parquet file at `path` as an Arrow table, decrypted with the project's keys when it is encrypted."
-    pq = need('pyarrow.parquet', 'pyarrow')
-    if not is_encrypted(path): return pq.read_table(path, **kwargs)
-    keys = keys or project_keys(load_project(project) if project is not None else None, create=False)
-    try: return pq.read_table(path, decryption_properties=decryption_properties(keys), **kwargs)
+def reading_keys(project=None, keys:Keys|None=None) -> Keys:
+    "The keys to open an encrypted file with: `keys`, this process's cipher's, `$MLNB_DATA_KEY`, or `project`'s key file."
+    from mlnb.store import CIPHER
+    if keys is not None: return keys
+    if CIPHER.get('on') is not None: return CIPHER['on'].keys
+    if project is None and not os.environ.get(KEY_ENV): raise DataError("an encrypted Parquet file needs the project's data key: call privacy.use_keys(project) or set $MLNB_DATA_KEY")
+    return project_keys(load_project(project) if project is not None else None, create=False)
+
+def _opened(path, keys:Keys, read):
+    try: return read(decryption_properties(keys))
     except (OSError, need('cryptography.exceptions', 'cryptography').InvalidTag) as e:
         raise DataError(f"{path}: does not open with the project's data keys ({keys.where}): {type(e).__name__}") from None
+
+def read_parquet(path, project=None, keys:Keys|None=None, **kwargs):
+    "The Parquet file at `path` as an Arrow table (`pq.read_table`'s arguments), decrypted when it is encrypted."
+    pq = need('pyarrow.parquet', 'pyarrow')
+    if not is_encrypted(path): return pq.read_table(path, **kwargs)
+    return _opened(path, reading_keys(project, keys), lambda d: pq.read_table(path, decryption_properties=d, **kwargs))
+
+def parquet_file(path, project=None, keys:Keys|None=None, **kwargs):
+    "`pq.ParquetFile` of `path` (for batches, metadata, the schema), able to read it when it is encrypted."
+    pq = need('pyarrow.parquet', 'pyarrow')
+    if not is_encrypted(path): return pq.ParquetFile(path, **kwargs)
+    return _opened(path, reading_keys(project, keys), lambda d: pq.ParquetFile(path, decryption_properties=d, **kwargs))
 
 # %% ../nbs/02a_privacy.ipynb #2c0bd963
 SCOPES = ('predict', 'feedback', 'admin')
