@@ -8,7 +8,7 @@ import argparse, sys, textwrap
 from importlib import import_module
 from pathlib import Path
 from . import __version__
-from .core import MlnbError, quiet_env
+from .core import MlnbError, log_as_json, quiet_env
 
 # %% auto #0
 __all__ = ['COMMAND_MODULES', 'cmd_demo', 'cmd_new', 'cmd_run', 'cmd_runs', 'cmd_data', 'cmd_expect', 'cmd_monitor',
@@ -62,6 +62,8 @@ def cmd_monitor(a):
     rep = check_drift(_settings(a), model_tag=a.model, last=a.last, since=a.since, reference=a.reference)
     print(json.dumps(rep.to_dict(), default=str) if a.json else rep)
     if a.health: print(health(_settings(a), a.window, model_tag=a.model, since=a.since).to_string(index=False))
+    from mlnb.streams import status_text
+    if streams := status_text(_settings(a)): print(streams)               # consumer lag, throughput, dead letters
     levels = ['none', 'warning', 'critical']
     if a.fail_on and levels.index(rep.severity) >= levels.index(a.fail_on): raise SystemExit(1)
 
@@ -154,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     "The `mlnb` argument parser."
     ap = argparse.ArgumentParser(prog='mlnb', description='Notebooks in, production ML system out.')
     ap.add_argument('--version', action='version', version=f'mlnb {__version__}')
+    ap.add_argument('--log-format', choices=('text', 'json'), default='text', help='errors and log lines as text or one JSON object a line (for ELK, Loki)')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     def add(name, fn, help, project=True):
         sp = sub.add_parser(name, help=help, description=help)
@@ -251,9 +254,16 @@ def main(argv=None) -> int:
     "Entry point of the `mlnb` command."
     a = parser().parse_args(argv)
     quiet_env()
+    if a.log_format == 'json':
+        import logging
+        logging.basicConfig(level=logging.INFO, format='%(message)s')
+        log_as_json()
     try: a.fn(a)
     except MlnbError as e:
-        print(f"mlnb: {e}", file=sys.stderr)
+        if a.log_format == 'json':
+            import json
+            print(json.dumps({'level': 'error', 'message': f"mlnb: {e}", 'exit_status': e.exit_code}), file=sys.stderr)
+        else: print(f"mlnb: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:                        # Ctrl-C, or SIGTERM/SIGHUP (pipeline.Terminated, named by its signal)
         signal = str(e) if str(e).startswith('SIG') else 'SIGINT'

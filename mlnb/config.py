@@ -86,6 +86,7 @@ SETTINGS = [
     S('serve', 'budget_ms', 0.0, float, "latency budget of one model call in milliseconds (0: none); a call over it counts like an error towards fallback", low=0, env='MLNB_BUDGET_MS'),
     S('serve', 'fallback_after', 3, int, "consecutive errors or over-budget calls of the serving model before requests go to the previous champion", low=1, env='MLNB_FALLBACK_AFTER'),
     S('serve', 'batch_size', 64, int, "adaptive batching of `/predict_batch`: most records BentoML merges into one model call", low=2, env='MLNB_BATCH_SIZE'),
+    S('serve', 'log_format', 'text', ('text', 'json'), "the server's log: `text`, or `json`, one JSON object a line (time, level, message; for each answer its request id, model, status, latency; never feature values)", env='MLNB_LOG_FORMAT'),
     S('serve', 'drain', 1.0, float, "on SIGTERM, seconds a server keeps answering while its readiness says 503 and each answer closes its connection (a load balancer moves traffic away), before it stops accepting; requests in flight always finish", low=0, env='MLNB_DRAIN_SECONDS'),
     S('monitor', 'psi_warn', 0.1, float, "population stability index above which a feature's drift is a warning", low=0),
     S('monitor', 'psi_critical', 0.2, float, "population stability index above which drift is critical", low=0),

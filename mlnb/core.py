@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #08f7e905
 from __future__ import annotations
-import hashlib, importlib, json, os, re, socket
+import hashlib, importlib, json, logging, os, re, socket
+from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['SECRET_PARAMS', 'is_secret_name', 'redact', 'MlnbError', 'ConfigError', 'DataError', 'ValidationFailed',
            'StageFailed', 'ServeError', 'read_secrets', 'expand', 'unexpand', 'hash_bytes', 'hash_obj', 'hash_file',
            'hash_dir', 'read_notebook', 'hash_notebook_code', 'need', 'quiet_env', 'free_port', 'die_with_parent',
-           'atomic_write', 'templates_dir']
+           'atomic_write', 'templates_dir', 'JsonLines', 'log_as_json']
 
 # %% ../nbs/00_core.ipynb #3b788aa4
 SECRET_PARAMS = ('token', 'key', 'secret', 'password', 'passwd', 'pwd', 'api_key', 'apikey', 'access_token', 'signature', 'sig')
@@ -180,3 +181,19 @@ def templates_dir() -> Path:
     for p in [here/'templates', Path(os.sys.prefix)/'share'/'mlnb'/'templates']:
         if p.is_dir(): return p
     raise MlnbError("mlnb's templates/ folder is missing: reinstall mlnb")
+
+# %% ../nbs/00_core.ipynb #a5d5c127
+class JsonLines(logging.Formatter):
+    "A log record as one JSON object: time, level, logger, message, and the request fields it carries."
+    FIELDS = ('request_id', 'model', 'endpoint', 'status', 'latency_ms')
+    def format(self, r:logging.LogRecord) -> str:
+        d = {'time': datetime.fromtimestamp(r.created, timezone.utc).isoformat(timespec='milliseconds'), 'level': r.levelname.lower(),
+             'logger': r.name, 'message': redact(r.getMessage()), **{k: getattr(r, k) for k in self.FIELDS if hasattr(r, k)}}
+        if r.exc_info and r.exc_info[1] is not None: d['error'] = redact((str(r.exc_info[1]).strip().splitlines() or [r.exc_info[0].__name__])[0])
+        return json.dumps(d, default=str)
+
+def log_as_json(*loggers:str):
+    "Give the handlers of the root logger and of `loggers` the JSON-lines format."
+    for name in ('', *loggers):
+        for h in logging.getLogger(name).handlers: h.setFormatter(JsonLines())
+

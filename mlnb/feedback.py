@@ -70,6 +70,7 @@ def add_label(settings, request_id:str, label, source:str='widget') -> None:
     if not rows: raise MlnbError(f"no logged prediction with request id {request_id!r} in {redact(st.url)}")
     label = checked_label(request_id, label, rows[0]['output'])
     st.write(feedback_table.insert().values(request_id=request_id.removesuffix(SHADOW), label=label, source=source, created=utcnow()))
+    st.audit('label', request_id.removesuffix(SHADOW), {'source': source})
 
 
 # %% ../nbs/12_feedback.ipynb #56010efd
@@ -130,7 +131,9 @@ def add_labels(settings, labels, source:str='file', skip_unknown:bool=False) -> 
         raise DataError(f"{len(unknown)} of {len(last)} request ids are no logged prediction in {redact(st.url)}: {_some(unknown)}; nothing stored")
     now = utcnow()
     rows = [dict(request_id=r.removesuffix(SHADOW), label=checked_label(r, y, outputs[r]), source=source, created=now) for r, y in last.items() if r in outputs]
-    if rows: st.write(feedback_table.insert(), rows)
+    if rows:
+        st.write(feedback_table.insert(), rows)
+        st.audit('label', None, {'count': len(rows), 'source': source})
     return {'stored': len(rows), 'unknown': unknown, 'repeated': len(pairs) - len(last)}
 
 def read_labels(path) -> list[tuple[str, str]]:

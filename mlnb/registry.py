@@ -162,7 +162,7 @@ def training_frame(run:dict, target:str, train_dir:Path):
     import pandas as pd
     ingest = run['stages'].get('ingest') or {}
     snap = Path(ingest['out_dir'], SNAPSHOT.file) if ingest.get('out_dir') else None
-    df = pd.read_parquet(snap if snap and snap.is_file() else train_dir/HOLDOUT.file)
+    df = pd.read_parquet(snap if snap and snap.exists() else train_dir/HOLDOUT.file)      # a streamed snapshot is a folder of part files
     return df.drop(columns=[target], errors='ignore')
 
 def background_sample(X, rows:int=100, seed:int=0):
@@ -232,6 +232,7 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     tag = str(model.tag)
     store.add_model(tag, run['id'], run['data_hash'], metrics)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
+    store.audit('package', tag, {'run': run['id']})
     return ModelInfo(tag, run['id'], run['data_hash'], metrics, schema)
 
 
@@ -310,6 +311,7 @@ def promote_tag(store:Store, tag:str|None=None, force:bool=False, tolerance:floa
         if why: raise MlnbError(f"not promoting {tag}: worse than champion {champ} by more than {tolerance} on {on}: "
                                 f"{'; '.join(why)}; promote with force=True (mlnb promote --force) to override")
     store.set_alias('champion', tag)
+    store.audit('promote', tag, {'from': champ, 'forced': bool(force and old)})
     if store.alias('challenger') == tag: store.drop_alias('challenger')
     return tag
 
@@ -318,6 +320,7 @@ def rollback_store(store:Store) -> str:
     a = store.alias_info('champion')
     if not a or not a['previous']: raise MlnbError(f"nothing to roll back to: the champion in {store.url} has no previous model")
     store.set_alias('champion', a['previous'])
+    store.audit('rollback', a['previous'], {'from': a['tag']})
     return a['previous']
 
 

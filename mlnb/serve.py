@@ -239,6 +239,7 @@ def serve(settings='settings.ini', bento:str|None=None, port:int|None=None, host
     stop_on_sigterm()
     try:
         srv.start()
+        Store(p.store_url).audit('serve', srv.bento, {'url': srv.url})
         print(f"ready: POST {srv.url}/predict", flush=True)
         srv.proc.wait()
     except KeyboardInterrupt: print("stopping", flush=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_service.ipynb #690967e3
 from __future__ import annotations
-import fcntl, hashlib, hmac, json, keyword, logging, os, queue, random, re, sys, threading, time, uuid
+import contextvars, fcntl, hashlib, hmac, json, keyword, logging, os, queue, random, re, sys, threading, time, uuid
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
@@ -14,21 +14,22 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
-from .core import DataError, MlnbError
+from .core import DataError, MlnbError, log_as_json
 from .store import Store, alerts, aliases, feedback, predictions, utcnow
 
 # %% auto #0
-__all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'Key', 'log', 'TABLES', 'ROW_KEYS', 'COUNTERS',
-           'DRAINING', 'OPEN_PATHS', 'ERROR_STATUSES', 'Settings', 'check_date', 'field_name', 'features_model',
-           'Classified', 'Estimated', 'ClassExplanation', 'ValueExplanation', 'FeedbackAck', 'BentoArgs', 'Types',
-           'io_base', 'request_types', 'problem', 'Frame', 'frame_for', 'wire', 'sample_records', 'plain_steps',
-           'transformed', 'same_kind', 'is_regression', 'outcome', 'TreeStack', 'Served', 'explain_record', 'one_line',
-           'Journal', 'release', 'journaled', 'orphans', 'PredictionLog', 'adopt', 'flush', 'close', 'known',
-           'counters', 'Cache', 'Rejected', 'rejection', 'Service', 'route', 'fallback_for', 'failed', 'answerer',
-           'score_with', 'count_missing', 'answer', 'shadow', 'predict', 'predict_batch', 'explain', 'label_of',
-           'take_feedback', 'log_failure', 'report_failure', 'fits', 'load_served', 'read_aliases', 'model', 'switch',
-           'follow_once', 'follow', 'warm', 'quiet_4xx', 'start', 'stop', 'drain_on_sigterm', 'stop_listening',
-           'is_ready', 'Guard', 'refuse', 'closing', 'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
+__all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'REQUEST_ID', 'REQUEST_ID_FORM', 'Key', 'log',
+           'TABLES', 'ROW_KEYS', 'COUNTERS', 'DRAINING', 'OPEN_PATHS', 'ERROR_STATUSES', 'Settings', 'check_date',
+           'field_name', 'features_model', 'Classified', 'Estimated', 'ClassExplanation', 'ValueExplanation',
+           'FeedbackAck', 'BentoArgs', 'Types', 'io_base', 'request_types', 'problem', 'Frame', 'frame_for', 'wire',
+           'sample_records', 'plain_steps', 'transformed', 'same_kind', 'is_regression', 'outcome', 'TreeStack',
+           'Served', 'explain_record', 'one_line', 'Journal', 'release', 'journaled', 'orphans', 'PredictionLog',
+           'insert_of', 'adopt', 'flush', 'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection', 'Service',
+           'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'answer', 'shadow', 'predict',
+           'predict_batch', 'explain', 'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits',
+           'load_served', 'read_aliases', 'model', 'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start',
+           'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard', 'refuse', 'closing', 'replay',
+           'read_body', 'detail_of', 'answers', 'openapi', 'docs']
 
 # %% ../nbs/09a_service.ipynb #5d93b841
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
@@ -54,6 +55,7 @@ class Settings:
     access_log: bool = _env('MLNB_ACCESS_LOG', False, "true: BentoML's access log, a line per request (off: every answered request is in the prediction log anyway, each rejected one is a line of its own, and the line costs ~0.5 ms of CPU)")
     tracing: bool = _env('MLNB_TRACING', False, "true: OpenTelemetry spans of the API requests, for a tracing exporter configured in BentoML (off: no span is made, ~0.3 ms of CPU a request)")
     timeout: int = _env('MLNB_TIMEOUT', 30, "seconds a request may take before BentoML answers 504")
+    log_format: str = _env('MLNB_LOG_FORMAT', 'text', "text, or json: the server's log as one JSON object a line (time, level, logger, message; for each answer its request_id, model, endpoint, status, latency_ms; never feature values)")
     drain: float = _env('MLNB_DRAIN_SECONDS', 0.0, "on SIGTERM, seconds the server keeps answering while /readyz says 503 and each answer closes its connection, before it stops accepting (requests in flight always finish)")
     log_every: float = _env('MLNB_LOG_EVERY', 0.5, "seconds between the prediction log's writes to the store (rows are in its journal meanwhile)")
 
@@ -162,6 +164,8 @@ class BentoArgs(BaseModel):
 
 # %% ../nbs/09a_service.ipynb #c3f50492
 PARSED = 'mlnb.parsed'       # the ASGI scope key under which the Guard hands over the validated request body
+REQUEST_ID = contextvars.ContextVar('mlnb_request_id', default=None)   # a client's (or load balancer's) X-Request-ID, set by the Guard
+REQUEST_ID_FORM = re.compile(r'[A-Za-z0-9._-]{1,64}')
 Key = Annotated[Optional[str], Field(max_length=200)]
 
 @dataclass
@@ -511,12 +515,18 @@ def _take(self:PredictionLog, wait:float):
             except queue.Empty: break
     if rows or segment: self.pending.append((segment, rows))
 
+def insert_of(table:str, dialect:str):
+    "The insert for `table`: a prediction whose request id is logged already (a retried request, a replay) is left out, not an error."
+    if table != 'predictions' or dialect not in ('sqlite', 'postgresql'): return TABLES[table].insert()
+    from sqlalchemy.dialects import postgresql, sqlite
+    return (sqlite if dialect == 'sqlite' else postgresql).insert(predictions).on_conflict_do_nothing(index_elements=['request_id'])
+
 def _insert(self:PredictionLog, rows:list):
     "Insert `rows` (table, row) in one transaction."
     by_table = {}
     for table, row in rows: by_table.setdefault(table, []).append(row)
     with self.store.engine.begin() as c:
-        for table, rs in by_table.items(): c.execute(TABLES[table].insert(), rs)
+        for table, rs in by_table.items(): c.execute(insert_of(table, c.dialect.name), rs)
     return by_table
 
 def _write(self:PredictionLog) -> bool:
@@ -762,8 +772,8 @@ def count_missing(self:Service, records:list):
 Service.score_with, Service.count_missing = score_with, count_missing
 
 # %% ../nbs/09a_service.ipynb #bb14b4a2
-def answer(self:Service, records:list, key:str|None=None) -> list:
-    "The answers to `records` (logged, counted, cached, shadowed)."
+def answer(self:Service, records:list, key:str|None=None, request_id:str|None=None) -> list:
+    "The answers to `records` (logged, counted, cached, shadowed); `request_id` names a single record's answer (a retry's is the same)."
     self.count_missing(records)
     m = self.answerer(self.route(key))        # the cache is looked up under the model that answers
     single = self.cache.size and len(records) == 1
@@ -776,7 +786,8 @@ def answer(self:Service, records:list, key:str|None=None) -> list:
     out, P, now = [], self.types.prediction, utcnow()
     for rec, row in zip(records, rows):
         o = outcome(m.classes, row)
-        p = P(**o, model=m.tag, request_id=uuid.uuid4().hex, latency_ms=ms)
+        p = P(**o, model=m.tag, request_id=request_id or uuid.uuid4().hex, latency_ms=ms)
+        if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(request_id=p.request_id, model=m.tag, status=200, latency_ms=round(ms, 3)))
         counters()['mlnb_predictions'].labels(m.tag, str(o.get('label', 'value'))).inc()
         if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
                                                       output=o, latency_ms=ms, created=now))
@@ -805,7 +816,7 @@ Service.answer, Service.shadow = answer, shadow
 # %% ../nbs/09a_service.ipynb #696f62bd
 def predict(self:Service, record, key:str|None=None):
     "Score one record; `key` keeps A/B assignment sticky."
-    try: return self.answer([record], key)[0]
+    try: return self.answer([record], key, REQUEST_ID.get())[0]
     except DataError as e: return rejection(400, str(e))
 
 def predict_batch(self:Service, records:list):
@@ -996,6 +1007,7 @@ def start(cls, model, settings:Settings, types:Types, regression:bool) -> Servic
         s.shadow_thread.start()
     s.ready = s.warm(first, freeze=True)
     drain_on_sigterm(settings.drain)
+    if settings.log_format == 'json': log_as_json('bentoml', 'uvicorn', 'uvicorn.error')
     counters()
     return s
 
@@ -1066,6 +1078,8 @@ class Guard:
         if scope['path'] == '/docs.json': return await self.docs(scope, receive, send)
         start, headers = time.perf_counter(), dict(scope['headers'])
         api = scope['path'] in self.inputs
+        rid = headers.get(b'x-request-id', b'').decode('latin-1')
+        REQUEST_ID.set(rid if REQUEST_ID_FORM.fullmatch(rid) else None)
         send = self.answers(scope, send, start) if api else send
         if self.token and not hmac.compare_digest(headers.get(b'authorization', b''), b'Bearer ' + self.token):
             return await refuse(send, 401, 'authorization: a bearer token is required: Authorization: Bearer <MLNB_API_TOKEN>')
@@ -1153,7 +1167,8 @@ def answers(self:Guard, scope, send, start:float):
         await send({**held, 'headers': keep + [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode())]})
         await send({'type': 'http.response.body', 'body': body})
         ms = (time.perf_counter() - start) * 1000
-        if self.lines: log.warning("mlnb: %s %s -> %d: %s", scope['method'], scope['path'], held['status'], detail)
+        if self.lines: log.warning("mlnb: %s %s -> %d: %s", scope['method'], scope['path'], held['status'], detail,
+                                   extra=dict(request_id=REQUEST_ID.get(), endpoint=scope['path'], status=held['status'], latency_ms=round(ms, 3)))
         try: self.failed(scope['path'], held['status'], detail, ms)
         except Exception as e: log.error("mlnb: cannot log a failed request (%s)", one_line(e))
     return out
