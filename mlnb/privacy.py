@@ -108,7 +108,9 @@ def pii_columns(p:Project) -> tuple[list[str], list[str]]:
 
 # %% ../nbs/02a_privacy.ipynb #73054c8d
 def _pseudonyms(values, keys:Keys) -> list:
-    return [pseudonym(v, keys) for v in values]
+    "The pseudonyms of `values`, one HMAC per distinct value."
+    seen = {}
+    return [seen[v] if v in seen else seen.setdefault(v, pseudonym(v, keys)) for v in values]
 
 def protect(data, project, keys:Keys|None=None):
     "`data` (a DataFrame, Arrow table or record batch) with `project`'s personal columns pseudonymized or dropped."
@@ -136,21 +138,24 @@ _EMAIL = re.compile(r'^[\w.+-]+@[\w-]+(\.[\w-]+)+$')
 _PHONE = re.compile(r'^\+?[\d\s().-]{7,20}$')
 _PERSON = re.compile(r"^[A-Z][a-z'-]+( [A-Z][a-z'-]+){1,2}$")
 
-def _share(values:list, pattern) -> float:
-    return sum(bool(pattern.match(v)) for v in values) / len(values) if values else 0.0
+def _share(values:list, ok) -> float:
+    "The share of `values` for which `ok(value)` holds."
+    return sum(bool(ok(v)) for v in values) / len(values) if values else 0.0
+
+def _phone(v:str) -> bool: return bool(_PHONE.match(v)) and sum(ch.isdigit() for ch in v) >= 7
+
+def _why(name, s) -> str|None:
+    "Why column `name` (its non-null values `s`) looks personal, or None."
+    text = [str(v).strip() for v in s.head(200)] if s.dtype == object or str(s.dtype).startswith(('string', 'str')) else []
+    if (k := _share(text, _EMAIL.match)) > 0.5: return f"e-mail addresses in {k:.0%} of values"
+    if (k := _share(text, _phone)) > 0.5: return f"phone numbers in {k:.0%} of values"
+    if (k := _share(text, _PERSON.match)) > 0.5 and len(set(text)) > 0.5 * len(text): return f"person names in {k:.0%} of values"
+    if _NAME_HINT.search(str(name)): return f"its name ('{name}')"
+    return None
 
 def looks_personal(df) -> dict[str, str]:
     "`{column: why}` for the columns of DataFrame `df` that look like personal data."
-    out = {}
-    for c in df.columns:
-        s = df[c].dropna()
-        text = [str(v).strip() for v in s.head(200)] if s.dtype == object or str(s.dtype).startswith(('string', 'str')) else []
-        if (k := _share(text, _EMAIL)) > 0.5: out[c] = f"e-mail addresses in {k:.0%} of values"
-        elif (k := _share([t for t in text if sum(ch.isdigit() for ch in t) >= 7], _PHONE) * sum(sum(ch.isdigit() for ch in t) >= 7 for t in text) / max(len(text), 1)) > 0.5:
-            out[c] = f"phone numbers in {k:.0%} of values"
-        elif (k := _share(text, _PERSON)) > 0.5 and s.head(200).nunique() > 0.5 * len(text): out[c] = f"person names in {k:.0%} of values"
-        elif _NAME_HINT.search(str(c)): out[c] = f"its name ('{c}')"
-    return out
+    return {c: why for c in df.columns if (why := _why(c, df[c].dropna()))}
 
 def personal_warnings(df, project=None) -> list[str]:
     "One line a column that looks personal and is not yet in `[data] pii` or `subject`, suggesting the setting."
