@@ -217,7 +217,7 @@ def handlers(base_url:str='/') -> list:
         @tornado.web.authenticated
         async def get(self):
             p = load_project(project_of(self.settings['server_root_dir'], self.get_argument('path', '')))
-            f = Path(self.get_argument('file')).resolve()
+            f = (Path(self.settings['server_root_dir'])/self.get_argument('file')).resolve()     # relative to the served folder, or absolute
             if p.workspace.resolve() not in f.parents or not f.is_file(): raise tornado.web.HTTPError(404, "not a file of the project's workspace")
             self.set_header('Content-Type', 'text/html; charset=utf-8')
             self.finish(await asyncio.to_thread(_executed_html, f))

@@ -17,7 +17,7 @@ from .config import Project, load_project, parse_value, topo_order
 __all__ = ['RECORD', 'WHY', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
            'ancestors', 'descendants', 'select', 'with_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
-           'param_files', 'key_parts', 'cache_key', 'cached_outputs', 'StageState', 'last_success', 'changed', 'decide',
+           'param_files', 'key_parts', 'cache_key', 'cached_outputs', 'StageState', 'changed', 'last_success', 'decide',
            'plan', 'plan_lines', 'StageResult', 'off_worker_threads', 'execute_stage', 'kernel_env', 'KernelPool',
            'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress', 'columns_lines', 'search_line',
            'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
@@ -251,22 +251,27 @@ class StageState:
                 'error': self.error, 'notebook': self.notebook, 'last_run': last.get('run_id'), 'last_notebook': last.get('notebook'),
                 'from_run': (self.hit or {}).get('run_id')}
 
-def last_success(store:Store, name:str) -> dict|None:
-    "The latest stage-run of `name` that succeeded or came from the cache, or None."
-    import sqlalchemy as sa
-    from mlnb.store import stage_runs as t
-    rows = store.read(sa.select(t).where(t.c.stage == name, t.c.status.in_(['done', 'cached'])).order_by(t.c.id.desc()).limit(1))
-    return rows[0] if rows else None
+def _parts_of(sr:dict) -> dict|None: return (sr.get('values') or {}).get('key_parts')
 
 def changed(parts:dict, before:dict|None) -> list[str]:
     "The reasons (`WHY`) for the key parts that differ from `before`, in order, each once."
     out = [WHY[k] for k, v in parts.items() if before and before.get(k) != v]
     return list(dict.fromkeys(out))
 
+def last_success(store:Store, name:str, parts:dict|None=None, look:int=20) -> dict|None:
+    "Of the latest `look` stage-runs of `name` that succeeded or came from the cache, the one whose key `parts` differ least (the latest of those), or None."
+    import sqlalchemy as sa
+    from mlnb.store import stage_runs as t
+    rows = store.read(sa.select(t).where(t.c.stage == name, t.c.status.in_(['done', 'cached'])).order_by(t.c.id.desc()).limit(look))
+    if not rows or parts is None: return rows[0] if rows else None
+    far = lambda r: sum(_parts_of(r).get(k) != v for k, v in parts.items()) if _parts_of(r) else len(parts) + 1
+    return min(rows, key=far)
+
 def decide(p:Project, store:Store, name:str, upstream_hashes:dict|None, inputs:dict, forced=()) -> StageState:
     "Whether a run reuses stage `name` or runs it, and why; `upstream_hashes` None: a stage it needs runs first."
-    parts, last = key_parts(p, name, upstream_hashes, inputs), last_success(store, name)
-    why = changed(parts, (last or {}).get('values', {}).get('key_parts') if last and last.get('values') else None)
+    parts = key_parts(p, name, upstream_hashes, inputs)
+    last = last_success(store, name, parts)                  # why: compared with the nearest earlier success (a sweep or --params ran others)
+    why = changed(parts, _parts_of(last) if last else None)
     stale = lambda *w: StageState(name, 'stale', list(dict.fromkeys([*why, *w])), None if upstream_hashes is None else hash_obj(parts), parts, last=last)
     if name in forced: return stale('forced')
     if inputs['uncacheable'] and not p.stages[name].needs: return stale('data')     # SQL or an API: new rows at any time

@@ -140,9 +140,11 @@ def test_api_auth_states_and_cancel(lab):
     assert models['aliases']['champion']['tag'] and models['aliases']['challenger']['tag']
     runs = get(lab, 'runs', path='shop')
     assert [r['status'] for r in runs] == ['succeeded', 'succeeded'] and runs[0]['stages']['validate']['report']
-    page = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': runs[0]['stages']['train']['file']},
+    page = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': st['stages'][2]['executed']},
                         headers={'Authorization': f'token {token}'}, timeout=60)
     assert page.ok and 'text/html' in page.headers['Content-Type'] and 'mlnb_context' in page.text          # the executed notebook
+    outside = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': 'shop/settings.ini'}, headers={'Authorization': f'token {token}'}, timeout=10)
+    assert outside.status_code == 404                                                                      # only the project's workspace
     # a run of everything from ingest, cancelled while ingest runs: the run is interrupted, no kernel is left, nothing stale
     job = post(lab, 'jobs', {'path': 'shop', 'from': 'ingest'}).json()
     assert post(lab, 'jobs', {'path': 'shop'}, ok=False).status_code == 409                                # one run per project at a time
@@ -191,7 +193,7 @@ def test_sidebar_in_jupyterlab(lab):
             page.keyboard.press('Control+End')
             page.keyboard.type("\nprint('edited in JupyterLab')")
             page.keyboard.press('Control+s')
-            states(page, {'train': 'stale', 'evaluate': 'stale', 'ingest': 'up to date', 'validate': 'up to date'}, timeout=30)
+            states(page, {'train': 'stale', 'evaluate': 'stale', 'ingest': 'up to date', 'validate': 'up to date'}, timeout=8)   # the save refreshed it (idle polls are 15 s apart)
             assert 'code' in row(page, 'train').locator('.mlnb-why').inner_text()
             assert 'upstream' in row(page, 'evaluate').locator('.mlnb-why').inner_text()
             page.locator('.mlnb-toolbar-state[data-state="stale"]', has_text='train: stale').wait_for(timeout=30 * SECONDS)
@@ -222,6 +224,7 @@ def test_sidebar_in_jupyterlab(lab):
             page.locator('.mlnb-stage-row[data-stage="evaluate"][data-state="stale"]').wait_for(timeout=30 * SECONDS)
             row(page, 'evaluate').locator('button.mlnb-run-stage').click()
             states(page, {'evaluate': 'failed'}, timeout=180)
+            page.locator('.mlnb-job[data-status="failed"]').wait_for(timeout=60 * SECONDS)
             err = row(page, 'evaluate').locator('.mlnb-error').inner_text()
             assert 'RuntimeError: broken on purpose' in err and f'cell {cells}' in err, err        # papermill's executed copy has one cell more
             assert page.locator('svg.mlnb-dag g.mlnb-node[data-stage="evaluate"][data-state="failed"]').count() == 1
@@ -237,6 +240,11 @@ def test_sidebar_in_jupyterlab(lab):
             page.locator('.mlnb-models tr[data-alias="champion"] .mlnb-tag', has_text=champ).wait_for(timeout=60 * SECONDS)
             assert st.alias('champion') == champ and 'rolled back' in page.locator('.mlnb-message').inner_text()
             page.screenshot(path=str(ARTIFACTS/'lab_rolled_back.png'))
+
+            # a click on a stage in the graph opens its notebook; its toolbar shows its state
+            page.locator('svg.mlnb-dag g.mlnb-node[data-stage="validate"]').click()
+            page.locator('.lm-TabBar-tab', has_text='validate.ipynb').wait_for(timeout=30 * SECONDS)
+            page.locator('.jp-NotebookPanel:visible .mlnb-toolbar-state[data-state="up to date"]', has_text='validate').wait_for(timeout=30 * SECONDS)
         except Exception:
             page.screenshot(path=str(ARTIFACTS/'lab_failure.png'))
             raise

@@ -15,7 +15,7 @@ import { Widget } from '@lumino/widgets';
 
 interface IStage {
   stage: string; state: string; why: string[]; needs: string[]; depth: number; path: string | null; executed: string | null;
-  run_id: string | null; seconds: number | null; cell: number | null; error: string | null; last_run: string | null;
+  run_id: string | null; seconds: number | null; cell: number | null; error: string | null; last_run: string | null; from_run: string | null;
 }
 interface IJob { id: string; status: string; stage: string | null; from: string | null; seconds: number; output: string[] }
 interface IState { project: string; settings: string; stages: IStage[]; ms: number; jobs: IJob[] }
@@ -65,7 +65,7 @@ function describe(s: IStage): string {
   if (s.state === 'stale') return (s.why.length ? s.why.join(', ') + ' changed' : 'will run') + (s.last_run ? ` since run ${s.last_run}` : '');
   if (s.state === 'running') return `running for ${Math.round(s.seconds || 0)}s in run ${s.run_id}`;
   if (s.state === 'failed') return `run ${s.run_id}`;
-  return s.last_run ? `as run ${s.last_run} left it` : '';
+  return s.from_run ? `outputs of run ${s.from_run}` : '';
 }
 
 /** Fetches a project's state; tells every view when it changed (a save, a job, a refresh). */
@@ -120,7 +120,7 @@ class PipelinePanel extends Widget {
       this.q('.mlnb-project').textContent = (e as Error).message;
     } finally {
       this.busy = false;
-      this.schedule(running ? 1000 : 5000);
+      this.schedule(running ? 1000 : 15000);     // idle: a save, a click or a focus change refreshes sooner
     }
   }
 
@@ -168,7 +168,8 @@ class PipelinePanel extends Widget {
       const from = button('run from here', () => void this.start({ from: s.stage }), 'mlnb-run-from');
       run.disabled = from.disabled = !!running;
       row.append(el('div'), run, from);
-      if (s.executed) row.append(button('last run', () => this.open(s.executed), 'mlnb-open-executed'));
+      const executed = s.executed;                                              // the executed copy, rendered by the server (it sits in the hidden workspace)
+      if (executed) row.append(button('last run', () => void window.open(fileUrl(st.settings, executed), '_blank'), 'mlnb-open-executed'));
       return row;
     }));
     const jobs = this.q('.mlnb-jobs');
@@ -217,13 +218,13 @@ class PipelinePanel extends Widget {
   /** Stages in rows by depth, edges from each stage to those that need it. */
   private drawDag(stages: IStage[]) {
     const svg = this.q('.mlnb-dag');
-    const W = 120, H = 30, GX = 14, GY = 22;
+    const W = 150, H = 30, GX = 14, GY = 22;
     const rows: { [d: number]: IStage[] } = {};
     stages.forEach(s => (rows[s.depth] = rows[s.depth] || []).push(s));
     const widest = Math.max(...Object.values(rows).map(r => r.length));
-    const width = widest * (W + GX), pos: { [n: string]: [number, number] } = {};
+    const width = widest * (W + GX) + 50, pos: { [n: string]: [number, number] } = {};
     for (const [d, row] of Object.entries(rows)) {
-      const left = (width - row.length * (W + GX)) / 2;
+      const left = (width - 50 - row.length * (W + GX)) / 2;
       row.forEach((s, i) => (pos[s.stage] = [left + i * (W + GX) + GX / 2, Number(d) * (H + GY) + 4]));
     }
     const height = (Math.max(...stages.map(s => s.depth)) + 1) * (H + GY);
@@ -236,9 +237,14 @@ class PipelinePanel extends Widget {
     marker.append(mk('path', { d: 'M0,0 L10,5 L0,10 z', fill: '#888' }));
     defs.append(marker);
     const parts: Element[] = [defs];
+    const depth: { [n: string]: number } = {};
+    stages.forEach(s => (depth[s.stage] = s.depth));
     for (const s of stages) for (const n of s.needs) {
       const [x1, y1] = pos[n], [x2, y2] = pos[s.stage];
-      parts.push(mk('path', { class: 'mlnb-edge', d: `M${x1 + W / 2},${y1 + H} C${x1 + W / 2},${y1 + H + GY / 2} ${x2 + W / 2},${y2 - GY / 2} ${x2 + W / 2},${y2}` }));
+      const d = depth[s.stage] - depth[n] > 1                                // skips a level: round the stages between, on the right
+        ? `M${x1 + W},${y1 + H / 2} C${x1 + W + 40},${y1 + H / 2} ${x2 + W + 40},${y2 + H / 2} ${x2 + W},${y2 + H / 2}`
+        : `M${x1 + W / 2},${y1 + H} C${x1 + W / 2},${y1 + H + GY / 2} ${x2 + W / 2},${y2 - GY / 2} ${x2 + W / 2},${y2}`;
+      parts.push(mk('path', { class: 'mlnb-edge', 'data-from': n, 'data-to': s.stage, d }));
     }
     for (const s of stages) {
       const [x, y] = pos[s.stage];
