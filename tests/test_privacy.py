@@ -283,3 +283,60 @@ def test_encryption_at_rest_and_key_rotation(tmp_path):
     erasure.rotate_keys(p)                                                                 # key 1 retired now
     with pytest.raises(Exception): privacy.read_parquet(f, keys=privacy.Keys(keys.pseudonym, {1: keys.data[1]}))
     assert keys.data[1].hex() not in (p.workspace/'data.key').read_text()
+
+
+# ---------------------------------------------------------------- the real server
+
+def hooked() -> bool:
+    "Whether the service uses the token checker and the cipher (REQUESTS.md 5-8)."
+    import inspect
+    from mlnb import serve, service
+    return 'TokenChecker' in inspect.getsource(service) and 'use_keys' in inspect.getsource(service) and 'KEY_ENV' in inspect.getsource(serve)
+
+
+@pytest.fixture(scope='module')
+def own_project(request, tmp_path_factory):
+    "A copy of the session's packaged project, so tokens and keys made here reach no other test's server."
+    import shutil
+    from conftest import mlnb
+    if not hooked(): pytest.skip("the service does not use privacy.TokenChecker / use_keys yet (REQUESTS.md 5-8)")
+    root, _ = request.getfixturevalue('project')
+    mlnb('package', cwd=root)
+    copy = tmp_path_factory.mktemp('priv')/'shop'
+    shutil.copytree(root, copy, symlinks=True)
+    return copy
+
+
+def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project):
+    "`mlnb serve` with two tokens and encryption on: 401/403/429 by token, revocation live, the log holds the token id and sealed features."
+    import requests
+    from test_serve import holdout_X, mlnb_serve
+    from mlnb.core import free_port
+    p = load_project(own_project)
+    st = Store(p.store_url)
+    pid, ptok = privacy.add_token(st, 'app', ['predict'], rate=5)
+    fid, ftok = privacy.add_token(st, 'labels', ['feedback'])
+    os.environ['MLNB_ENCRYPT'] = 'on'                                # the served process encrypts (its environment comes from ours)
+    try: proc, url = mlnb_serve(own_project, free_port())
+    finally: os.environ.pop('MLNB_ENCRYPT')
+    try:
+        record = holdout_X(p).iloc[0].to_dict()
+        post = lambda path, tok, body: requests.post(url + path, json=body, headers={'Authorization': f'Bearer {tok}'} if tok else {}, timeout=30)
+        assert post('/predict', None, {'record': record}).status_code == 401
+        r = post('/predict', ptok, {'record': record})
+        assert r.status_code == 200, r.text
+        rid = r.json()['request_id']
+        assert post('/feedback', ptok, {'request_id': rid, 'label': 1}).status_code == 403
+        codes = [post('/predict', ptok, {'record': record}).status_code for _ in range(12)]
+        assert 429 in codes and codes.count(200) >= 4
+        assert post('/feedback', ftok, {'request_id': rid, 'label': 1}).status_code == 200
+        privacy.revoke_token(st, fid)
+        time.sleep(3)
+        assert post('/feedback', ftok, {'request_id': rid, 'label': 0}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    raw = sa.create_engine(p.store_url).connect().execute(sa.text("SELECT token_id, inputs FROM predictions WHERE request_id = :r"), {'r': rid}).one()
+    assert raw[0] == pid and '"sealed"' in raw[1] and str(round(next(iter(record.values())), 3)) not in raw[1]
+    privacy.use_keys(p)
+    assert st.read(sa.select(predictions.c.inputs).where(predictions.c.request_id == rid))[0]['inputs'].keys() == record.keys()
