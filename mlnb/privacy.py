@@ -197,12 +197,13 @@ def encrypting(p:Project|None) -> bool:
     return p is not None and p.sections.get('privacy', {}).get('encrypt') == 'on'
 
 def use_keys(project=None, keys:Keys|None=None, encrypt:bool|None=None) -> FieldCipher|None:
-    "Install this process's cipher from `project`'s keys (or `$MLNB_DATA_KEY`): sealed payloads open on read, and seal on write when encrypting."
+    "Install this process's cipher from `project`'s keys (or `$MLNB_DATA_KEY`): sealed payloads open on read, and seal on write when encrypting (None: no keys yet, nothing to do)."
     from mlnb.store import CIPHER
     p = load_project(project) if project is not None else None
-    if keys is None and p is None and not os.environ.get(KEY_ENV): return None
-    keys = keys or project_keys(p)
-    CIPHER['on'] = FieldCipher(keys, encrypting(p) if encrypt is None else encrypt)
+    enc = encrypting(p) if encrypt is None else encrypt
+    if keys is None and not os.environ.get(KEY_ENV):
+        if p is None or (not enc and not key_file(p).is_file()): return None     # nothing sealed to open, nothing to seal: no key file made
+    CIPHER['on'] = FieldCipher(keys or project_keys(p), enc)
     return CIPHER['on']
 
 def subject_of(value) -> str|None:
@@ -216,7 +217,7 @@ def drop_keys():
     from mlnb.store import CIPHER
     CIPHER.pop('on', None)
 
-# %% ../nbs/02a_privacy.ipynb #2c272798
+# %% ../nbs/02a_privacy.ipynb #3544c384
 def _kms_base():
     return need('pyarrow.parquet.encryption', 'pyarrow').KmsClient
 
@@ -242,7 +243,7 @@ def crypto_factory(keys:Keys):
     Kms = kms_client(keys)
     return pe.CryptoFactory(lambda config: Kms(config))
 
-# %% ../nbs/02a_privacy.ipynb #8f8159d8
+# %% ../nbs/02a_privacy.ipynb #7ae8dc21
 def encryption_properties(keys:Keys):
     "Parquet `FileEncryptionProperties`: every column and the footer encrypted under the current data key."
     pe = need('pyarrow.parquet.encryption', 'pyarrow')
@@ -292,7 +293,7 @@ def parquet_file(path, project=None, keys:Keys|None=None, **kwargs):
     if not is_encrypted(path): return pq.ParquetFile(path, **kwargs)
     return _opened(path, reading_keys(project, keys), lambda d: pq.ParquetFile(path, decryption_properties=d, **kwargs))
 
-# %% ../nbs/02a_privacy.ipynb #2c0bd963
+# %% ../nbs/02a_privacy.ipynb #f33ce683
 SCOPES = ('predict', 'feedback', 'admin')
 PATH_SCOPE = {'/predict': 'predict', '/predict_batch': 'predict', '/explain': 'predict', '/feedback': 'feedback'}
 TOKEN = contextvars.ContextVar('mlnb_token', default=None)   # the id of the token of the request being answered
@@ -327,7 +328,7 @@ def revoke_token(store:Store, which:str) -> str:
     store.audit('token revoke', rows[0]['id'])
     return rows[0]['id']
 
-# %% ../nbs/02a_privacy.ipynb #23c43185
+# %% ../nbs/02a_privacy.ipynb #259bffb2
 class Bucket:
     "A token bucket: `rate` a second, bursts of `max(1, rate)`."
     def __init__(self, rate:float): self.rate, self.cap = rate, max(1.0, rate); self.left, self.at = self.cap, time.monotonic()
@@ -338,7 +339,7 @@ class Bucket:
         if self.left >= 1: self.left -= 1; return 0.0
         return (1 - self.left) / self.rate
 
-# %% ../nbs/02a_privacy.ipynb #89e3b4d2
+# %% ../nbs/02a_privacy.ipynb #3641eb9e
 log = logging.getLogger('bentoml.mlnb')
 
 class TokenChecker:
@@ -376,7 +377,7 @@ class TokenChecker:
         "Whether requests need a token: a token was ever made (revoked ones count), or `MLNB_API_TOKEN` is set."
         return bool(self.legacy) or self.known is None or self.any
 
-# %% ../nbs/02a_privacy.ipynb #b168e574
+# %% ../nbs/02a_privacy.ipynb #9a31e0f7
 def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
     "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate, 503 tokens unknown."
     if not self.active: return 0, ''
@@ -400,7 +401,7 @@ def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
 
 TokenChecker.check = check
 
-# %% ../nbs/02a_privacy.ipynb #b2f8bd8e
+# %% ../nbs/02a_privacy.ipynb #eb12cba3
 def _project_of(a) -> Project:
     from mlnb.pipeline import find_settings
     return load_project(Path(a.project) if a.project else find_settings())
