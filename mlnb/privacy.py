@@ -295,7 +295,8 @@ def parquet_file(path, project=None, keys:Keys|None=None, **kwargs):
 
 # %% ../nbs/02a_privacy.ipynb #f33ce683
 SCOPES = ('predict', 'feedback', 'admin')
-PATH_SCOPE = {'/predict': 'predict', '/predict_batch': 'predict', '/explain': 'predict', '/feedback': 'feedback'}
+PATH_SCOPE = {'/predict': 'predict', '/predict_batch': 'predict', '/explain': 'predict', '/feedback': 'feedback',
+              '/docs.json': 'any', '/docs': 'any', '/': 'any'}          # the API's description: any live token; other paths: admin
 TOKEN = contextvars.ContextVar('mlnb_token', default=None)   # the id of the token of the request being answered
 
 def token_hash(token:str) -> str: return hashlib.sha256(token.encode()).hexdigest()
@@ -390,7 +391,7 @@ def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
         return 401, 'authorization: a valid bearer token is required: Authorization: Bearer <token> (`mlnb token add`)'
     need_ = PATH_SCOPE.get(path, 'admin')
     scopes = row['scopes'].split()
-    if need_ not in scopes and 'admin' not in scopes: return 403, f"authorization: token {row['id']} has scope {', '.join(scopes)}, not {need_} (needed for {path})"
+    if need_ not in (*scopes, 'any') and 'admin' not in scopes: return 403, f"authorization: token {row['id']} has scope {', '.join(scopes)}, not {need_} (needed for {path})"
     if row['rate']:
         with self.lock:
             b = self.buckets.setdefault(row['id'], Bucket(row['rate']))
