@@ -303,6 +303,19 @@ def test_two_servers_of_one_project_keep_their_own_metrics(served):
     assert not second.home.exists() and (p.workspace/'bentoml'/'models').is_dir()     # its links went, the models stayed
 
 
+def test_a_retried_request_keeps_its_request_id_and_is_logged_once(served):
+    "A load balancer's X-Request-ID names the answer; the same request answered twice (a retry) is one row of the log."
+    p, srv = served
+    record = holdout_X(p).iloc[0].to_dict()
+    answers = [requests.post(f'{srv.url}/predict', json={'record': record}, headers={'X-Request-ID': 'lb-retry-1'}, timeout=30).json() for _ in range(2)]
+    assert [a['request_id'] for a in answers] == ['lb-retry-1'] * 2
+    odd = requests.post(f'{srv.url}/predict', json={'record': record}, headers={'X-Request-ID': 'no spaces; please'}, timeout=30).json()
+    assert len(odd['request_id']) == 32                                    # not an id's form: a fresh one
+    st, deadline = Store(p.store_url), time.time() + 30
+    while time.time() < deadline and not st.read(sa.select(predictions).where(predictions.c.request_id == odd['request_id'])): time.sleep(0.3)
+    assert len(st.read(sa.select(predictions).where(predictions.c.request_id == 'lb-retry-1'))) == 1
+
+
 def test_prediction_log_is_complete_after_sigterm(served, challenger):
     "Every prediction and label reaches the store, including the ones still queued when SIGTERM arrives."
     p, srv = served
@@ -879,3 +892,4 @@ def test_sigterm_drains_keep_alive_traffic_without_a_reset(packaged):
     assert closing and 503 in ready and ready[0] == 200, (len(closing), sorted(set(ready)))
     st = Store(p.store_url)
     assert len(st.read(sa.select(predictions.c.request_id).where(predictions.c.request_id.in_(ids)))) == len(ids)
+
