@@ -24,9 +24,11 @@ def subject_column(p:Project) -> str:
     if not col: raise ConfigError("no subject column: set `subject = COLUMN` (the column naming whom a row is about)", p.path, 'data', 'subject')
     return col
 
-def subject_keys(subject, keys:Keys) -> set[str]:
-    "What a subject's rows hold in the subject column: the id as given, and its pseudonym."
-    return {_norm(subject), pseudonym(subject, keys)}
+def subject_keys(subject, keys:Keys) -> tuple[str, set[str]]:
+    "The subject's pseudonym, and what their rows may hold in the subject column: the id as given, and that pseudonym."
+    if re.fullmatch(r'[0-9a-f]{32}', _norm(subject)): return _norm(subject), {_norm(subject)}
+    pid = pseudonym(subject, keys)
+    return pid, {_norm(subject), pid}
 
 # %% ../nbs/13a_erasure.ipynb #66b6de16
 def subject_requests(st:Store, col:str, wanted:set) -> list[str]:
@@ -146,8 +148,8 @@ def forget(project, subject) -> Erasure:
     p = load_project(project)
     col, keys = subject_column(p), project_keys(p)
     use_keys(p)
-    st, wanted = Store(p.store_url), subject_keys(subject, keys)
-    e = Erasure(pseudonym(subject, keys))
+    st, (pid, wanted) = Store(p.store_url), subject_keys(subject, keys)
+    e = Erasure(pid)
     ids = subject_requests(st, col, wanted)
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -178,7 +180,7 @@ def export_subject(project, subject) -> dict:
     p = load_project(project)
     col, keys = subject_column(p), project_keys(p)
     use_keys(p)
-    st, wanted = Store(p.store_url), subject_keys(subject, keys)
+    st, (pid, wanted) = Store(p.store_url), subject_keys(subject, keys)
     ids = subject_requests(st, col, wanted)
     preds = st.read(sa.select(predictions).where(predictions.c.request_id.in_(ids))) if ids else []
     labels = st.read(sa.select(feedback).where(feedback.c.request_id.in_(ids))) if ids else []
@@ -190,8 +192,8 @@ def export_subject(project, subject) -> dict:
         if col not in t.schema.names: continue
         rows = t.filter(need('pyarrow').array(_mask(t, col, wanted))).to_pylist()
         if rows: files[str(f.relative_to(p.root) if p.root in f.parents else f)] = rows
-    st.audit('export-subject', pseudonym(subject, keys), {'predictions': len(preds), 'feedback': len(labels), 'files': len(files)})
-    return json.loads(json.dumps({'subject': str(subject), 'pseudonym': pseudonym(subject, keys), 'exported': utcnow(),
+    st.audit('export-subject', pid, {'predictions': len(preds), 'feedback': len(labels), 'files': len(files)})
+    return json.loads(json.dumps({'subject': str(subject), 'pseudonym': pid, 'exported': utcnow(),
                                   'predictions': preds, 'feedback': labels, 'rows': files}, default=str))
 
 # %% ../nbs/13a_erasure.ipynb #7c2f7c81
