@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 unexport PYTHONDONTWRITEBYTECODE
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test vendor chromium services check-export export-only nbtest pytest bench docs export
+.PHONY: demo test vendor chromium services labextension check-export export-only nbtest pytest bench docs export
 
 $(STAMP): pyproject.toml
 	@echo "== setting up $(VENV) (first run, or pyproject.toml changed)"
@@ -74,6 +74,12 @@ services:
 	@missing=$$(for s in $(SERVICES); do command -v $${s%%:*} >/dev/null || echo $${s#*:}; done | sort -u | tr "\n" " "); \
 	if [ -n "$$missing" ]; then echo "== installing Debian's $$missing for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+# The JupyterLab sidebar's TypeScript (labextension/) is built into mlnb/labextension/, which is committed and shipped:
+# `make demo` and `make test` never need Node. After editing labextension/src, `make labextension` rebuilds it.
+labextension: mlnb/labextension/package.json
+mlnb/labextension/package.json: labextension/package.json labextension/src/*.ts labextension/style/*.css
+	cd labextension && ../$(BIN)/jlpm install --immutable && ../$(BIN)/jlpm build
 
 # mlnb/ and README.md are generated from nbs/: fail when regenerating them would change them.
 check-export: $(STAMP)
