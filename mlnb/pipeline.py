@@ -17,10 +17,10 @@ from .config import Project, load_project, parse_value, topo_order
 __all__ = ['RECORD', 'WHY', 'PRELOAD', 'ZYGOTE', 'ICONS', 'TRIAL_KEYS', 'HEARTBEAT', 'HEADLINE', 'StageContext', 'find_settings',
            'ancestors', 'descendants', 'select', 'with_overrides', 'parse_sweep', 'base_name', 'expand_sweep',
            'notebook_params', 'stage_parameters', 'check_params', 'params_line', 'content_hash', 'project_inputs',
-           'param_files', 'key_parts', 'cache_key', 'cached_outputs', 'StageState', 'changed', 'last_success', 'decide',
-           'plan', 'plan_lines', 'StageResult', 'off_worker_threads', 'execute_stage', 'kernel_env', 'KernelPool',
-           'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress', 'columns_lines', 'search_line',
-           'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
+           'data_settings', 'param_files', 'key_parts', 'cache_key', 'cached_outputs', 'StageState', 'changed',
+           'last_success', 'decide', 'plan', 'plan_lines', 'StageResult', 'off_worker_threads', 'execute_stage',
+           'kernel_env', 'KernelPool', 'shutdown', 'zygote_serve', 'Zygote', 'progress_line', 'TerminalProgress',
+           'columns_lines', 'search_line', 'RunResult', 'Terminated', 'signals_interrupt', 'run', 'runs_frame', 'dag']
 
 # %% ../nbs/08_pipeline.ipynb #0068ac11
 RECORD = '_record.json'
@@ -199,8 +199,14 @@ def project_inputs(p:Project) -> dict:
     from mlnb.ingest import source_kind
     src, kind = p.data['source'], source_kind(p.data['source'])
     local = kind == 'file' and '://' not in src
-    return {'data': p.data, 'source_file': content_hash(p.resolve(src), p.workspace/'cache'/'file_hashes.json') if local else None,
+    return {'data': data_settings(p), 'source_file': content_hash(p.resolve(src), p.workspace/'cache'/'file_hashes.json') if local else None,
             'uncacheable': kind in ('sql', 'api')}
+
+def data_settings(p:Project) -> dict:
+    "The project's [data] settings that differ from their defaults: a setting a newer mlnb adds (at its default) re-runs nothing."
+    from mlnb.config import SETTINGS
+    default = {s.key: s.default for s in SETTINGS if s.section == 'data'}
+    return {k: v for k, v in p.data.items() if k not in default or v != default[k]}
 
 def param_files(p:Project, name:str) -> dict:
     "`{param: content hash}` for each parameter of stage `name` that names a file in the project (None if not there yet)."

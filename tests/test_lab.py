@@ -13,7 +13,24 @@ ARTIFACTS = Path(__file__).parent/'artifacts'
 EXTENSION = Path(__file__).parents[1]/'mlnb'/'labextension'
 CONFIG = Path(__file__).parents[1]/'labextension'/'jupyter-config'/'mlnb.json'
 SECONDS = 1000                  # Playwright counts milliseconds
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+
+def sources_hash(folder:Path) -> str:
+    "SHA-256 of the sidebar's sources, as labextension/scripts/stamp.js writes it beside the build."
+    import hashlib
+    h = hashlib.sha256()
+    for d in ('src', 'style'):
+        for f in sorted(os.listdir(folder/d)): h.update(f'{d}/{f}\n'.encode()); h.update((folder/d/f).read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.timeout(10)
+def test_shipped_build_matches_its_sources():
+    "The prebuilt sidebar in mlnb/labextension was built from the TypeScript and CSS in labextension/ as they are now."
+    assert (EXTENSION/'package.json').is_file() and list((EXTENSION/'static').glob('remoteEntry.*.js'))
+    assert (EXTENSION/'source.sha256').read_text().strip() == sources_hash(CONFIG.parents[1]), \
+        "labextension/src or style changed since the build: cd labextension && jlpm install && jlpm build"
 
 
 def free_port() -> int:
@@ -114,6 +131,8 @@ def post(lab, route:str, body:dict, ok:bool=True):
     return r
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_api_auth_states_and_cancel(lab):
     "Jupyter's auth and XSRF guard the routes; the states come fast and match the store; a background run is cancelled cleanly."
     import psutil
@@ -160,6 +179,8 @@ def test_api_auth_states_and_cancel(lab):
     assert {x['state'] for x in get(lab, 'state', path='shop')['stages']} == {'up to date'}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sidebar_in_jupyterlab(lab):
     """The sidebar shows the DAG up to date; an edit saved in the train notebook turns train and evaluate stale; run from here re-runs only
     those; a failing stage shows failed with its cell; promote and rollback move the champion."""

@@ -150,6 +150,8 @@ def test_stale_stages_are_exactly_what_run_executes(tmp_path):
     check({'a': ['data'], 'b': ['data', 'upstream'], 'c': ['data', 'upstream']}, 40)
     for f in ('data.csv', 'a.ipynb', 'b.ipynb', 'factor.txt'): os.utime(tmp_path/f, ns=(10**18, 10**18))   # a touch: nothing
     check({})
+    s.write_text(s.read_text().replace('target = x\n', 'target = x\ntask = auto\nsample = 0\n'))   # [data] settings written at their defaults: nothing
+    check({})
     last = _store(tmp_path).get_run()
     shutil.rmtree(last['stages']['a']['out_dir'])                            # a deleted output: a runs again, writes the same bytes, b and c stay cached
     check({'a': ['outputs']})
