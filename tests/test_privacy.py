@@ -17,6 +17,7 @@ CLI = ('import sys, mlnb.cli as c; c.COMMAND_MODULES = tuple(dict.fromkeys((*c.C
        'sys.exit(c.main(sys.argv[1:]))')
 SUBJECT = 'CUST-7734-ANN'                       # distinctive, so a text search for it means something
 EMAIL = 'ann.example.7734@example.com'
+NOTE = 'zq-only-in-the-subjects-requests'          # a feature value only the subject's logged requests hold
 
 
 def cli(*args, env=None):
@@ -186,7 +187,8 @@ def populate(p):
     st.record('r1', 'ingest', artifacts_={'snapshot': (snap.path, __import__('mlnb.core', fromlist=['x']).hash_file(snap.path), snap.path.stat().st_size)})
     st.add_model('shop:1', 'r1', snap.hash, {'accuracy': 0.9})
     ann = privacy.pseudonym(SUBJECT, keys)
-    rows = [dict(request_id=f'q{i}', model_tag='shop:1', inputs={'customer': ann if i % 3 == 0 else f'other{i}', 'spend': float(i)},
+    rows = [dict(request_id=f'q{i}', model_tag='shop:1', inputs={'customer': ann if i % 3 == 0 else f'other{i}', 'spend': float(i),
+                                                                 'note': NOTE if i % 3 == 0 else 'plain'},
                  output={'label': i % 2}, created=utcnow() - timedelta(days=i * 10), subject=ann if i % 3 == 0 else None) for i in range(12)]
     rows.append(dict(request_id='raw', model_tag='shop:1', inputs={'customer': SUBJECT, 'spend': 1.0}, output={'label': 1}, created=utcnow(), subject=None))
     st.write(predictions.insert(), rows)
@@ -245,6 +247,10 @@ def test_forget_export_and_purge(store_url, tmp_path):
     text = everything_but_the_audit(p, st)
     assert SUBJECT not in text and ann not in text and EMAIL not in text
     assert ann in json.dumps(st.read(sa.select(audit_log)), default=str)                   # the one place it stays
+    if st.engine.dialect.name == 'sqlite':                                                   # nor in the file's free pages or its WAL
+        db = Path(st.engine.url.database)
+        assert all(NOTE.encode() not in f.read_bytes() for f in db.parent.glob(db.name + '*'))
+    assert erasure.traces(p, SUBJECT) == []
     assert st.verify_audit()[0] == []
     from mlnb.registry import verified
     assert verified(st, 'r1', 'ingest', 'snapshot') == snap.path                             # the artifact record follows the rewrite
