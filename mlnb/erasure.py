@@ -14,8 +14,8 @@ from .privacy import parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_f
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'UNITS', 'subject_column', 'subject_keys', 'subject_requests', 'parquet_files', 'rewrite_without',
-           'Erasure', 'text_files', 'redact_text', 'forget', 'export_subject', 'duration', 'purge', 'rotate_keys',
-           'cmd_forget', 'cmd_export_subject', 'cmd_purge', 'cmd_keys', 'add_commands']
+           'Erasure', 'text_files', 'redact_text', 'scrub', 'forget', 'traces', 'export_subject', 'duration', 'purge',
+           'rotate_keys', 'cmd_forget', 'cmd_export_subject', 'cmd_purge', 'cmd_keys', 'add_commands']
 
 # %% ../nbs/13a_erasure.ipynb #d4249310
 def subject_column(p:Project) -> str:
@@ -88,8 +88,10 @@ class Erasure:
     snapshots: dict = field(default_factory=dict) # old hash -> new hash
     redacted: list = field(default_factory=list)  # text files the pseudonym was cut from
     models: list = field(default_factory=list)    # model tags trained on data that held the subject: due for retraining
+    left: list = field(default_factory=list)      # where `traces` still finds the subject (models to retrain)
     def _repr_markdown_(self):
         due = f"; **retrain** {', '.join(self.models)}" if self.models else ''
+        due += f"; still in {', '.join(self.left)}" if self.left else ''
         return (f"forgot subject `{self.pseudonym[:8]}…`: {self.predictions} predictions, {self.feedback} labels, "
                 f"{sum(self.files.values())} rows in {len(self.files)} Parquet files ({len(self.snapshots)} snapshots rewritten), "
                 f"{len(self.redacted)} text files redacted{due}")
@@ -119,7 +121,17 @@ def redact_text(files, needles:list[str]) -> list[Path]:
             changed.append(f)
     return changed
 
-# %% ../nbs/13a_erasure.ipynb #0eda2beb
+# %% ../nbs/13a_erasure.ipynb #efe90c2a
+def scrub(st) -> bool:
+    "Make a SQLite store's deleted rows unrecoverable from its files: VACUUM, then truncate the WAL (False: another process kept a snapshot open)."
+    if st.engine.dialect.name != 'sqlite': return False
+    with st.engine.connect() as c:
+        c = c.execution_options(isolation_level='AUTOCOMMIT')
+        c.exec_driver_sql('VACUUM')
+        busy = c.exec_driver_sql('PRAGMA wal_checkpoint(TRUNCATE)').first()[0]
+    return not busy
+
+# %% ../nbs/13a_erasure.ipynb #88120f9a
 def _due_models(st:Store, old_hashes:list[str]) -> list[str]:
     "Models trained on one of `old_hashes` (recorded as their data hash, or their run's)."
     import sqlalchemy as sa
@@ -140,7 +152,7 @@ def _relink(st:Store, path:Path, old:str|None, new:str|None):
             st.add_snapshot(new, r['path'], r['source'], parquet_file(path).metadata.num_rows, r['columns'], r['run_id'])
     st.write(artifacts.update().where(artifacts.c.path.in_(same)).values(sha256=hash_file(path), size=path.stat().st_size))
 
-# %% ../nbs/13a_erasure.ipynb #af885587
+# %% ../nbs/13a_erasure.ipynb #7201c2ff
 def forget(project, subject) -> Erasure:
     "Erase `subject` (an id of the `[data] subject` column, as given or pseudonymized) from the log, the labels and every file of the project."
     import sqlalchemy as sa
@@ -154,6 +166,7 @@ def forget(project, subject) -> Erasure:
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         with st.engine.begin() as c:
+            if st.engine.dialect.name == 'sqlite': c.exec_driver_sql('PRAGMA secure_delete = ON')   # the freed bytes zeroed, not left in free pages
             e.feedback += c.execute(feedback.delete().where(feedback.c.request_id.in_(chunk))).rowcount
             e.predictions += c.execute(predictions.delete().where(predictions.c.request_id.in_(chunk))).rowcount
     for f in parquet_files(p):
@@ -168,11 +181,49 @@ def forget(project, subject) -> Erasure:
     tag = pseudonym('erased:' + e.pseudonym, keys)          # lets a second forget of the same subject be recognised, without naming them
     st.write(erasures.insert().values(created=utcnow(), subject=tag, rows={'predictions': e.predictions, 'feedback': e.feedback, 'files': e.files},
                                       snapshots=e.snapshots, models=e.models))
+    e.left = traces(p, e.pseudonym)
     st.audit('forget', e.pseudonym, {'predictions': e.predictions, 'feedback': e.feedback, 'files': len(e.files),
-                                     'snapshots': e.snapshots, 'retrain': e.models})
+                                     'snapshots': e.snapshots, 'retrain': e.models, 'left': e.left})
+    scrub(st)                                               # last: the deleted rows' bytes leave the SQLite file and its WAL
     return e
 
-# %% ../nbs/13a_erasure.ipynb #3dbe13a1
+# %% ../nbs/13a_erasure.ipynb #5388cf87
+def _search_tables(st, needles:list[bytes]) -> list[str]:
+    import sqlalchemy as sa
+    from mlnb.store import meta
+    found = []
+    for t in meta.sorted_tables:
+        if t.name in ('audit', 'audit_head'): continue
+        with st.engine.connect() as c:
+            for row in c.execution_options(yield_per=2000).execute(sa.select(t)):
+                text = json.dumps(dict(row._mapping), default=str).encode()
+                if any(n in text for n in needles): found.append(f"table {t.name}"); break
+    return found
+
+def _search_files(p:Project, needles:list[bytes], keys:Keys, skip:set) -> list[str]:
+    found = []
+    for f in sorted(x for x in p.root.rglob('*') if x.is_file() and '.git' not in x.parts and x.name not in skip):
+        if f.suffix == '.parquet':
+            try: data = read_parquet(f, keys=keys).to_pandas().to_csv().encode()
+            except Exception: data = f.read_bytes()
+        else: data = f.read_bytes()
+        if any(n in data for n in needles): found.append(str(f.relative_to(p.root)))
+    return found
+
+def traces(project, subject) -> list[str]:
+    "Where the project still holds `subject` (its id or pseudonym): tables but the audit trail, and files."
+    p = load_project(project)
+    keys = project_keys(p)
+    use_keys(p)
+    from mlnb.store import Store, sqlite_file
+    pid, wanted = subject_keys(subject, keys)
+    needles = [w.encode() for w in wanted if len(w) >= 6]       # a short id would match unrelated bytes
+    st = Store(p.store_url)
+    db = sqlite_file(st.engine)                                  # searched through SQL above: its bytes hold the audit trail
+    skip = {f'{db.name}{x}' for x in ('', '-wal', '-shm', '-journal')} | {f'.{db.name}.checked'} if db else set()
+    return _search_tables(st, needles) + _search_files(p, needles, keys, skip)
+
+# %% ../nbs/13a_erasure.ipynb #928bdb92
 def export_subject(project, subject) -> dict:
     "All that the project holds about `subject`: predictions, labels and Parquet rows, JSON-ready."
     import sqlalchemy as sa
@@ -196,7 +247,7 @@ def export_subject(project, subject) -> dict:
     return json.loads(json.dumps({'subject': str(subject), 'pseudonym': pid, 'exported': utcnow(),
                                   'predictions': preds, 'feedback': labels, 'rows': files}, default=str))
 
-# %% ../nbs/13a_erasure.ipynb #7c2f7c81
+# %% ../nbs/13a_erasure.ipynb #ad25727e
 UNITS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 
 def duration(text:str, where=()) -> timedelta:
@@ -221,7 +272,7 @@ def purge(project, older_than:str|None=None, now=None) -> dict:
     st.audit('purge', text, {**out, 'before': cut.isoformat()})
     return out
 
-# %% ../nbs/13a_erasure.ipynb #49caeed7
+# %% ../nbs/13a_erasure.ipynb #be444c25
 def _reseal_log(st:Store, keys:Keys, encrypt:bool) -> int:
     "Re-seal every prediction payload not sealed with the current key of `keys` (plain ones too when `encrypt`); returns how many."
     import sqlalchemy as sa
@@ -275,13 +326,18 @@ def rotate_keys(project) -> dict:
     st.audit('keys rotate', f'data key {ring.current}', out)
     return out
 
-# %% ../nbs/13a_erasure.ipynb #e05acebd
+# %% ../nbs/13a_erasure.ipynb #38704e40
 def _project_of(a) -> Project:
     from mlnb.pipeline import find_settings
     return load_project(Path(a.project) if a.project else find_settings())
 
 def cmd_forget(a):
-    "Erase a subject everywhere in the project."
+    "Erase a subject everywhere in the project (with --check: only say where they still are)."
+    if a.check:
+        left = traces(_project_of(a), a.subject)
+        if left: raise MlnbError(f"subject {a.subject} is still in: {', '.join(left)}")
+        print(f"subject {a.subject}: no trace outside the audit trail")
+        return
     e = forget(_project_of(a), a.subject)
     print(e._repr_markdown_().replace('`', '').replace('**', ''))
     for f, n in e.files.items(): print(f"  {f}: {n} rows removed")
@@ -309,6 +365,7 @@ def add_commands(add):
     "The erasure, access, retention and key commands for the `mlnb` CLI."
     sp = add('forget', cmd_forget, "erase a subject ([data] subject) from the prediction log, labels, snapshots and the workspace's files")
     sp.add_argument('subject', metavar='SUBJECT_ID')
+    sp.add_argument('--check', action='store_true', help='erase nothing: list the tables and files that still hold the subject (exit 2 if any)')
     sp = add('export-subject', cmd_export_subject, 'write all the project holds about a subject as JSON')
     sp.add_argument('subject', metavar='SUBJECT_ID')
     sp.add_argument('-o', '--output', metavar='FILE', help='the JSON file (default: standard output)')
