@@ -13,6 +13,7 @@ from .core import ConfigError, DataError, MlnbError, redact
 from .config import Project, load_project
 from .store import Store, store_at, utcnow, feedback as feedback_table, predictions
 from .monitoring import ANSWERED, DEFAULT_LAST, duration, failed
+from . import privacy
 
 # %% auto #0
 __all__ = ['SHADOW', 'METRIC_COLUMNS', 'VALUE_METRIC_COLUMNS', 'open_store', 'classes_of', 'is_value', 'as_number', 'as_class',
@@ -26,6 +27,7 @@ SHADOW = '-shadow'            # suffix of a challenger's shadow prediction of th
 def open_store(settings) -> tuple[Project, Store]:
     "The project and its store (one `Store` per URL in a process: widgets call this every few seconds)."
     p = load_project(settings)
+    privacy.use_keys(p)                   # sealed inputs (`[privacy] encrypt`) open for monitoring, labelling and retraining
     return p, store_at(p.store_url)
 
 # %% ../nbs/12_feedback.ipynb #cab2cb5e

@@ -14,9 +14,9 @@ from .store import Store, models as models_table
 
 # %% auto #0
 __all__ = ['render_service', 'bento_args', 'served_task', 'copy_package', 'BentoInfo', 'build_bento', 'package', 'post_json',
-           'port_in_use', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm', 'serve', 'check_frame',
-           'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks', 'transactional_engine', 'write_sql_chunks',
-           'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
+           'port_in_use', 'data_keys_env', 'RotatingFile', 'pump', 'Server', 'champion_bento', 'stop_on_sigterm',
+           'serve', 'check_frame', 'score_frame', 'is_sql_url', 'read_sql_chunks', 'read_chunks',
+           'transactional_engine', 'write_sql_chunks', 'write_chunks', 'ScoreResult', 'score', 'demo', 'demo_summary']
 
 # %% ../nbs/10_serve.ipynb #f7f3dc2a
 def render_service(folder) -> Path:
@@ -98,6 +98,12 @@ def port_in_use(host:str, port:int) -> bool:
         except OSError: return True
     return False
 
+def data_keys_env(p:Project) -> dict:
+    "The project's data keys for a server's environment (never a file), when it has or needs them: to seal logged inputs and open sealed ones."
+    from mlnb import privacy
+    if not (privacy.encrypting(p) or privacy.key_file(p).is_file() or os.environ.get(privacy.KEY_ENV)): return {}
+    return {privacy.KEY_ENV: privacy.key_env(privacy.project_keys(p))}
+
 class RotatingFile:
     "A log file rotated by size: past `max_bytes` it becomes `<name>.1`, the older ones moving up to `<name>.<backups>`."
     def __init__(self, path, max_bytes:int=10 * 1024 * 1024, backups:int=3):
@@ -142,7 +148,7 @@ class Server:
         "The server's environment: ours, BentoML's home, the store to log to, the model key, `[serve]`'s settings, and `env`."
         env = {**os.environ, 'BENTOML_HOME': str(self.home), 'BENTOML_DO_NOT_TRACK': 'true',
                'MLNB_STORE': self.p.store_url, 'MLNB_LOG_JOURNAL': str(self.p.workspace/'journal'),
-               KEY_ENV: model_key(self.p).hex(),
+               KEY_ENV: model_key(self.p).hex(), **data_keys_env(self.p),
                **{s.env: str(self.p.sections[s.section][s.key]) for s in SETTINGS if s.env}}   # [serve]'s keys, checked when read
         env.update({k: v for k,v in self.extra_env.items() if v is not None})
         return {k: v for k,v in env.items() if self.extra_env.get(k, '') is not None}

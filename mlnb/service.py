@@ -15,7 +15,8 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from .core import DataError, MlnbError, log_as_json
-from .store import Store, alerts, aliases, feedback, predictions, utcnow
+from .store import Store, alerts, aliases, feedback, predictions, seal, utcnow
+from . import privacy
 
 # %% auto #0
 __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'REQUEST_ID', 'REQUEST_ID_FORM', 'Key', 'log',
@@ -28,8 +29,8 @@ __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'R
            'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'answer', 'shadow', 'predict',
            'predict_batch', 'explain', 'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits',
            'load_served', 'read_aliases', 'model', 'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start',
-           'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard', 'refuse', 'closing', 'replay',
-           'read_body', 'detail_of', 'answers', 'openapi', 'docs']
+           'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard', 'refuse', 'authorize', 'closing',
+           'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
 
 # %% ../nbs/09a_service.ipynb #5d93b841
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
@@ -496,7 +497,8 @@ class PredictionLog:
         return self._store
 
     def put(self, table:str, row:dict):
-        "Journal one row for `table` and queue it; never blocks on the database."
+        "Journal one row for `table` and queue it; never blocks on the database. Inputs are sealed first when encrypting (the journal never holds them in the clear)."
+        if row.get('inputs') is not None: row = {**row, 'inputs': seal(row['inputs'])}
         if table == 'predictions': self.unwritten.add(row['request_id'])
         with self.jlock:
             self.journal.append(table, row)
@@ -790,7 +792,7 @@ def answer(self:Service, records:list, key:str|None=None, request_id:str|None=No
         if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(request_id=p.request_id, model=m.tag, status=200, latency_ms=round(ms, 3)))
         counters()['mlnb_predictions'].labels(m.tag, str(o.get('label', 'value'))).inc()
         if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
-                                                      output=o, latency_ms=ms, created=now))
+                                                      output=o, latency_ms=ms, created=now, token_id=privacy.TOKEN.get()))
         out.append(p)
     if self.settings.mode == 'shadow' and self.challenger is not None and self.challenger is not m:
         try: self.shadow_q.put_nowait((self.challenger, records, [p.request_id for p in out]))
@@ -870,7 +872,7 @@ def log_failure(self:Service, endpoint:str, status:int, detail:str, ms:float):
     "Count and log a request answered with an error: a prediction-log row whose output is `{'status', 'error'}`."
     counters()['mlnb_failed_requests'].labels(endpoint, str(status)).inc()
     if self.log: self.log.put('predictions', dict(request_id=uuid.uuid4().hex, model_tag=self.current.tag, inputs=None,
-                                                  output={'status': status, 'error': detail}, latency_ms=ms, created=utcnow()))
+                                                  output={'status': status, 'error': detail}, latency_ms=ms, created=utcnow(), token_id=privacy.TOKEN.get()))
 
 def report_failure(endpoint:str, status:int, detail:str, ms:float):
     "The Guard's hook: log a failed request with this process's service, if it has one."
@@ -994,6 +996,7 @@ def quiet_4xx(record:logging.LogRecord) -> bool:
 
 def start(cls, model, settings:Settings, types:Types, regression:bool) -> Service:
     "The service of a bento: model `model` (a BentoML model), the log, the follower and shadow threads, warming up."
+    privacy.use_keys()                    # with $MLNB_DATA_KEY: logged inputs are sealed (MLNB_ENCRYPT=on) and sealed ones open
     sys.setswitchinterval(settings.switch_interval)
     logging.getLogger('bentoml._internal.server.http_app').addFilter(quiet_4xx)      # where BentoML logs a refused request
     first = load_served(str(model.tag), types)
@@ -1068,6 +1071,7 @@ class Guard:
         env = Settings.from_env()
         self.app, self.inputs, self.failed = app, inputs or {}, failed or report_failure
         self.token = (env.token if token is None else token).encode()
+        self.tokens = privacy.TokenChecker(env.store, env.token) if env.store and token is None else None   # the project's scoped tokens
         self.max_body = env.max_body if max_body is None else max_body
         self.lines = not env.access_log if lines is None else lines
         self._openapi = None
@@ -1081,8 +1085,8 @@ class Guard:
         rid = headers.get(b'x-request-id', b'').decode('latin-1')
         REQUEST_ID.set(rid if REQUEST_ID_FORM.fullmatch(rid) else None)
         send = self.answers(scope, send, start) if api else send
-        if self.token and not hmac.compare_digest(headers.get(b'authorization', b''), b'Bearer ' + self.token):
-            return await refuse(send, 401, 'authorization: a bearer token is required: Authorization: Bearer <MLNB_API_TOKEN>')
+        status, said = self.authorize(headers, scope['path'])
+        if status: return await refuse(send, status, said)
         if scope['method'] == 'POST':
             kind = headers.get(b'content-type', b'application/json').split(b';')[0].strip()
             if kind not in (b'application/json', b''): return await refuse(send, 415, f"content-type: send application/json, not {kind.decode('latin-1')}")
@@ -1102,6 +1106,16 @@ async def refuse(send, status:int, detail:str):
     if status == 401: headers.append((b'www-authenticate', b'Bearer'))
     await send({'type': 'http.response.start', 'status': status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': body})
+
+def authorize(self:Guard, headers:dict, path:str) -> tuple[int, str]:
+    "`(0, token id)` when the request may pass, else `(status, detail)`: by the store's scoped tokens (`mlnb token add`), else `MLNB_API_TOKEN`."
+    given = headers.get(b'authorization', b'')
+    if self.tokens is not None: return self.tokens.check(given, path)
+    if self.token and not hmac.compare_digest(given, b'Bearer ' + self.token):
+        return 401, 'authorization: a bearer token is required: Authorization: Bearer <MLNB_API_TOKEN>'
+    return 0, ''
+
+Guard.authorize = authorize
 
 def closing(send):
     "`send` that tells the client this connection closes after the answer (while draining)."
@@ -1176,7 +1190,8 @@ def answers(self:Guard, scope, send, start:float):
 Guard.answers = answers
 
 # %% ../nbs/09a_service.ipynb #e7920cf6
-ERROR_STATUSES = {400: 'Bad request: the field named in detail', 401: 'No or a wrong bearer token', 404: 'No such request id',
+ERROR_STATUSES = {400: 'Bad request: the field named in detail', 401: 'No or a wrong bearer token', 403: 'The token lacks the scope of this endpoint',
+                  404: 'No such request id', 429: "Over the token's rate limit", 503: 'The API tokens cannot be read from the store yet',
                   413: 'The body is over MLNB_MAX_BODY', 415: 'Not JSON', 500: 'An error of the service'}
 
 def openapi(doc:dict, paths) -> dict:
@@ -1197,8 +1212,8 @@ def openapi(doc:dict, paths) -> dict:
 
 async def docs(self:Guard, scope, receive, send):
     "GET /docs.json: BentoML's document passed through `openapi`, made once."
-    if self.token and not hmac.compare_digest(dict(scope['headers']).get(b'authorization', b''), b'Bearer ' + self.token):
-        return await refuse(send, 401, 'authorization: a bearer token is required: Authorization: Bearer <MLNB_API_TOKEN>')
+    status, said = self.authorize(dict(scope['headers']), scope['path'])
+    if status: return await refuse(send, status, said)
     if self._openapi is None:
         got = {'parts': []}
         async def keep(msg):

@@ -14,7 +14,7 @@ from .core import DataError, MlnbError, ValidationFailed, atomic_write, need
 # %% auto #0
 __all__ = ['NUMERIC_TYPES', 'BOOL_TYPES', 'TEXT_TYPES', 'PARTIAL', 'WIDE', 'VERY_WIDE', 'BULK_KWARGS', 'RESULT_FORMAT', 'profile',
            'save_suite', 'load_suite', 'Failure', 'ValidationReport', 'bulkable', 'check_each', 'validate', 'gate',
-           'batch_suite', 'validate_batch', 'suite_path', 'expect']
+           'batch_suite', 'validate_batch', 'suite_path', 'warn_personal', 'expect']
 
 # %% ../nbs/04_validate.ipynb #e01665f0
 NUMERIC_TYPES = ([f'{p}{b}' for p in ('int', 'uint', 'Int', 'UInt') for b in (8, 16, 32, 64)] + ['float16', 'float32', 'float64', 'Float32', 'Float64']
@@ -433,6 +433,11 @@ def suite_path(p) -> Path:
     st = p.stages.get('validate')
     return p.resolve(st.params.get('suite', 'expectations/suite.json') if st else 'expectations/suite.json')
 
+def warn_personal(df:pd.DataFrame, project):
+    "Warn about each column that looks personal (e-mails, phone numbers, names) and is not in `[data] pii` or `subject`."
+    from mlnb import privacy
+    for w in privacy.personal_warnings(df, project): warnings.warn(f"mlnb: {w}", stacklevel=2)
+
 def expect(settings='settings.ini', force:bool=False) -> tuple[Path, dict]:
     "Profile the project's data into its expectation suite; returns the suite's path and the suite."
     from mlnb.config import load_project
@@ -440,5 +445,7 @@ def expect(settings='settings.ini', force:bool=False) -> tuple[Path, dict]:
     p = load_project(settings)
     path = suite_path(p)
     if path.exists() and not force: raise MlnbError(f"{path} already exists: edit it, or use --force to profile it again")
-    suite = profile(read_source(p.data, p.root), p.data['target'], p.name)
+    df = read_source(p.data, p.root)
+    warn_personal(df, p)
+    suite = profile(df, p.data['target'], p.name)
     return save_suite(suite, path), suite
