@@ -30,6 +30,7 @@ def _log(p:Project):
     "The prediction log on `p`'s store, journaled in the workspace's journal/ like `mlnb serve`'s (where the service has a journal)."
     import inspect
     from mlnb.service import PredictionLog
+    (p.workspace/'journal').mkdir(parents=True, exist_ok=True)
     journal = {'journal': str(p.workspace/'journal')} if 'journal' in inspect.signature(PredictionLog).parameters else {}
     return PredictionLog(p.store_url, **journal)
 
