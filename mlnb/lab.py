@@ -27,6 +27,11 @@ def project_of(root, path:str='') -> Path:
     raise ConfigError(f"no settings.ini in {here} or its parents up to {root} (`mlnb new DIR` makes a project)")
 
 # %% ../nbs/13b_lab.ipynb #4e9b0ece
+def _store(p):
+    "The project's store, opened (and checked) once per server process and shared by its requests."
+    from mlnb.store import store_at
+    return store_at(p.store_url)
+
 def depths(stages:dict) -> dict:
     "`{stage: depth}`: 0 for a stage that needs none, else one more than the deepest stage it needs (`stages` in run order)."
     out = {}
@@ -44,7 +49,7 @@ def pipeline_state(settings, root=None) -> dict:
     t0 = time.perf_counter()
     p = load_project(settings)
     root = root or p.root
-    states, deep = plan(settings), depths(p.stages)
+    states, deep = plan(settings, store=_store(p)), depths(p.stages)
     stages = [{**states[n].to_dict(), 'needs': s.needs, 'depth': deep[n], 'path': _rel(s.notebook, root),
                'executed': _rel(states[n].notebook or (states[n].last or {}).get('notebook'), root)} for n, s in p.stages.items()]
     return {'project': p.name, 'settings': _rel(settings, root), 'stages': stages, 'ms': round(1000 * (time.perf_counter() - t0), 1)}
@@ -52,11 +57,10 @@ def pipeline_state(settings, root=None) -> dict:
 # %% ../nbs/13b_lab.ipynb #c1b592bc
 def recent_runs(settings, root=None, limit:int=10) -> list[dict]:
     "The latest `limit` runs, newest first: id, status, when, seconds, error, and each stage's status and executed notebook."
-    from mlnb.store import Store
     p = load_project(settings)
     root = root or p.root
     out = []
-    for r in Store(p.store_url).list_runs(limit, stages=True):
+    for r in _store(p).list_runs(limit, stages=True):
         secs = (r['finished'] - r['started']).total_seconds() if r['finished'] else None
         stages = {n: {'status': s['status'], 'notebook': _rel(s['notebook'], root), 'file': s['notebook'], 'out_dir': s['out_dir'],
                       'report': _report(s['out_dir'])} for n, s in r['stages'].items()}
@@ -72,8 +76,8 @@ def _report(out_dir) -> str|None:
 def models_state(settings) -> dict:
     "The recorded models (newest first, with their metrics) and the champion and challenger aliases."
     import sqlalchemy as sa
-    from mlnb.store import Store, models
-    st = Store(load_project(settings).store_url)
+    from mlnb.store import models
+    st = _store(load_project(settings))
     ms = st.read(sa.select(models).order_by(models.c.created.desc()).limit(20))
     keep = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')
     return {'aliases': {a: st.alias_info(a) and {k: str(v) if k == 'updated' else v for k, v in st.alias_info(a).items()} for a in ('champion', 'challenger')},
@@ -230,9 +234,10 @@ def _jupyter_server_extension_points(): return [{'module': 'mlnb.lab'}]
 
 def _load_jupyter_server_extension(app):
     "Add the `/mlnb/…` routes to the running Jupyter server; stop this server's jobs with it."
-    import atexit
+    import atexit, importlib, threading
     app.web_app.add_handlers('.*$', handlers(app.web_app.settings['base_url']))
     atexit.register(stop_jobs)
+    threading.Thread(target=importlib.import_module, args=('mlnb.store',), daemon=True).start()   # SQLAlchemy (~0.5 s) before the first request, not in it
     app.log.info("mlnb: pipeline state, runs and models under %smlnb/", app.web_app.settings['base_url'])
 
 def _jupyter_labextension_paths(): return [{'src': 'labextension', 'dest': 'mlnb-lab'}]
