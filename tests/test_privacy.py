@@ -302,14 +302,14 @@ def hooked() -> bool:
 
 @pytest.fixture(scope='module')
 def own_project(request, tmp_path_factory):
-    "A copy of the session's packaged project, so tokens and keys made here reach no other test's server."
+    "A copy of the session's project, packaged, so tokens, keys and aliases made here reach no other test's server."
     import shutil
     from conftest import mlnb
     if not hooked(): pytest.skip("the service does not use privacy.TokenChecker / use_keys yet (REQUESTS.md 5-8)")
     root, _ = request.getfixturevalue('project')
-    mlnb('package', cwd=root)
     copy = tmp_path_factory.mktemp('priv')/'shop'
     shutil.copytree(root, copy, symlinks=True)
+    mlnb('package', cwd=copy)                                  # packaged here: the session's project keeps its aliases
     return copy
 
 
@@ -322,9 +322,10 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     st = Store(p.store_url)
     pid, ptok = privacy.add_token(st, 'app', ['predict'], rate=5)
     fid, ftok = privacy.add_token(st, 'labels', ['feedback'])
-    os.environ['MLNB_ENCRYPT'] = 'on'                                # the served process encrypts (its environment comes from ours)
-    try: proc, url = mlnb_serve(own_project, free_port())
-    finally: os.environ.pop('MLNB_ENCRYPT')
+    f = own_project/'settings.ini'
+    if '[privacy]' not in f.read_text(): f.write_text(f.read_text() + '\n[privacy]\nencrypt = on\n')   # the copy's own settings
+    p = load_project(own_project)
+    proc, url = mlnb_serve(own_project, free_port())
     try:
         record = holdout_X(p).iloc[0].to_dict()
         post = lambda path, tok, body: requests.post(url + path, json=body, headers={'Authorization': f'Bearer {tok}'} if tok else {}, timeout=30)
