@@ -316,6 +316,19 @@ def test_a_retried_request_keeps_its_request_id_and_is_logged_once(served):
     assert len(st.read(sa.select(predictions).where(predictions.c.request_id == 'lb-retry-1'))) == 1
 
 
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(served, tmp_path):
+    """Schemathesis over every endpoint of the OpenAPI document (200 examples each, coverage and fuzzing phases): no 5xx,
+    every answer's status, content type and body as the document says."""
+    p, srv = served
+    r = subprocess.run([str(Path(sys.executable).parent/'schemathesis'), 'run', f'{srv.url}/docs.json', '-n', '200', '--seed', '1',
+                        '--checks', 'not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance',
+                        '--request-timeout', '30', '--no-color', '--report', 'junit', '--report-dir', str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, 'SCHEMATHESIS_HOOKS': ''})
+    summary = r.stdout[r.stdout.find('SUMMARY'):]
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert 'Tested: 8' in summary and ' failed' not in summary, summary
+
+
 def test_prediction_log_is_complete_after_sigterm(served, challenger):
     "Every prediction and label reaches the store, including the ones still queued when SIGTERM arrives."
     p, srv = served
