@@ -14,8 +14,8 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log',
            'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'protect', 'looks_personal',
            'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys', 'kms_client',
            'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options', 'is_encrypted',
-           'reading_keys', 'read_parquet', 'parquet_file', 'token_hash', 'add_token', 'list_tokens', 'revoke_token',
-           'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
+           'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'token_hash', 'add_token', 'list_tokens',
+           'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -263,18 +263,28 @@ def parquet_options(project, keys:Keys|None=None, read:bool=False) -> dict:
     return {'decryption_properties': decryption_properties(keys)} if read else {'encryption_properties': encryption_properties(keys)}
 
 def is_encrypted(path) -> bool:
-    "Whether the Parquet file at `path` has an encrypted footer (magic `PARE`)."
+    "Whether the Parquet file at `path` (or a part file of the folder `path`) has an encrypted footer (magic `PARE`)."
+    path = Path(path)
+    if path.is_dir(): return any(is_encrypted(f) for f in sorted(path.rglob('*.parquet'))[:1])
     with open(path, 'rb') as f:
         f.seek(-4, 2)
         return f.read(4) == b'PARE'
 
-def reading_keys(project=None, keys:Keys|None=None) -> Keys:
-    "The keys to open an encrypted file with: `keys`, this process's cipher's, `$MLNB_DATA_KEY`, or `project`'s key file."
+def _project_above(path) -> Path|None:
+    "The settings.ini of the project folder holding `path` (a snapshot lives in its project's workspace), or None."
+    for d in Path(path).resolve().parents:
+        if (d/'settings.ini').is_file(): return d/'settings.ini'
+    return None
+
+def reading_keys(project=None, keys:Keys|None=None, path=None) -> Keys:
+    "The keys to open encrypted file `path` with: `keys`, this process's cipher's, `$MLNB_DATA_KEY`, `project`'s, or those of the project folder holding `path`."
     from mlnb.store import CIPHER
     if keys is not None: return keys
     if CIPHER.get('on') is not None: return CIPHER['on'].keys
-    if project is None and not os.environ.get(KEY_ENV): raise DataError("an encrypted Parquet file needs the project's data key: call privacy.use_keys(project) or set $MLNB_DATA_KEY")
-    return project_keys(load_project(project) if project is not None else None, create=False)
+    if os.environ.get(KEY_ENV): return project_keys(None)
+    project = project if project is not None else _project_above(path) if path is not None else None
+    if project is None: raise DataError(f"{path}: an encrypted Parquet file needs the project's data key: call privacy.use_keys(project) or set ${KEY_ENV}")
+    return project_keys(load_project(project), create=False)
 
 def _opened(path, keys:Keys, read):
     try: return read(decryption_properties(keys))
@@ -285,13 +295,17 @@ def read_parquet(path, project=None, keys:Keys|None=None, **kwargs):
     "The Parquet file at `path` as an Arrow table (`pq.read_table`'s arguments), decrypted when it is encrypted."
     pq = need('pyarrow.parquet', 'pyarrow')
     if not is_encrypted(path): return pq.read_table(path, **kwargs)
-    return _opened(path, reading_keys(project, keys), lambda d: pq.read_table(path, decryption_properties=d, **kwargs))
+    return _opened(path, reading_keys(project, keys, path), lambda d: pq.read_table(path, decryption_properties=d, **kwargs))
 
 def parquet_file(path, project=None, keys:Keys|None=None, **kwargs):
     "`pq.ParquetFile` of `path` (for batches, metadata, the schema), able to read it when it is encrypted."
     pq = need('pyarrow.parquet', 'pyarrow')
     if not is_encrypted(path): return pq.ParquetFile(path, **kwargs)
-    return _opened(path, reading_keys(project, keys), lambda d: pq.ParquetFile(path, decryption_properties=d, **kwargs))
+    return _opened(path, reading_keys(project, keys, path), lambda d: pq.ParquetFile(path, decryption_properties=d, **kwargs))
+
+def read_frame(path, project=None, keys:Keys|None=None, **kwargs):
+    "`pd.read_parquet(path)` (a file or a folder of part files) that also opens it when it is encrypted."
+    return read_parquet(path, project, keys, **kwargs).to_pandas()
 
 # %% ../nbs/02a_privacy.ipynb #f33ce683
 SCOPES = ('predict', 'feedback', 'admin')

@@ -159,10 +159,10 @@ def save_signed(p:Project, name:str, pipeline, **kwargs):
 # %% ../nbs/09_registry.ipynb #6f62ef93
 def training_frame(run:dict, target:str, train_dir:Path):
     "The features the run trained on: its ingest snapshot (or, without one, its holdout)."
-    import pandas as pd
+    from mlnb.privacy import read_frame
     ingest = run['stages'].get('ingest') or {}
     snap = Path(ingest['out_dir'], SNAPSHOT.file) if ingest.get('out_dir') else None
-    df = pd.read_parquet(snap if snap and snap.exists() else train_dir/HOLDOUT.file)      # a streamed snapshot is a folder of part files
+    df = read_frame(snap if snap and snap.exists() else train_dir/HOLDOUT.file)   # encrypted or not; keys of the project holding it      # a streamed snapshot is a folder of part files
     return df.drop(columns=[target], errors='ignore')
 
 def background_sample(X, rows:int=100, seed:int=0):
@@ -264,8 +264,9 @@ def row_keys(df):
 def run_rows(run:dict) -> tuple:
     "The run's holdout (a DataFrame) and the keys of the rows it trained on (its snapshot without the holdout)."
     import numpy as np, pandas as pd
+    from mlnb.privacy import read_frame
     holdout = pd.read_parquet(HOLDOUT.of(run))
-    snap = pd.read_parquet(SNAPSHOT.of(run))[holdout.columns]
+    snap = read_frame(SNAPSHOT.of(run))[holdout.columns]                     # encrypted or not
     seen = row_keys(snap)
     return holdout, seen[~np.isin(seen, row_keys(holdout))]
 
