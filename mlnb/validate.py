@@ -395,7 +395,7 @@ def _offline(docs_dir):
         page.write_text(re.sub(r'\s(?:integrity|crossorigin)="[^"]*"', '', text))     # no CDN hash checks on local files
 
 # %% ../nbs/04_validate.ipynb #5dab674d
-def gate(df:pd.DataFrame, suite:dict, out_dir) -> ValidationReport:
+def gate(df:pd.DataFrame, suite:dict, out_dir, stage:str='validate') -> ValidationReport:
     "Validate `df` with Data Docs in `out_dir`, save the report there, and raise `ValidationFailed` on any critical failure."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out/'data_docs', ignore_errors=True)
@@ -407,7 +407,7 @@ def gate(df:pd.DataFrame, suite:dict, out_dir) -> ValidationReport:
     atomic_write(out/'validation.html', f"<html><body><h1>Validation</h1>{link}{here._repr_html_()}</body></html>")
     if not rep.passed:
         raise ValidationFailed(f"{len(rep.critical)} critical expectation(s) failed: " + '; '.join(map(str, rep.critical[:3]))
-                               + (f" (Data Docs: {d['docs']} in the stage's folder)" if rep.docs else ''))
+                               + f" (report: {stage}.failed/validation.html in the run's folder" + (f"; Data Docs: {stage}.failed/{d['docs']})" if rep.docs else ')'))
     return rep
 
 # %% ../nbs/04_validate.ipynb #65bb2427
