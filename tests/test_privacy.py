@@ -273,6 +273,7 @@ def test_encryption_at_rest_and_key_rotation(tmp_path):
     assert privacy.is_encrypted(f) and b'example.org' not in f.read_bytes()
     with pytest.raises(OSError): pq.read_table(f)
     assert privacy.read_parquet(f, p).equals(t)
+    assert privacy.read_frame(f).equals(t.to_pandas())                                    # no keys given: those of the project holding the file
     privacy.use_keys(p)
     st = Store(p.store_url)
     st.write(predictions.insert().values(request_id='r', model_tag='m', inputs={'spend': 123.456, 'plan': 'gold'}, output={'label': 1}, created=utcnow()))
