@@ -150,7 +150,7 @@ def cmd_retrain(a):
           + (f" (bento {r['bento']})" if r['bento'] else ''))
 
 # %% ../nbs/14_cli.ipynb #86e979d3
-COMMAND_MODULES = ('streams', 'privacy', 'erasure', 'deploy', 'backup', 'lab')
+COMMAND_MODULES = ('streams', 'stream_scoring', 'privacy', 'erasure', 'deploy', 'backup', 'lab')
 
 def parser() -> argparse.ArgumentParser:
     "The `mlnb` argument parser."
