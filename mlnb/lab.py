@@ -79,9 +79,14 @@ def models_state(settings) -> dict:
     from mlnb.store import models
     st = _store(load_project(settings))
     ms = st.read(sa.select(models).order_by(models.c.created.desc()).limit(20))
-    keep = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')
-    return {'aliases': {a: st.alias_info(a) and {k: str(v) if k == 'updated' else v for k, v in st.alias_info(a).items()} for a in ('champion', 'challenger')},
-            'models': [{'tag': m['tag'], 'run_id': m['run_id'], 'metrics': {k: v for k, v in (m['metrics'] or {}).items() if k in keep}} for m in ms]}
+    from mlnb.pipeline import HEADLINE
+    return {'aliases': {a: _alias(st, a) for a in ('champion', 'challenger')},
+            'models': [{'tag': m['tag'], 'run_id': m['run_id'], 'metrics': {k: v for k, v in (m['metrics'] or {}).items() if k in HEADLINE}} for m in ms]}
+
+def _alias(st, name:str) -> dict|None:
+    "Alias `name` as `{name, tag, previous, updated}` (the time as text), or None."
+    a = st.alias_info(name)
+    return a and {**a, 'updated': str(a['updated'])}
 
 # %% ../nbs/13b_lab.ipynb #5e8adc7f
 CLI = 'import sys; from mlnb.cli import main; sys.exit(main())'   # `mlnb` itself, with the server's Python

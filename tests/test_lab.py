@@ -157,6 +157,8 @@ def test_api_auth_states_and_cancel(lab):
     assert r.status_code == 400 and "no stage 'nope'" in r.json()['message']
     models = get(lab, 'models', path='shop')
     assert models['aliases']['champion']['tag'] and models['aliases']['challenger']['tag']
+    r = post(lab, 'rollback', {'path': 'shop'}, ok=False)                                                  # the first champion has none before it
+    assert r.status_code == 409 and 'nothing to roll back' in r.json()['message']
     runs = get(lab, 'runs', path='shop')
     assert [r['status'] for r in runs] == ['succeeded', 'succeeded'] and runs[0]['stages']['validate']['report']
     page = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': st['stages'][2]['executed']},
@@ -230,6 +232,7 @@ def test_sidebar_in_jupyterlab(lab):
             except Exception: pass                                                   # a fast machine may finish before a poll sees it
             states(page, dict.fromkeys(('ingest', 'validate', 'train', 'evaluate'), 'up to date'), timeout=180)
             page.locator('.mlnb-job[data-status="succeeded"]').wait_for(timeout=30 * SECONDS)
+            page.locator('.mlnb-toolbar-state[data-state="up to date"]', has_text='train').wait_for(timeout=10 * SECONDS)   # the toolbar follows
             new = [r for r in st.list_runs(50, stages=True) if r['id'] not in before]
             assert len(new) == 1
             assert {n: x['status'] for n, x in new[0]['stages'].items()} == {'ingest': 'cached', 'validate': 'cached', 'train': 'done', 'evaluate': 'done'}

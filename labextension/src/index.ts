@@ -70,7 +70,8 @@ function describe(s: IStage): string {
 
 /** Fetches a project's state; tells every view when it changed (a save, a job, a refresh). */
 class Hub {
-  readonly changed = new Signal<Hub, string>(this);
+  readonly changed = new Signal<Hub, string>(this);             // something changed at this path: fetch again
+  readonly fetched = new Signal<Hub, IState>(this);             // the sidebar fetched a project's state: show it
   poke(path: string) { this.changed.emit(path); }
 }
 
@@ -116,6 +117,7 @@ class PipelinePanel extends Widget {
       const [st, runs, models] = await Promise.all([api<IState>('state' + q), api<IRun[]>('runs' + q), api<IModels>('models' + q)]);
       running = st.jobs.some(j => j.status === 'running') || st.stages.some(s => s.state === 'running');
       this.render(st, runs, models);
+      this.hub.fetched.emit(st);
     } catch (e) {
       this.q('.mlnb-project').textContent = (e as Error).message;
     } finally {
@@ -268,14 +270,17 @@ class StageStatus extends Widget {
     super();
     this.addClass('mlnb-toolbar-state');
     hub.changed.connect(() => void this.refresh());
+    hub.fetched.connect((_, st) => this.display(st));
     panel.context.ready.then(() => this.refresh());
     panel.context.fileChanged.connect(() => void this.refresh());
   }
   async refresh() {
+    try { this.display(await api<IState>('state' + URLExt.objectToQueryString({ path: this.panel.context.path }))); }
+    catch { this.node.replaceChildren(); this.stage = null; }              // not in an mlnb project
+  }
+  display(st: IState) {
     const path = this.panel.context.path;
-    let st: IState;
-    try { st = await api<IState>('state' + URLExt.objectToQueryString({ path })); }
-    catch { this.node.replaceChildren(); this.stage = null; return; }       // not in an mlnb project
+    if (!st.stages.some(s => s.path === path) && this.stage) return;       // another project's state
     this.stage = st.stages.find(s => s.path === path) || null;
     if (!this.stage) { this.node.replaceChildren(); return; }
     const s = this.stage, busy = st.jobs.some(j => j.status === 'running');
