@@ -432,6 +432,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           'mlnb.lab.Job.status': ('lab.html#job.status', 'mlnb/lab.py'),
                           'mlnb.lab.Job.tail': ('lab.html#job.tail', 'mlnb/lab.py'),
                           'mlnb.lab.Job.to_dict': ('lab.html#job.to_dict', 'mlnb/lab.py'),
+                          'mlnb.lab._alias': ('lab.html#_alias', 'mlnb/lab.py'),
                           'mlnb.lab._executed_html': ('lab.html#_executed_html', 'mlnb/lab.py'),
                           'mlnb.lab._jobs_of': ('lab.html#_jobs_of', 'mlnb/lab.py'),
                           'mlnb.lab._jupyter_labextension_paths': ('lab.html#_jupyter_labextension_paths', 'mlnb/lab.py'),
