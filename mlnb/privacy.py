@@ -362,7 +362,7 @@ class TokenChecker:
     def __init__(self, url:str, legacy:str='', refresh:float=2.0):
         self.url, self.legacy, self.refresh = url, legacy.encode(), refresh
         self.known, self.buckets, self.loaded, self.lock = None, {}, threading.Event(), threading.Lock()
-        self.store, self.any = None, False
+        self.store, self.any, self.stopped = None, False, threading.Event()
         self.load()
         threading.Thread(target=self._follow, name='mlnb-tokens', daemon=True).start()
     def __repr__(self): return f"TokenChecker({len(self.known or {})} tokens, every {self.refresh}s)"
@@ -383,9 +383,11 @@ class TokenChecker:
         self.loaded.set()
 
     def _follow(self):
-        while True:
-            time.sleep(self.refresh)
-            self.load()
+        while not self.stopped.wait(self.refresh): self.load()
+
+    def close(self):
+        "Stop re-reading the tokens."
+        self.stopped.set()
 
     @property
     def active(self) -> bool:
