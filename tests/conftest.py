@@ -1,5 +1,5 @@
 """Shared fixtures: a real project made by `mlnb new` and run once by `mlnb run` in real kernels."""
-import os, subprocess, sys, threading
+import os, subprocess, sys, threading, time
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -36,3 +36,12 @@ def http_server(handler):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def wait_for(f, timeout:float=30, every:float=0.25):
+    "The first truthy `f()` within `timeout` seconds, else an AssertionError."
+    end = time.time() + timeout
+    while not (v := f()):
+        if time.time() > end: raise AssertionError(f"{getattr(f, '__name__', f)} still false after {timeout} s")
+        time.sleep(every)
+    return v

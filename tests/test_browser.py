@@ -5,6 +5,7 @@ import json, os, secrets, signal, socket, subprocess, sys, time, urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import pytest
+from conftest import wait_for
 
 CHROMIUM = '/usr/bin/chromium'
 ARTIFACTS = Path(__file__).parent/'artifacts'
@@ -133,15 +134,6 @@ def champion(settings:Path) -> str|None:
     from mlnb.config import load_project
     from mlnb.store import Store
     return Store(load_project(settings).store_url).alias('champion')
-
-
-def wait_for(f, timeout:float=30, every:float=0.25):
-    "The first truthy `f()` within `timeout` seconds, else an AssertionError."
-    end = time.time() + timeout
-    while not (v := f()):
-        if time.time() > end: raise AssertionError(f"{getattr(f, '__name__', f)} still false after {timeout} s")
-        time.sleep(every)
-    return v
 
 
 def test_widgets_in_jupyterlab(lab):
