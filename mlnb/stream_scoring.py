@@ -117,16 +117,26 @@ def _logged(svc, rows:list[dict]) -> list[dict]:
     have = {r['request_id'] for r in svc.log.store.read(sa.select(predictions.c.request_id).where(predictions.c.request_id.in_([r['request_id'] for r in rows])))}
     return [r for r in rows if r['request_id'] not in have]
 
-def _reader(b, q:queue.Queue, n:int, wait:float, follow:bool, stop:Stop, limit:int|None, errors:list):
-    "Read micro-batches into `q` (blocking when it is full); None at the end."
+def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:bool, stop:Stop, limit:int|None, errors:list, state:dict):
+    "Read micro-batches into `q` (waiting while it is full) and commit those the scorer hands back through `done`; the broker's client is used by this thread alone."
     got = 0
+    def commit(item):
+        b.commit(item)
+        state['lag'] = b.lag()
     try:
         while not stop.is_set() and (not limit or got < limit):
+            while True:
+                try: commit(done.get_nowait())
+                except queue.Empty: break
             msgs = b.read(min(n, limit - got) if limit else n, wait)
             if not msgs and not follow: break
             if msgs: q.put(msgs); got += len(msgs)
     except Exception as e: errors.append(e)
-    finally: q.put(None)
+    finally:
+        q.put(None)
+        while (item := done.get()) is not None:         # the batches scored after the reading stopped
+            try: commit(item)
+            except Exception as e: errors.append(e); break
 
 # %% ../nbs/10a_stream_scoring.ipynb #9642ce53
 def score_stream(settings='settings.ini', input:str=None, output:str=None, model:str|None=None, follow:bool=False,
@@ -139,9 +149,9 @@ def score_stream(settings='settings.ini', input:str=None, output:str=None, model
     svc = stream_service(p, model)
     b, sink = broker(src, group, 'score').start(), broker(dst, group, 'score')
     out, start, q, errors, tried = Consumed(store=store_folder(p.workspace, src, group)), time.monotonic(), queue.Queue(maxsize=inflight), [], set()
-    polled = start
+    done, state, polled = queue.SimpleQueue(), {'lag': None}, start
     with (stop or Stop()) as stop:
-        t = threading.Thread(target=_reader, args=(b, q, batch_rows, batch_seconds, follow, stop, max_events, errors), name='mlnb-stream-reader', daemon=True)
+        t = threading.Thread(target=_reader, args=(b, q, done, batch_rows, batch_seconds, follow, stop, max_events, errors, state), name='mlnb-stream-reader', daemon=True)
         t.start()
         try:
             while (msgs := q.get()) is not None:
@@ -152,19 +162,20 @@ def score_stream(settings='settings.ini', input:str=None, output:str=None, model
                 if bad: b.send(f"{src.name}.dead", dead_letters(bad, str(src))); b.flush()
                 for r in _logged(svc, rows): svc.log.put('predictions', r)
                 if not svc.log.flush(): raise MlnbError(f"the prediction log at {p.store_url} refused the batch's rows: stopping before committing it")
-                b.commit(msgs)
+                done.put(msgs)                                # committed by the reader: the batch is in OUT and in the log
                 out.read += len(msgs); out.rows += len(preds); out.dead += len(bad); out.batches += 1
-                out.seconds, out.lag = time.monotonic() - start, b.lag()
+                out.seconds, out.lag = time.monotonic() - start, state['lag']
                 out.store.mkdir(parents=True, exist_ok=True)
                 write_status(out.store, role='score', source=str(src), to=str(dst), model=svc.current.tag, rows=out.rows, dead=out.dead, lag=out.lag, rate=out.rate, inflight=q.qsize())
                 if on_batch: on_batch(out)
                 if max_seconds and out.seconds >= max_seconds: stop.set()
         finally:
             stop.set()
+            done.put(None)
             while t.is_alive():                       # let the reader see the stop (it may be waiting to put a batch)
                 try: q.get(timeout=0.1)
                 except queue.Empty: pass
-            out.seconds = time.monotonic() - start
+            out.seconds, out.lag = time.monotonic() - start, state['lag']
             b.close(); sink.close(); svc.stop()
     if errors: raise errors[0]
     return out
