@@ -30,8 +30,8 @@ def subject_keys(subject, keys:Keys) -> tuple[str, set[str]]:
     pid = pseudonym(subject, keys)
     return pid, {_norm(subject), pid}
 
-# %% ../nbs/13a_erasure.ipynb #66b6de16
-def subject_requests(st:Store, col:str, wanted:set) -> list[str]:
+# %% ../nbs/13a_erasure.ipynb #08a96c6b
+def subject_requests(st, col:str, wanted:set) -> list[str]:
     "Request ids of logged predictions about the subject: by `subject`, or by the subject column of their inputs."
     import sqlalchemy as sa
     from mlnb.store import predictions
@@ -131,8 +131,8 @@ def scrub(st) -> bool:
         busy = c.exec_driver_sql('PRAGMA wal_checkpoint(TRUNCATE)').first()[0]
     return not busy
 
-# %% ../nbs/13a_erasure.ipynb #88120f9a
-def _due_models(st:Store, old_hashes:list[str]) -> list[str]:
+# %% ../nbs/13a_erasure.ipynb #f88ba898
+def _due_models(st, old_hashes:list[str]) -> list[str]:
     "Models trained on one of `old_hashes` (recorded as their data hash, or their run's)."
     import sqlalchemy as sa
     from mlnb.store import models, runs
@@ -141,7 +141,7 @@ def _due_models(st:Store, old_hashes:list[str]) -> list[str]:
     rows = st.read(sa.select(models.c.tag).where(sa.or_(models.c.data_hash.in_(old_hashes), models.c.run_id.in_(rids))))
     return sorted({r['tag'] for r in rows})
 
-def _relink(st:Store, path:Path, old:str|None, new:str|None):
+def _relink(st, path:Path, old:str|None, new:str|None):
     "The store's records of the rewritten file at `path`: the snapshot row replaced, the artifacts' hashes updated."
     import sqlalchemy as sa
     from mlnb.store import artifacts, snapshots
@@ -272,8 +272,8 @@ def purge(project, older_than:str|None=None, now=None) -> dict:
     st.audit('purge', text, {**out, 'before': cut.isoformat()})
     return out
 
-# %% ../nbs/13a_erasure.ipynb #be444c25
-def _reseal_log(st:Store, keys:Keys, encrypt:bool) -> int:
+# %% ../nbs/13a_erasure.ipynb #7471d412
+def _reseal_log(st, keys:Keys, encrypt:bool) -> int:
     "Re-seal every prediction payload not sealed with the current key of `keys` (plain ones too when `encrypt`); returns how many."
     import sqlalchemy as sa
     from mlnb.store import predictions

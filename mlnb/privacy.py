@@ -315,7 +315,7 @@ TOKEN = contextvars.ContextVar('mlnb_token', default=None)   # the id of the tok
 
 def token_hash(token:str) -> str: return hashlib.sha256(token.encode()).hexdigest()
 
-def add_token(store:Store, name:str, scopes=('predict',), rate:float=0.0) -> tuple[str, str]:
+def add_token(store, name:str, scopes=('predict',), rate:float=0.0) -> tuple[str, str]:
     "Make a token `name` with `scopes` and `rate` (requests a second, 0: no limit); returns its id and the token (shown once)."
     from mlnb.store import tokens, utcnow
     scopes = sorted(set(scopes))
@@ -327,13 +327,13 @@ def add_token(store:Store, name:str, scopes=('predict',), rate:float=0.0) -> tup
     store.audit('token add', tid, {'name': name, 'scopes': scopes, 'rate': rate})
     return tid, token
 
-def list_tokens(store:Store) -> list[dict]:
+def list_tokens(store) -> list[dict]:
     "The tokens: id, name, scopes, rate, created, revoked (never the hash)."
     import sqlalchemy as sa
     from mlnb.store import tokens
     return store.read(sa.select(tokens.c.id, tokens.c.name, tokens.c.scopes, tokens.c.rate, tokens.c.created, tokens.c.revoked).order_by(tokens.c.created))
 
-def revoke_token(store:Store, which:str) -> str:
+def revoke_token(store, which:str) -> str:
     "Revoke the token with id or name `which`; returns its id."
     import sqlalchemy as sa
     from mlnb.store import tokens, utcnow
