@@ -190,7 +190,9 @@ def content_hash(path:Path, memo:Path) -> str|None:
     size_mtime = [st.st_size, st.st_mtime_ns]
     if seen.get(key, [None])[:2] == size_mtime: return seen[key][2]
     seen[key] = size_mtime + [hash_file(path)]
-    memo.parent.mkdir(parents=True, exist_ok=True); tmp = memo.with_name(f'.{memo.name}.{os.getpid()}')
+    import threading
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f'.{memo.name}.{os.getpid()}.{threading.get_ident()}')     # threads of one server plan at once
     tmp.write_text(json.dumps(seen)); os.replace(tmp, memo)
     return seen[key][2]
 
