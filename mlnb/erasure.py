@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from .core import ConfigError, DataError, MlnbError, hash_file, need
 from .config import Project, load_project
-from .privacy import parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
+from .privacy import erasure_tag, parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'UNITS', 'subject_column', 'subject_keys', 'subject_requests', 'parquet_files', 'rewrite_without',
@@ -177,8 +177,9 @@ def forget(project, subject) -> Erasure:
         _relink(st, f, old, new)
     needles = [x for x in wanted if len(x) >= 8]            # a pseudonym (and a long id) is distinctive; a short id would cut unrelated text
     e.redacted = [str(f) for f in redact_text(text_files(p), needles)]
+    for f in e.redacted: _relink(st, Path(f), None, None)   # a redacted reference.json or notebook keeps a recorded hash that matches
     e.models = _due_models(st, list(e.snapshots))
-    tag = pseudonym('erased:' + e.pseudonym, keys)          # lets a second forget of the same subject be recognised, without naming them
+    tag = erasure_tag(e.pseudonym, keys)                    # ingest leaves the subject's rows out from now on, without the store naming them
     st.write(erasures.insert().values(created=utcnow(), subject=tag, rows={'predictions': e.predictions, 'feedback': e.feedback, 'files': e.files},
                                       snapshots=e.snapshots, models=e.models))
     e.left = traces(p, e.pseudonym)

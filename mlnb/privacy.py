@@ -11,11 +11,11 @@ from .config import Project, load_project
 
 # %% auto #0
 __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log', 'Keys', 'new_keys', 'parse_keys', 'key_file',
-           'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'protect', 'looks_personal',
-           'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys', 'kms_client',
-           'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options', 'is_encrypted',
-           'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'token_hash', 'add_token', 'list_tokens',
-           'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
+           'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'erasure_tag', 'forgotten', 'protect',
+           'looks_personal', 'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys',
+           'kms_client', 'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options',
+           'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'token_hash', 'add_token',
+           'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -112,25 +112,39 @@ def _pseudonyms(values, keys:Keys) -> list:
     seen = {}
     return [seen[v] if v in seen else seen.setdefault(v, pseudonym(v, keys)) for v in values]
 
+def _values(data, c:str) -> list:
+    "Column `c` of a DataFrame or an Arrow table as a list."
+    return data[c].tolist() if hasattr(data, 'iloc') else data.column(c).to_pylist()
+
+def erasure_tag(pid:str, keys:Keys) -> str:
+    "What the store's `erasures` table records for a forgotten subject with pseudonym `pid`: not the pseudonym itself, but keyed from it."
+    return pseudonym('erased:' + pid, keys)
+
+def forgotten(p:Project) -> set[str]:
+    "The erasure tags of the subjects `mlnb forget` erased from project `p`."
+    import sqlalchemy as sa
+    from mlnb.store import erasures, store_at
+    return {r['subject'] for r in store_at(p.store_url).read(sa.select(erasures.c.subject))}
+
 def protect(data, project, keys:Keys|None=None):
-    "`data` (a DataFrame, Arrow table or record batch) with `project`'s personal columns pseudonymized or dropped."
+    "`data` (a DataFrame, Arrow table or record batch) with `project`'s personal columns pseudonymized or dropped, and forgotten subjects' rows left out."
     p = load_project(project)
     hide, drop = pii_columns(p)
     if not hide and not drop: return data
     names = list(data.columns) if hasattr(data, 'iloc') else list(data.schema.names)
     for c in hide + drop:
         if c not in names: raise DataError(f"[data] {'subject' if c == p.data.get('subject') and c not in drop else 'pii'} names column '{c}', which the data does not have (columns: {', '.join(map(str, names[:12]))})")
-    keys = keys or project_keys(p)
+    keys, subject = keys or project_keys(p), p.data.get('subject')
+    gone = forgotten(p) if subject else set()
+    values = {c: _pseudonyms(_values(data, c), keys) for c in hide}
+    keep = [erasure_tag(v, keys) not in gone if v is not None else True for v in values[subject]] if gone else None
     if hasattr(data, 'iloc'):
-        out = data.drop(columns=drop)
-        for c in hide: out[c] = _pseudonyms(out[c].tolist(), keys)
-        return out
+        out = data.drop(columns=drop).assign(**values)
+        return out[keep] if keep is not None else out
     pa = need('pyarrow')
     out = data.drop_columns(drop) if hasattr(data, 'drop_columns') else data.drop(drop)
-    for c in hide:
-        i = out.schema.get_field_index(c)
-        out = out.set_column(i, pa.field(c, pa.string()), pa.array(_pseudonyms(out.column(i).to_pylist(), keys), pa.string()))
-    return out
+    for c in hide: out = out.set_column(out.schema.get_field_index(c), pa.field(c, pa.string()), pa.array(values[c], pa.string()))
+    return out.filter(pa.array(keep)) if keep is not None else out
 
 # %% ../nbs/02a_privacy.ipynb #0f3ca713
 _NAME_HINT = re.compile(r'(?:^|_)(e?mail|phone|tel|mobile|name|first_?name|last_?name|surname|address|street|ssn|passport|iban|birth|dob|ip_?addr)(?:$|_)', re.I)

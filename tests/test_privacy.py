@@ -251,6 +251,7 @@ def test_forget_export_and_purge(store_url, tmp_path):
         db = Path(st.engine.url.database)
         assert all(NOTE.encode() not in f.read_bytes() for f in db.parent.glob(db.name + '*'))
     assert erasure.traces(p, SUBJECT) == []
+    assert len(privacy.protect(people(), p)) == 36                                           # a source still holding them: left out at ingest
     assert st.verify_audit()[0] == []
     from mlnb.registry import verified
     assert verified(st, 'r1', 'ingest', 'snapshot') == snap.path                             # the artifact record follows the rewrite
