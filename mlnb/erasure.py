@@ -343,6 +343,7 @@ def cmd_forget(a):
     print(e._repr_markdown_().replace('`', '').replace('**', ''))
     for f, n in e.files.items(): print(f"  {f}: {n} rows removed")
     if e.models: print(f"  due for retraining (trained on data that held the subject): {', '.join(e.models)}")
+    if e.left: print(f"  still held in {', '.join(e.left)}: retrain the models, and remove the subject from the source (ingest leaves their rows out meanwhile)")
 
 def cmd_export_subject(a):
     "Write what the project holds about a subject as JSON."
