@@ -4,7 +4,7 @@
 
 # %% ../nbs/12c_retraining.ipynb #ae363d43
 from __future__ import annotations
-import copy, os
+import copy, json, os
 from datetime import datetime
 from pathlib import Path
 import numpy as np
@@ -20,8 +20,8 @@ from .alerting import alert
 
 # %% auto #0
 __all__ = ['RETRAIN_DRIFT', 'retrain_labels', 'retrain_drift', 'last_trained', 'new_labels', 'champion_drift', 'should_retrain',
-           'labelled_rows', 'export_labels', 'retrain', 'monitoring_pass', 'monitoring_summary', 'update_online',
-           'online_rows']
+           'labelled_rows', 'export_labels', 'retrain', 'monitoring_pass', 'monitoring_summary', 'partial_step',
+           'learner', 'save_online', 'update_online', 'online_rows', 'learn_stream', 'cmd_stream_learn', 'add_commands']
 
 # %% ../nbs/12c_retraining.ipynb #1cdeda4b
 RETRAIN_DRIFT = SETTING['monitor', 'retrain_drift'].kind   # the severities settings.ini allows
@@ -164,30 +164,45 @@ def monitoring_summary(out:dict) -> str:
     return '\n'.join(lines + [f"retraining: {out['retrain'] or 'not due'}" + (f" -> run {done['run_id']}, {done['role']} {done['model_tag']}" if done else '')])
 
 # %% ../nbs/12c_retraining.ipynb #35cb92c8
-def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
-    "Update `model_tag` (default: the champion) with the labels given since it was saved, by `partial_fit`; the result is the challenger."
-    from mlnb.registry import load_model, load_objects, model_key, save_signed, stored_model
-    p, st = open_store(settings)
-    if not (tag := model_tag or st.alias('champion')): raise MlnbError(f"no model to update: no champion in {st.url}")
+def partial_step(pipe, X:pd.DataFrame, y):
+    "One `partial_fit` step of `pipe`'s estimator on `X` (through the fitted steps before it; samplers act at fit time only) and `y`."
+    est = pipe[-1] if hasattr(pipe, 'steps') else pipe
+    for _, step in (pipe.steps[:-1] if hasattr(pipe, 'steps') else []):
+        if step is not None and step != 'passthrough' and not hasattr(step, 'fit_resample'): X = step.transform(X)
+    if hasattr(est, 'classes_'): est.partial_fit(X, y, classes=est.classes_)
+    else: est.partial_fit(X, np.asarray(y).astype(float))                   # a regressor: numeric labels
+
+def learner(p:Project, tag:str):
+    "Model `tag` of `p` and its Pipeline, refused (`MlnbError`) when its estimator cannot learn online."
+    from mlnb.registry import load_model, model_key, stored_model
     m = stored_model(p, tag)
     pipe = load_model(m, model_key(p))
     est = pipe[-1] if hasattr(pipe, 'steps') else pipe
     if not hasattr(est, 'partial_fit'):
         raise MlnbError(f"model {tag} cannot learn online: its estimator {type(est).__name__} has no partial_fit; retrain it instead (mlnb retrain)")
-    X, y = online_rows(p, m)
-    for _, step in (pipe.steps[:-1] if hasattr(pipe, 'steps') else []):
-        if step is not None and step != 'passthrough' and not hasattr(step, 'fit_resample'): X = step.transform(X)   # samplers: fit time only
-    if hasattr(est, 'classes_'): est.partial_fit(X, y, classes=est.classes_)
-    else: est.partial_fit(X, y.astype(float))                                # a regressor: numeric labels
+    return m, pipe
+
+def save_online(p:Project, st:Store, m, pipe, rows:int, **meta) -> str:
+    "Save `pipe`, updated online from model `m` with `rows` labels, as a new version and make it the challenger; its tag."
+    from mlnb.registry import load_objects, model_key, save_signed
     sigs = {f: {'batchable': True} for f in ('predict', 'predict_proba') if hasattr(pipe, f)}
     new = save_signed(p, m.tag.name, pipe, signatures=sigs,
                       labels={**m.info.labels, 'online_from': str(m.tag).replace(':', '-')}, custom_objects=load_objects(m, model_key(p)),
-                      metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': len(y)})
+                      metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': rows, **meta})
     rec = st.get_model(str(m.tag)) or {}
     st.add_model(str(new.tag), rec.get('run_id'), rec.get('data_hash'), rec.get('metrics') or {})
     st.set_alias('challenger', str(new.tag))
-    alert(p, 'info', 'online', f"updated {m.tag} online with {len(y)} labels: {new.tag} is the challenger", model_tag=str(new.tag), rows=len(y))
-    return {'model_tag': str(new.tag), 'from': str(m.tag), 'rows': len(y)}
+    alert(p, 'info', 'online', f"updated {m.tag} online with {rows} labels: {new.tag} is the challenger", model_tag=str(new.tag), rows=rows)
+    return str(new.tag)
+
+def update_online(settings='settings.ini', model_tag:str|None=None) -> dict:
+    "Update `model_tag` (default: the champion) with the labels given since it was saved, by `partial_fit`; the result is the challenger."
+    p, st = open_store(settings)
+    if not (tag := model_tag or st.alias('champion')): raise MlnbError(f"no model to update: no champion in {st.url}")
+    m, pipe = learner(p, tag)
+    X, y = online_rows(p, m)
+    partial_step(pipe, X, y)
+    return {'model_tag': save_online(p, st, m, pipe, len(y)), 'from': str(m.tag), 'rows': len(y)}
 
 # %% ../nbs/12c_retraining.ipynb #e3865ae9
 def online_rows(p:Project, m) -> tuple[pd.DataFrame, np.ndarray]:
@@ -200,3 +215,94 @@ def online_rows(p:Project, m) -> tuple[pd.DataFrame, np.ndarray]:
     cols = [f['name'] for f in (m.info.metadata.get('schema') or {}).get('features', [])] or None
     X = pd.DataFrame([i or {} for i in df.inputs]).infer_objects()
     return (X.reindex(columns=cols) if cols else X), np.asarray(list(df.label))
+
+# %% ../nbs/12c_retraining.ipynb #a16c0002
+def _labelled_events(msgs:list, features:list[dict], target:str, classes) -> tuple[pd.DataFrame, list, list]:
+    "The features and labels of the events in `msgs`, and the `(message, reason)` pairs of those that cannot be learned from."
+    cols, rows, y, bad = [f['name'] for f in features], [], [], []
+    numeric = {f['name'] for f in features if f['kind'] in ('number', 'float', 'int', 'bool')}
+    known = None if classes is None else {str(c): c for c in classes}
+    for m in msgs:
+        try: obj = json.loads(m.value)
+        except (ValueError, UnicodeDecodeError) as e: bad.append((m, f"not JSON ({str(e).splitlines()[0][:80]})")); continue
+        if not isinstance(obj, dict): bad.append((m, f"not a JSON object (a {type(obj).__name__})")); continue
+        label = obj.get(target)
+        if label is None: bad.append((m, f"no target '{target}'")); continue
+        if known is not None and str(label) not in known: bad.append((m, f"label {label!r} is not one of the model's classes {list(known)}")); continue
+        if known is None and (isinstance(label, bool) or not isinstance(label, (int, float))): bad.append((m, f"label {label!r} is not a number: this model predicts a value")); continue
+        wrong = next((c for c in numeric if isinstance(obj.get(c), (str, list, dict))), None)
+        if wrong: bad.append((m, f"field '{wrong}' must be a number, got {obj[wrong]!r}"[:200])); continue
+        rows.append({c: obj.get(c) for c in cols})
+        y.append(label if known is None else known[str(label)])
+    return pd.DataFrame(rows, columns=cols).infer_objects(), y, bad
+
+def _resume(p:Project, st:Store, url) -> str|None:
+    "The challenger when it is a checkpoint of learning from stream `url` (a restart goes on from it), else None."
+    from mlnb.registry import stored_model
+    tag = st.alias('challenger')
+    try: return tag if tag and (stored_model(p, tag).info.metadata or {}).get('online_stream') == str(url) else None
+    except MlnbError: return None
+
+# %% ../nbs/12c_retraining.ipynb #a16c0003
+def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, every:int=500, follow:bool=False,
+                 max_events:int|None=None, max_seconds:float|None=None, batch_rows:int=500, stop=None, on_checkpoint=None) -> dict:
+    "Update a copy of the champion (or `model`) by `partial_fit` on the labelled events of stream `input`; every `every` events a checkpoint becomes the challenger."
+    import time
+    from mlnb.streams import Stop, broker, dead_letters, store_folder, stream_url, write_status
+    p, st = open_store(settings)
+    url = stream_url(input, (None, None, 'input'))
+    group = f"{p.data.get('group') or 'mlnb'}.learn"
+    if not (tag := model or _resume(p, st, url) or st.alias('champion')): raise MlnbError(f"no model to update: no champion in {st.url}")
+    m, pipe = learner(p, tag)
+    schema = m.info.metadata.get('schema') or {}
+    est = pipe[-1] if hasattr(pipe, 'steps') else pipe
+    b, out = broker(url, group, 'learn').start(), {'from': str(m.tag), 'events': 0, 'dead': 0, 'checkpoints': [], 'challenger': None}
+    folder, pending, since, start = store_folder(p.workspace, url, group), [], 0, time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    def checkpoint():
+        nonlocal pending, since
+        if since: out['checkpoints'].append(save_online(p, st, m, pipe, since, online_stream=str(url)))
+        b.commit(pending)                                  # only now: what was learned is in a saved model
+        pending, since = [], 0
+        write_status(folder, role='learn', source=str(url), topic=url.name, group=group, rows=out['events'], dead=out['dead'], lag=b.lag(),
+                     rate=out['events'] / max(time.monotonic() - start, 1e-9), model=out['checkpoints'][-1] if out['checkpoints'] else None)
+        if on_checkpoint: on_checkpoint(out)
+    try:
+        with (stop or Stop()) as stop:
+            while not stop.is_set() and not (max_events and out['events'] >= max_events) and not (max_seconds and time.monotonic() - start >= max_seconds):
+                msgs = b.read(max(1, min(batch_rows, every - since)), 0.5)   # a checkpoint every `every` events
+                if not msgs:
+                    if not follow: break
+                    continue
+                X, y, bad = _labelled_events(msgs, schema.get('features', []), schema.get('target') or p.data['target'], getattr(est, 'classes_', None))
+                if bad:
+                    b.send(f"{url.name}.dead", dead_letters(bad, str(url)))
+                    b.flush()
+                if y: partial_step(pipe, X, y)
+                pending += msgs
+                since += len(y)
+                out['events'] += len(y)
+                out['dead'] += len(bad)
+                if since >= every: checkpoint()
+            if pending: checkpoint()
+    finally: b.close()
+    out['challenger'] = out['checkpoints'][-1] if out['checkpoints'] else None
+    return out
+
+# %% ../nbs/12c_retraining.ipynb #a16c0004
+def cmd_stream_learn(a):
+    from mlnb.pipeline import find_settings
+    r = learn_stream(Path(a.project) if a.project else find_settings(), a.input, model=a.model, every=a.every, follow=a.follow,
+                     max_events=a.max_events, max_seconds=a.max_seconds)
+    said = f"; {r['challenger']} is the challenger (mlnb promote: through the gate)" if r['challenger'] else ''
+    print(f"{r['events']} labelled events learned from {a.input} by {r['from']} in {len(r['checkpoints'])} checkpoints, {r['dead']} refused{said}")
+
+def add_commands(add):
+    "`mlnb stream-learn IN`: online learning from a stream of labelled events."
+    sp = add('stream-learn', cmd_stream_learn, 'update a copy of the champion by partial_fit on the labelled events of stream IN; checkpoints become the challenger')
+    sp.add_argument('input', help='labelled events: JSON objects with the features and the target (kafka://… or redis://…)')
+    sp.add_argument('--every', type=int, default=500, help='events between checkpoints (default %(default)s)')
+    sp.add_argument('--follow', action='store_true', help='keep learning until SIGTERM or Ctrl-C (default: stop once caught up)')
+    sp.add_argument('--model', help='model to start from (default: the last checkpoint from this stream, else the champion)')
+    sp.add_argument('--max-events', type=int)
+    sp.add_argument('--max-seconds', type=float)

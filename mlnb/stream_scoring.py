@@ -166,7 +166,7 @@ def score_stream(settings='settings.ini', input:str=None, output:str=None, model
                 out.read += len(msgs); out.rows += len(preds); out.dead += len(bad); out.batches += 1
                 out.seconds, out.lag = time.monotonic() - start, state['lag']
                 out.store.mkdir(parents=True, exist_ok=True)
-                write_status(out.store, role='score', source=str(src), to=str(dst), model=svc.current.tag, rows=out.rows, dead=out.dead, lag=out.lag, rate=out.rate, inflight=q.qsize())
+                write_status(out.store, role='score', source=str(src), topic=src.name, group=group, to=str(dst), model=svc.current.tag, rows=out.rows, dead=out.dead, lag=out.lag, rate=out.rate, inflight=q.qsize())
                 if on_batch: on_batch(out)
                 if max_seconds and out.seconds >= max_seconds: stop.set()
         finally:

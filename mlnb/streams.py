@@ -472,6 +472,7 @@ class Stop:
 
 def write_status(folder:Path, **values):
     "The consumer's counters for `mlnb monitor` and `stream_metrics` (`_status.json` in its folder: pyarrow skips names starting with `_`)."
+    Path(folder).mkdir(parents=True, exist_ok=True)
     _write_json(Path(folder)/'_status.json', {**values, 'pid': os.getpid(), 'updated': time.time()})
 
 # %% ../nbs/03a_streams.ipynb #02a734ea
@@ -505,7 +506,7 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
                 if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out)
                 elif not follow: break                   # caught up
                 out.seconds, out.lag = time.monotonic() - start, b.lag() if msgs or out.batches % 10 == 0 else out.lag
-                write_status(store.folder, role='ingest', source=str(url), rows=store.m['rows'], dead=store.m['dead'], lag=out.lag, rate=out.rate)
+                write_status(store.folder, role='ingest', source=str(url), topic=url.name, group=cfg['group'], rows=store.m['rows'], dead=store.m['dead'], lag=out.lag, rate=out.rate)
                 if on_batch: on_batch(out)
     finally:
         out.seconds, out.lag = time.monotonic() - start, b.lag()
@@ -557,16 +558,16 @@ def status_text(settings='settings.ini') -> str:
                      f"{'running' if _alive(r.get('pid')) else 'stopped'} (updated {time.strftime('%H:%M:%S', time.gmtime(r.get('updated', 0)))} UTC)" for r in rows)
 
 def stream_metrics(workspace) -> str:
-    "The consumers' counters in Prometheus' text format: rows, dead letters, lag."
+    "The consumers' counters in Prometheus' text format: lag (summed over partitions), rows or events written, dead letters."
     out = []
-    for name, key, kind, doc in (('mlnb_stream_rows', 'rows', 'counter', 'Rows or events a stream consumer wrote'),
-                                 ('mlnb_stream_dead_letters', 'dead', 'counter', 'Messages sent to the dead-letter stream'),
-                                 ('mlnb_stream_lag', 'lag', 'gauge', 'Messages in the stream the consumer has not read')):
+    for name, key, kind, doc in (('mlnb_stream_consumer_lag', 'lag', 'gauge', 'Messages in the stream the consumer has not read yet'),
+                                 ('mlnb_stream_rows_total', 'rows', 'counter', 'Rows (ingest) or events (score, learn) a stream consumer wrote'),
+                                 ('mlnb_stream_dead_letters_total', 'dead', 'counter', 'Messages a stream consumer sent to the dead-letter stream')):
         out += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
-        out += [f'{name}{{role="{r.get("role")}",stream="{r.get("source")}"}} {r.get(key) or 0}' for r in status(workspace)]
+        out += [f'{name}{{topic="{r.get("topic")}",group="{r.get("group")}",role="{r.get("role")}",partition="all"}} {r.get(key) or 0}' for r in status(workspace)]
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/03a_streams.ipynb #9df278eb
+# %% ../nbs/03a_streams.ipynb #b6725e19
 def cmd_ingest(a):
     from mlnb.config import SNAPSHOT, load_project
     from mlnb.pipeline import find_settings

@@ -51,14 +51,14 @@ def rows_of(folder):
 def test_kill_9_mid_batch_and_restart_leave_each_message_exactly_once(kind, kafka, redis, tmp_path):
     base = kafka if kind == 'kafka' else redis
     url = source(kind, base, f'kill{random.randrange(10**6)}')
-    recs = events(12_000, bad_every=97)
+    recs = events(8_000, bad_every=97)
     produce(url, recs, keys=[str(i % 5) for i in range(len(recs))])
     settings = new_project(tmp_path/'p', source=url, target='target')
     store = store_folder(tmp_path/'p'/'.mlnb', stream_url(url), 'mlnb')
-    for trial in range(3):                       # killed at a random moment while it writes
+    for trial in range(3):                       # killed at a random moment while it writes (1000-row batches)
         proc = subprocess.Popen(ingest_cmd(settings, '--follow'), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         end = time.monotonic() + 60
-        while read_manifest(store)['rows'] < 2500 * (trial + 1) and time.monotonic() < end and proc.poll() is None: time.sleep(0.005)
+        while read_manifest(store)['rows'] < 1500 * (trial + 1) and time.monotonic() < end and proc.poll() is None: time.sleep(0.005)
         time.sleep(random.random() * 0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -69,7 +69,7 @@ def test_kill_9_mid_batch_and_restart_leave_each_message_exactly_once(kind, kafk
     good = [x['n'] for x in recs if isinstance(x, dict) and 'target' in x and isinstance(x['x'], float)]
     assert sorted(df['n']) == good                                   # none lost, none twice
     assert m['dead'] == len(recs) - len(good) and m['rows'] == len(good)
-    assert len(m['parts']) >= 12 and m['hash']
+    assert len(m["parts"]) >= 8 and m["hash"]
     assert df.dtypes.astype(str).to_dict() == {'n': 'int64', 'x': 'float64', 'c': 'str', 'target': 'int64'}
 
 
@@ -102,7 +102,7 @@ def trained(kafka, tmp_path_factory):
     produce(url, df.to_dict('records')[:120])
     root = tmp_path_factory.mktemp('streamed')/'p'
     new_project(root, source=url, target='target')
-    mlnb('run', cwd=root)
+    mlnb('run', '--params', 'train.model=sgd', cwd=root)            # a model that learns online too
     return root, url, df
 
 
@@ -125,11 +125,14 @@ def py(root, code):
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
-def score_cmd(root, *args):
+def cli(module, command, root, *args):
+    "The command line of `mlnb COMMAND -p ROOT ARGS` (with `module`'s commands plugged in until COMMAND_MODULES lists it)."
     from mlnb.cli import COMMAND_MODULES
-    if 'stream_scoring' in COMMAND_MODULES: return [MLNB, 'stream-score', '-p', str(root), *args]
-    code = "import sys, mlnb.cli as c; c.COMMAND_MODULES = (*c.COMMAND_MODULES, 'stream_scoring'); sys.exit(c.main(sys.argv[1:]))"
-    return [sys.executable, '-c', code, 'stream-score', '-p', str(root), *args]
+    if module in COMMAND_MODULES: return [MLNB, command, '-p', str(root), *args]
+    code = f"import sys, mlnb.cli as c; c.COMMAND_MODULES = (*c.COMMAND_MODULES, {module!r}); sys.exit(c.main(sys.argv[1:]))"
+    return [sys.executable, '-c', code, command, '-p', str(root), *args]
+
+def score_cmd(root, *args): return cli('stream_scoring', 'stream-score', root, *args)
 
 def read_all(url, n, group='check', timeout=30):
     b, got, end = broker(url, group=group).start(), [], time.monotonic() + timeout
@@ -156,7 +159,7 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
     assert len(preds) == 150 and {p['model'] for p in preds} == {a}
     by_key = {p['key']: p for p in preds}
     truth = dict(zip([f'k{i}' for i in range(150)], df['target'].iloc[:150]))
-    assert sum(by_key[k]['label'] == truth[k] for k in by_key) >= 135          # the champion's answers, not noise
+    assert sum(by_key[k]['label'] == truth[k] for k in by_key) >= 120          # the champion's answers, not noise
     dead = read_all(f'{src}.dead', 2)
     assert sorted(m.headers['mlnb-reason'].split(':')[0] for m in dead) == ['mean area', 'mean radius']
     logged = {r_['request_id']: r_ for r_ in st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions))}
@@ -178,3 +181,25 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
     assert '40 events scored' in so
     assert len(logged) + 40 == len(st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions)))
     assert {p['model'] for p in later} == {b}                                  # the promotion followed without a restart
+
+
+def test_online_learning_from_a_stream_checkpoints_a_challenger_for_the_gate(trained, kafka):
+    from mlnb.store import Store
+    root, _, df = trained
+    st = Store(f"sqlite:///{root/'.mlnb'/'mlnb.db'}")
+    if not st.alias('champion'): py(root, "from mlnb.registry import save_model as s; s(__import__('mlnb.config').config.load_project('.'))")
+    champion = st.alias('champion')
+    src = source('kafka', kafka, 'labelled')
+    produce(src, df.to_dict('records') + [{**df.iloc[0].to_dict(), 'target': 7}, df.drop(columns='target').iloc[0].to_dict()])
+    learn = lambda: subprocess.run(cli('retraining', 'stream-learn', root, src, '--every', '60'), capture_output=True, text=True, timeout=300)
+    r = learn()
+    assert r.returncode == 0, r.stderr
+    assert '200 labelled events learned' in r.stdout and 'in 4 checkpoints, 2 refused' in r.stdout, r.stdout
+    last = st.alias('challenger')
+    assert last != champion and st.alias('champion') == champion              # a checkpoint never serves by itself
+    meta = json.loads(py(root, f"import json; from mlnb.registry import stored_model as s; from mlnb.config import load_project as l; print(json.dumps(s(l('.'), {last!r}).info.metadata))"))
+    assert meta['online_stream'] == str(stream_url(src)) and meta['online_rows'] == 20
+    again = learn()                                                           # a restart: from the last checkpoint, nothing read twice
+    assert again.returncode == 0 and again.stdout.startswith(f'0 labelled events learned from {src} by {last}'), again.stdout
+    gate = mlnb('promote', cwd=root, check=False)                             # the promotion gate decides, on rows neither trained on
+    assert gate.returncode in (0, 2) and (st.alias('champion') == last) == (gate.returncode == 0), gate.stderr
