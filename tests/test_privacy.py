@@ -349,6 +349,10 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     assert raw[0] == pid and '"sealed"' in raw[1] and str(round(next(iter(record.values())), 3)) not in raw[1]
     privacy.use_keys(p)
     assert st.read(sa.select(predictions.c.inputs).where(predictions.c.request_id == rid))[0]['inputs'].keys() == record.keys()
+    actions = [r['action'] for r in st.read(sa.select(audit_log.c.action).order_by(audit_log.c.seq))]
+    assert {'package', 'serve', 'token add', 'token revoke'} <= set(actions), actions      # the commands' own audit rows, one chain
+    r = cli('audit', '--verify', '-p', own_project)
+    assert r.returncode == 0 and f"{len(actions)} rows" in r.stdout, r.stderr
 
 
 # ---------------------------------------------------------------- a real pipeline run
