@@ -12,13 +12,14 @@ from .config import Project, load_project
 from .store import Store, sqlite_file, utcnow
 
 # %% auto #0
-__all__ = ['BACKUP_VERSION', 'SKIP_WORKSPACE', 'SKIP_PROJECT', 'PATH_COLUMNS', 'store_kind', 'store_tables', 'row_counts',
-           'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'BackupInfo', 'backup', 'relocate', 'restore',
-           'cmd_backup', 'cmd_restore', 'add_commands']
+__all__ = ['BACKUP_VERSION', 'SKIP_WORKSPACE', 'JOURNAL', 'SKIP_PROJECT', 'PATH_COLUMNS', 'store_kind', 'store_tables',
+           'row_counts', 'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'BackupInfo', 'backup', 'relocate',
+           'restore', 'cmd_backup', 'cmd_restore', 'add_commands']
 
 # %% ../nbs/12e_backup.ipynb #a31f9a92
 BACKUP_VERSION = 1
-SKIP_WORKSPACE = {'logs', 'build', 'tmp', 'deploy'}           # regenerated, or per process (HAProxy's socket and log)
+SKIP_WORKSPACE = {'logs', 'build', 'tmp', 'deploy', 'journal'}   # regenerated, per process (HAProxy's socket and log), or copied first (the journal)
+JOURNAL = 'journal'          # the prediction log's journal in the workspace: rows answered but maybe not yet in the store
 SKIP_PROJECT = {'.git', '.venv', 'venv', '__pycache__', '.ipynb_checkpoints', 'deploy'}
 
 def store_kind(url:str) -> str:
@@ -126,7 +127,8 @@ def backup(settings='settings.ini', dest=None) -> BackupInfo:
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     try:
-        store_file = dump_store(p.store_url, part)          # first: every file its rows name is already on disk
+        if (p.workspace/JOURNAL).is_dir(): shutil.copytree(p.workspace/JOURNAL, part/JOURNAL)   # before the store: a row is in one or the other
+        store_file = dump_store(p.store_url, part)          # before the files: every file its rows name is already on disk
         rows = sqlite_counts(part/store_file) if store_file == 'store.sqlite' else row_counts(p.store_url)
         if p.workspace.is_dir(): shutil.copytree(p.workspace, part/'workspace', symlinks=True, ignore=_skip_workspace(p))
         shutil.copytree(p.root, part/'project', symlinks=True, ignore=_skip_project(p))
@@ -224,6 +226,7 @@ def _put_in_place(src:Path, staged:Path, folder:Path, m:dict):
         os.replace(f, target)
     staged.rmdir()
     if (src/'workspace').is_dir(): shutil.copytree(src/'workspace', ws, symlinks=True)
+    if (src/JOURNAL).is_dir(): shutil.copytree(src/JOURNAL, ws/JOURNAL)     # a server writes its rows to the store when it starts
 
 def _restore_store(file:Path, url:str, kind:str):
     "Put the backup's store `file` at `url`: a SQLite file replaced whole (through a temporary name), or the tables replaced by pg_restore."

@@ -480,8 +480,11 @@ def start(self:Replicas, timeout:float=180) -> Replicas:
     from concurrent.futures import ThreadPoolExecutor
     from mlnb.serve import die_with_parent, port_in_use
     if port_in_use(self.host, self.port): raise MlnbError(f"port {self.port} on {self.host} is in use: choose a free one, e.g. --port {free_port(self.host)}")
+    # the threads that start the servers live as long as the servers: a child's PR_SET_PDEATHSIG (`die_with_parent`)
+    # fires when the *thread* that forked it exits, and would stop a server started by a short-lived thread
+    self.pool = ThreadPoolExecutor(len(self.servers), thread_name_prefix='mlnb-replica')
     try:
-        with ThreadPoolExecutor(len(self.servers)) as ex: list(ex.map(lambda s: s.start(timeout), self.servers))
+        for f in [self.pool.submit(s.start, timeout) for s in self.servers]: f.result()
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg = self.folder/'haproxy.cfg'
         atomic_write(cfg, haproxy_config([(s.host, s.port) for s in self.servers], self.host, self.port, self.folder,
@@ -558,6 +561,7 @@ def stop(self:Replicas):
         try: self.proc.wait(10)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
     for s in self.servers: s.stop()
+    if getattr(self, 'pool', None): self.pool.shutdown()
     if getattr(self, 'log', None): self.log.close()
 
 # %% ../nbs/12d_deploy.ipynb #f16d0422
