@@ -566,9 +566,10 @@ class _Writer:
         self.path.unlink(missing_ok=True)
 
 # %% ../nbs/03_ingest.ipynb #828eb1de
-def write_snapshot(df:pd.DataFrame, folder, name='snapshot.parquet') -> Snapshot:
-    "Write `df` to `folder/name` as Parquet (through a temporary file) and return its `Snapshot`."
+def write_snapshot(df:pd.DataFrame, folder, name='snapshot.parquet', protect=None) -> Snapshot:
+    "Write `df` (through `protect`, e.g. `mlnb.privacy.protect`) to `folder/name` as Parquet (through a temporary file) and return its `Snapshot`."
     df.columns = [str(c) for c in df.columns]
+    if protect is not None: df = protect(df)
     path = Path(folder)/name; path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{name}.tmp'); w = _Writer(tmp)
     try: w.write(_plain(_from_pandas(df))); h, rows = w.close()
@@ -638,8 +639,8 @@ def _stray_text(path, src:str):
             raise DataError(f"column '{name}' of {src} holds numbers, but {_rows(s.index[bad] + 1)} {_hold(s[bad])}: fix or blank {'that value' if bad.sum() == 1 else 'those values'}")
 
 # %% ../nbs/03_ingest.ipynb #bbfcb3d6
-def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
-    "Copy the previous snapshot, then the source's new rows, into writer `w`; returns the largest watermark."
+def _stream(data:dict, root, w:_Writer, opts:dict, since, previous, protect=None):
+    "Copy the previous snapshot, then the source's new rows (through `protect`), into writer `w`; returns the largest watermark."
     pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
     col, row, top = data.get('watermark'), 1, since.as_py() if since is not None and since.is_valid else None
     if previous is not None:
@@ -650,6 +651,7 @@ def _stream(data:dict, root, w:_Writer, opts:dict, since, previous):
     for t in source_batches(data, root, opts, since=since):
         t, n = _plain(t), t.num_rows
         if col: t = _newer(t, col, since, row, data['source'])
+        if protect is not None: t = protect(t)           # personal columns pseudonymized before a byte is written
         if t.num_rows or (w.schema is None and not w.buf): w.write(t, row)
         if col and t.num_rows: top = max(x for x in (top, pc.max(t[col]).as_py()) if x is not None)
         row += n
@@ -663,7 +665,9 @@ def _repeats(path, n:int) -> int:
     return int(np.isin(h[-n:], h[:-n]).sum())
 
 def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='snapshot.parquet',
-           extra=None) -> Snapshot:  # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
+           extra=None,     # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
+           protect=None    # a function applied to each new Arrow table before it is written (`mlnb.privacy.protect`)
+          ) -> Snapshot:
     "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
     pq = need('pyarrow.parquet', 'pyarrow')
     col, src = data.get('watermark'), redact(data['source'])   # what is recorded and shown: no password, no token
@@ -675,9 +679,9 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
     while True:
         w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None, opts.get('widened'))
         try:
-            wm = _stream(data, root, w, opts, since, previous)
+            wm = _stream(data, root, w, opts, since, previous, protect)
             if opts.get('bad'): _raise_malformed(data, root, opts['bad'])
-            n_extra = _append_extra(w, extra) if extra else 0
+            n_extra = _append_extra(w, extra, protect) if extra else 0
             w.flush(); w.wait(); _check(data, w.schema, w.nulls, w.rows, src)
             meta = {'source': src, 'watermark_column': col, 'watermark': wm, **({'extra': str(extra), 'extra_rows': n_extra} if extra else {})}
             h, rows = w.close(meta)
@@ -726,8 +730,8 @@ def _integral(t, schema):
         t = t.set_column(t.schema.get_field_index(f.name), f.name, col.cast(f.type))
     return t
 
-def _extra_tables(path, schema):
-    "The rows of file `path` (CSV, Parquet or JSON Lines) as tables with the columns and types of `schema`."
+def _extra_tables(path, schema, protect=None):
+    "The rows of file `path` (CSV, Parquet or JSON Lines), through `protect`, as tables with the columns and types of `schema`."
     p = Path(path); kind = _ext(str(p))
     if not p.is_file(): raise DataError(f"extra rows file {p} does not exist")
     if kind not in FILE_READERS: raise DataError(f"extra rows file {p}: unsupported type '{kind}' (expected {', '.join(FILE_READERS)})")
@@ -735,6 +739,7 @@ def _extra_tables(path, schema):
     opts, row = {'types': {f.name: f.type for f in schema if not f.type.num_fields and not pa.types.is_integer(f.type)}}, 1
     for t in FILE_READERS[kind](str(p), opts):
         t = _plain(t)
+        if protect is not None: t = protect(t)
         if set(t.schema.names) != set(schema.names):
             gone, new = [c for c in schema.names if c not in t.schema.names], [c for c in t.schema.names if c not in schema.names]
             raise DataError(f"extra rows file {p} has columns {', '.join(t.schema.names)}; the data has {', '.join(schema.names)}"
@@ -744,11 +749,11 @@ def _extra_tables(path, schema):
         row += t.num_rows
     if opts.get('bad'): raise DataError(_malformed(str(p), opts['bad']))
 
-def _append_extra(w:_Writer, path) -> int:
-    "Append the rows of file `path` to writer `w`, in the columns and types of what it holds so far; returns how many."
+def _append_extra(w:_Writer, path, protect=None) -> int:
+    "Append the rows of file `path` (through `protect`) to writer `w`, in the columns and types of what it holds so far; returns how many."
     w.flush(); n = 0
     if w.schema is None: raise DataError(f"extra rows file {path}: the source has no columns to append to")
-    for t in _extra_tables(path, w.schema): w.write(t); n += t.num_rows
+    for t in _extra_tables(path, w.schema, protect): w.write(t); n += t.num_rows
     return n
 
 # %% ../nbs/03_ingest.ipynb #699d1087

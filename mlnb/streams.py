@@ -415,7 +415,7 @@ def append(self:Parts, table, positions:dict, schema:dict|None=None, dead:int=0,
         except BaseException: w.abort(); raise
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         os.replace(tmp, self.folder/name)
-        part = {'file': name, 'hash': h, 'rows': rows, 'positions': positions, 'written': time.time()}
+        part = {'file': name, 'hash': h, 'rows': rows, 'positions': positions, 'columns': table.schema.names, 'written': time.time()}
         self.m['parts'].append(part)
         self.m['next'] = self.m.get('next', 0) + 1
         self.m['rows'] += rows
@@ -476,19 +476,21 @@ def write_status(folder:Path, **values):
     _write_json(Path(folder)/'_status.json', {**values, 'pid': os.getpid(), 'updated': time.time()})
 
 # %% ../nbs/03a_streams.ipynb #02a734ea
-def _batch(b:Broker, store:Parts, msgs:list[Message], target:str|None, dead_to:str, out:Consumed):
-    "Write one micro-batch: skip replays, dead-letter the bad, append the good, then commit."
+def _batch(b:Broker, store:Parts, msgs:list[Message], target:str|None, dead_to:str, out:Consumed, protect=None):
+    "Write one micro-batch: skip replays, dead-letter the bad, append the good (through `protect`), then commit."
     fresh = [m for m in msgs if not b.done(m, store.positions)]
     good, bad, schema = decode(fresh, store.schema, target)
     if bad:
         b.send(dead_to, dead_letters(bad, str(b.url)))
         b.flush()                                        # dead letters are durable before the positions pass them
-    store.append(to_table(good, schema) if good else None, b.positions(msgs), schema, dead=len(bad), skipped=len(msgs) - len(fresh))
+    table = to_table(good, schema) if good else None
+    if table is not None and protect is not None: table = protect(table)    # personal columns pseudonymized before a byte is written
+    store.append(table, b.positions(msgs), schema, dead=len(bad), skipped=len(msgs) - len(fresh))
     b.commit(msgs)                                       # only now: the batch is in the store
     out.read += len(msgs); out.rows += len(good); out.dead += len(bad); out.skipped += len(msgs) - len(fresh); out.batches += 1
 
 def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None=None, follow:bool=False,
-            stop:Stop|None=None, on_batch=None) -> Consumed:
+            stop:Stop|None=None, on_batch=None, protect=None) -> Consumed:
     "Read `data`'s stream source into its store until caught up (or, with `follow`, until stopped), at most `max_rows` messages / `max_seconds`."
     from mlnb.ingest import resolved
     cfg, (full, _) = stream_settings(data), resolved(data)
@@ -503,7 +505,7 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
                 left = cfg['batch_rows'] if not max_rows else min(cfg['batch_rows'], max_rows - out.read)
                 if left <= 0 or (max_seconds and time.monotonic() - start >= max_seconds): break
                 msgs = b.read(left, cfg['batch_seconds'])
-                if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out)
+                if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out, protect)
                 elif not follow: break                   # caught up
                 out.seconds, out.lag = time.monotonic() - start, b.lag() if msgs or out.batches % 10 == 0 else out.lag
                 write_status(store.folder, role='ingest', source=str(url), topic=url.name, group=cfg['group'], rows=store.m['rows'], dead=store.m['dead'], lag=out.lag, rate=out.rate)
@@ -514,13 +516,16 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
     return out
 
 # %% ../nbs/03a_streams.ipynb #dd69285b
-def stream_snapshot(data:dict, workspace, out_dir, name:str='snapshot.parquet', consume_first:bool=True):
+def stream_snapshot(data:dict, workspace, out_dir, name:str='snapshot.parquet', consume_first:bool=True,
+                    extra=None,     # a file of labelled rows (CSV, Parquet, JSON Lines) added as a part of this snapshot only
+                    protect=None):  # applied to each micro-batch and to the extra rows before they are written (`mlnb.privacy.protect`)
     "Consume the stream source (bounded), then link its committed parts into the snapshot folder `out_dir/name`; a `Snapshot`."
     from mlnb.ingest import Snapshot, resolved
+    pq = need('pyarrow.parquet', 'pyarrow')
     cfg, url = stream_settings(data), stream_url(resolved(data)[0]['source'])
     folder, got = store_folder(workspace, url, cfg['group']), None
     if consume_first:
-        try: got = consume(data, workspace, max_rows=cfg['stream_rows'] or None, max_seconds=cfg['stream_seconds'] or None)
+        try: got = consume(data, workspace, max_rows=cfg['stream_rows'] or None, max_seconds=cfg['stream_seconds'] or None, protect=protect)
         except MlnbError as e:
             if 'another consumer is writing' not in str(e): raise
     m = read_manifest(folder)
@@ -531,11 +536,24 @@ def stream_snapshot(data:dict, workspace, out_dir, name:str='snapshot.parquet', 
     for p in m['parts']:
         try: os.link(folder/p['file'], tmp/p['file'])
         except OSError: shutil.copy2(folder/p['file'], tmp/p['file'])      # another file system: a copy
+    schema, n_extra = pq.read_schema(tmp/m['parts'][0]['file']).remove_metadata(), 0
+    if extra:
+        h, n_extra = _extra_part(extra, schema, tmp/'part-extra.parquet', protect)
+        m = {**m, 'extra': {'file': str(extra), 'rows': n_extra, 'hash': h}, 'rows': m['rows'] + n_extra, 'hash': hash_obj([m['hash'], h])}
     (tmp/MANIFEST).write_text(json.dumps(m, indent=1, default=str))
     if snap.is_dir(): shutil.rmtree(snap)
     elif snap.exists(): snap.unlink()
     os.replace(tmp, snap)
-    return Snapshot(snap, m['hash'], m['rows'], list(m['schema']), m['source'], m['positions'], got.rows if got else None)
+    return Snapshot(snap, m['hash'], m['rows'], schema.names, m['source'], m['positions'], got.rows if got else None, n_extra)
+
+def _extra_part(path, schema, dest:Path, protect=None) -> tuple[str, int]:
+    "Write the labelled rows of file `path` (the feedback loop's) as part `dest`, in the stream's columns and types; their hash and count."
+    from mlnb.ingest import _Writer, _extra_tables
+    w = _Writer(dest, schema)
+    try:
+        for t in _extra_tables(path, schema, protect): w.write(t)
+        return w.close({'extra': str(path)})
+    except BaseException: w.abort(); raise
 
 def status(workspace) -> list[dict]:
     "The status of every stream consumer of the workspace (ingest, scoring, online learning), newest first."
@@ -574,7 +592,8 @@ def cmd_ingest(a):
     p = load_project(Path(a.project) if a.project else find_settings())
     if not is_stream(p.data['source']): raise ConfigError("mlnb ingest reads a stream source (kafka://… or redis://…); other sources are read by the ingest stage: mlnb run --stage ingest", p.path, 'data', 'source')
     show = (lambda c: print(f"\r{c}", end='', file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-    c = consume(p.data, p.workspace, max_rows=a.max_rows, max_seconds=a.max_seconds, follow=a.follow, on_batch=show)
+    from mlnb.privacy import protect
+    c = consume(p.data, p.workspace, max_rows=a.max_rows, max_seconds=a.max_seconds, follow=a.follow, on_batch=show, protect=lambda t: protect(t, p))
     if show: print(file=sys.stderr)
     print(f"{c} -> {c.store}")
 

@@ -203,3 +203,30 @@ def test_online_learning_from_a_stream_checkpoints_a_challenger_for_the_gate(tra
     assert again.returncode == 0 and again.stdout.startswith(f'0 labelled events learned from {src} by {last}'), again.stdout
     gate = mlnb('promote', cwd=root, check=False)                             # the promotion gate decides, on rows neither trained on
     assert gate.returncode in (0, 2) and (st.alias('champion') == last) == (gate.returncode == 0), gate.stderr
+
+
+def test_personal_columns_are_pseudonymized_before_a_part_is_written(redis, tmp_path):
+    url = source('redis', redis, f'pii{random.randrange(10**6)}')
+    produce(url, [{'email': f'person{i}@example.org', 'x': float(i), 'target': i % 2} for i in range(30)])
+    settings = new_project(tmp_path/'p', source=url, target='target')
+    settings.write_text(settings.read_text().replace('target = target', 'target = target\npii = email'))
+    mlnb('ingest', '-p', settings)
+    store = store_folder(tmp_path/'p'/'.mlnb', stream_url(url), 'mlnb')
+    df = pd.read_parquet(store)
+    assert len(df) == 30 and df['email'].str.fullmatch('[0-9a-f]{32}').all()
+    assert not any(b'example.org' in f.read_bytes() for f in store.iterdir() if f.is_file())
+
+
+def test_a_streamed_snapshot_takes_the_feedback_loops_extra_rows_as_a_part(redis, tmp_path):
+    from mlnb.streams import stream_snapshot
+    url = source('redis', redis, f'extra{random.randrange(10**6)}')
+    produce(url, [{'x': float(i), 'c': 'ab'[i % 2], 'target': i % 2} for i in range(10)])
+    pd.DataFrame({'x': [1.5, 2.5, 3.5], 'c': ['a', 'b', 'a'], 'target': [1, 0, 1]}).to_csv(tmp_path/'labels.csv', index=False)
+    data = {'source': url, 'target': 'target'}
+    plain = stream_snapshot(data, tmp_path/'ws', tmp_path/'run1')
+    snap = stream_snapshot(data, tmp_path/'ws', tmp_path/'run2', extra=tmp_path/'labels.csv')
+    assert (plain.rows, snap.rows, snap.extra) == (10, 13, 3) and snap.hash != plain.hash
+    assert pd.read_parquet(snap.path)['x'].tolist()[-3:] == [1.5, 2.5, 3.5]
+    assert read_manifest(tmp_path/'ws'/'streams'/store_folder('.', stream_url(url), 'mlnb').name)['rows'] == 10   # the store holds the stream's rows only
+    (tmp_path/'bad.csv').write_text('x,y\n1,2\n')
+    with pytest.raises(Exception, match='extra rows file .*bad.csv has columns x, y'): stream_snapshot(data, tmp_path/'ws', tmp_path/'run3', extra=tmp_path/'bad.csv')
