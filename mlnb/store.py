@@ -17,8 +17,8 @@ __all__ = ['meta', 'J', 'runs', 'stage_runs', 'metrics', 'artifacts', 'snapshots
            'utcnow', 'is_sealed', 'seal', 'Sealed', 'sqlite_file', 'check_sqlite', 'new_run_id', 'upgrade', 'Store',
            'start_run', 'finish_run', 'start_stage', 'finish_stage', 'record', 'runner', 'runner_gone',
            'mark_stale_runs', 'get_run', 'list_runs', 'cached_stage', 'latest_output', 'add_snapshot', 'add_model',
-           'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at', 'actor', 'audit_hash', 'audit',
-           'verify_audit']
+           'set_alias', 'alias', 'alias_info', 'drop_alias', 'get_model', 'store_at', 'actor', 'audit_hash',
+           'plain_json', 'audit', 'verify_audit']
 
 # %% ../nbs/02_store.ipynb #860e87bd
 meta = sa.MetaData()
@@ -394,6 +394,10 @@ def audit_hash(row:dict) -> str:
     body = [row['seq'], created, row['actor'], row['action'], row['target'], row['detail'], row['prev']]
     return sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
+def plain_json(o):
+    "`o` as the database will give it back: JSON types only (paths, times as text; NaN and infinities as null, which PostgreSQL's JSON refuses)."
+    return None if o is None else json.loads(json.dumps(o, default=str), parse_constant=lambda _: None)
+
 @_store
 def audit(self:Store, action:str, target=None, detail:dict|None=None, who:str|None=None) -> int:
     "Append one row to the audit trail, chained to the row before; returns its number."
@@ -401,7 +405,7 @@ def audit(self:Store, action:str, target=None, detail:dict|None=None, who:str|No
         c.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))   # takes the lock first
         seq, prev = c.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
         row = dict(seq=seq, created=utcnow(), actor=who or actor(), action=action, target=None if target is None else str(target),
-                   detail=detail, prev=prev)
+                   detail=plain_json(detail), prev=prev)
         row['hash'] = audit_hash(row)
         c.execute(audit_log.insert().values(**row))
         c.execute(audit_head.update().where(audit_head.c.id == 1).values(hash=row['hash']))
