@@ -241,6 +241,7 @@ def test_sidebar_in_jupyterlab(lab):
             # a failing stage: evaluate raises in a new last cell; run it from the sidebar: failed, with its cell and error
             import nbformat
             ev = s.parent/'pipeline'/'evaluate.ipynb'
+            original = ev.read_bytes()
             nb = nbformat.read(ev, as_version=4)
             nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('broken on purpose')"))
             nbformat.write(nb, ev)
@@ -253,6 +254,9 @@ def test_sidebar_in_jupyterlab(lab):
             assert 'RuntimeError: broken on purpose' in err and f'cell {cells}' in err, err        # papermill's executed copy has one cell more
             assert page.locator('svg.mlnb-dag g.mlnb-node[data-stage="evaluate"][data-state="failed"]').count() == 1
             page.screenshot(path=str(ARTIFACTS/'lab_failed.png'))
+            ev.write_bytes(original)                                                 # fixed: evaluate is up to date again (its earlier outputs)
+            page.locator('button.mlnb-refresh').click()
+            states(page, {'evaluate': 'up to date'}, timeout=30)
 
             # promote the challenger through the gate, then roll back: the champion moves both ways
             champ, chall = st.alias('champion'), st.alias('challenger')
@@ -264,6 +268,26 @@ def test_sidebar_in_jupyterlab(lab):
             page.locator('.mlnb-models tr[data-alias="champion"] .mlnb-tag', has_text=champ).wait_for(timeout=60 * SECONDS)
             assert st.alias('champion') == champ and 'rolled back' in page.locator('.mlnb-message').inner_text()
             page.screenshot(path=str(ARTIFACTS/'lab_rolled_back.png'))
+
+            # a worse challenger (one boosting iteration: accuracy 0.63 against 0.93): the gate refuses it with its reason
+            from mlnb.config import load_project
+            from mlnb.registry import save_model
+            mlnb('run', '--params', "train.model_params={'max_iter': 1}", cwd=s.parent)
+            bad = save_model(load_project(s)).tag
+            page.locator('button.mlnb-refresh').click()
+            page.locator('.mlnb-models tr[data-alias="challenger"] .mlnb-tag', has_text=bad).wait_for(timeout=30 * SECONDS)
+            page.locator('button.mlnb-promote').click()
+            page.locator('.mlnb-message', has_text='not promoting').wait_for(timeout=60 * SECONDS)
+            assert 'worse than champion' in page.locator('.mlnb-message').inner_text() and st.alias('champion') == champ
+            page.screenshot(path=str(ARTIFACTS/'lab_gate_refused.png'))
+
+            # the last run of a stage: its executed copy, rendered by the server in a page of its own
+            with page.context.expect_page() as opened:
+                row(page, 'train').locator('button.mlnb-open-executed').click()
+            executed = opened.value
+            executed.wait_for_load_state()
+            assert 'mlnb_context' in executed.content() and 'edited in JupyterLab' in executed.content()
+            executed.close()
 
             # a click on a stage in the graph opens its notebook; its toolbar shows its state
             page.locator('svg.mlnb-dag g.mlnb-node[data-stage="validate"]').click()

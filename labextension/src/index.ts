@@ -155,7 +155,7 @@ class PipelinePanel extends Widget {
     const running = st.jobs.find(j => j.status === 'running');
     this.q('.mlnb-project').textContent = `${st.project} — ${st.settings} (states in ${st.ms} ms)`;
     const actions = this.q('.mlnb-actions');
-    actions.replaceChildren(button('Run all', () => void this.start({}), 'mlnb-run-all'));
+    actions.replaceChildren(button('Run all', () => void this.start({}), 'mlnb-run-all'), button('Refresh', () => void this.refresh(), 'mlnb-refresh'));
     if (running) actions.append(button('Cancel', () => void this.cancel(running), 'mlnb-cancel'));
     actions.querySelectorAll('button.mlnb-run-all').forEach(b => ((b as HTMLButtonElement).disabled = !!running));
     this.drawDag(st.stages);
