@@ -154,11 +154,12 @@ def _flush(self:KafkaBroker):
     if left or self.failed: raise self._fail('messages not delivered', self.failed[:1] or f"{left} still queued")
 
 def _kafka_lag(self:KafkaBroker) -> int|None:
-    "Messages in the assigned partitions past the consumer's position (never below 0: tansu's high watermark may trail a batch)."
+    "Messages in the assigned partitions past the consumer's position, from the high watermarks the last fetches brought (no round trip: asking tansu takes ~0.5 s); never below 0."
     try:
         n = 0
         for tp in self.c.position(self.c.assignment()):
-            lo, hi = self.c.get_watermark_offsets(tp, timeout=5)
+            lo, hi = self.c.get_watermark_offsets(tp, cached=True)
+            if hi < 0: return None                       # nothing fetched from this partition yet
             n += max(0, hi - (tp.offset if tp.offset >= 0 else lo))
         return n
     except Exception: return None
