@@ -79,6 +79,7 @@ class Hub {
 class PipelinePanel extends Widget {
   path = '';
   private busy = false;
+  private again = false;                // a refresh asked for while one was on its way: its answer may predate a save
   private timer = 0;
 
   constructor(private app: JupyterFrontEnd, private hub: Hub) {
@@ -109,8 +110,9 @@ class PipelinePanel extends Widget {
   }
 
   async refresh(): Promise<void> {
-    if (this.busy) return;
+    if (this.busy) { this.again = true; return; }
     this.busy = true;
+    this.again = false;
     let running = false;
     try {
       const q = URLExt.objectToQueryString({ path: this.path });
@@ -122,7 +124,7 @@ class PipelinePanel extends Widget {
       this.q('.mlnb-project').textContent = (e as Error).message;
     } finally {
       this.busy = false;
-      this.schedule(running ? 1000 : 15000);     // idle: a save, a click or a focus change refreshes sooner
+      this.schedule(this.again ? 0 : running ? 1000 : 15000);     // idle: a save, a click or a focus change refreshes sooner
     }
   }
 
