@@ -7,9 +7,8 @@ from __future__ import annotations
 import json, os, shutil, subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from .core import MlnbError, atomic_write
+from .core import MlnbError, atomic_write, redact
 from .config import Project, load_project
-from .store import Store, sqlite_file, utcnow
 
 # %% auto #0
 __all__ = ['BACKUP_VERSION', 'SKIP_WORKSPACE', 'JOURNAL', 'SKIP_PROJECT', 'PATH_COLUMNS', 'store_kind', 'store_tables',
@@ -31,6 +30,7 @@ def store_kind(url:str) -> str:
 
 def _skip_workspace(p:Project):
     "The `ignore` of `shutil.copytree` for the workspace: the store's files, logs, builds, per-server BentoML homes."
+    from mlnb.store import Store, sqlite_file
     db = sqlite_file(Store(p.store_url).engine) if store_kind(p.store_url) == 'sqlite' else None
     store_files = {db.name, f'{db.name}-wal', f'{db.name}-shm', f'{db.name}-journal', f'.{db.name}.checked'} if db else set()
     top, servers = p.workspace.resolve(), (p.workspace/'bentoml'/'servers').resolve()
@@ -60,6 +60,7 @@ def store_tables() -> list[str]:
 def row_counts(url:str) -> dict:
     "Rows per store table."
     import sqlalchemy as sa
+    from mlnb.store import Store
     s = Store(url)
     try:
         with s.engine.connect() as c: return {t: c.execute(sa.text(f'SELECT count(*) FROM {t}')).scalar() for t in store_tables()}
@@ -96,11 +97,18 @@ def _run(cmd:list[str], env:dict, what:str):
 
 def dump_store(url:str, dest:Path) -> str:
     "Copy the store at `url` into `dest`'s folder: store.sqlite or store.pgdump; returns the file's name."
+    from mlnb.store import Store, sqlite_file
     if store_kind(url) == 'sqlite':
         copy_sqlite(sqlite_file(Store(url).engine), dest/'store.sqlite')
         return 'store.sqlite'
+    import sqlalchemy as sa
+    s = Store(url)
+    try:
+        with s.engine.connect() as c: schema = c.execute(sa.text('SELECT current_schema()')).scalar()   # where the store's tables are
+    finally: s.engine.dispose()
     args, env = pg_args(url)
-    _run(['pg_dump', '-Fc', '--no-owner', '--no-privileges', *[a for t in store_tables() for a in ('-t', t)], '-f', str(dest/'store.pgdump'), *args], env, 'dump the store')
+    tables = [a for t in store_tables() for a in ('-t', f'"{schema}"."{t}"')]
+    _run(['pg_dump', '-Fc', '--no-owner', '--no-privileges', *tables, '-f', str(dest/'store.pgdump'), *args], env, 'dump the store')
     return 'store.pgdump'
 
 # %% ../nbs/12e_backup.ipynb #d350ebf9
@@ -119,6 +127,7 @@ def _size(folder:Path) -> tuple[int, int]:
 
 def backup(settings='settings.ini', dest=None) -> BackupInfo:
     "Copy project `settings`' store (first), workspace, BentoML store and project files into the new folder `dest`."
+    from mlnb.store import utcnow
     p = load_project(settings)
     dest = Path(dest or f"mlnb-backup-{p.name}-{utcnow():%Y%m%d-%H%M%S}").absolute()
     if dest.exists() and any(dest.iterdir()): raise MlnbError(f"{dest} exists and is not empty: a backup goes into a new folder")
@@ -151,7 +160,7 @@ PATH_COLUMNS = {'stage_runs': ('out_dir', 'notebook'), 'artifacts': ('path',), '
 def relocate(url:str, moves:dict) -> int:
     "Rewrite paths in the store at `url` that start with a key of `moves` (old folder -> new folder); returns the values changed."
     import sqlalchemy as sa
-    from mlnb.store import meta
+    from mlnb.store import Store, meta
     s, n = Store(url), 0
     order = sorted(moves, key=len, reverse=True)                  # the longest (innermost) folder first
     def moved(v):
@@ -187,6 +196,7 @@ def _store_has_runs(url:str) -> bool:
 # %% ../nbs/12e_backup.ipynb #820a64e1
 def restore(src, folder='.', force:bool=False) -> Project:
     "Restore backup `src` into `folder` as a working project; refuses to overwrite a project or a store with runs unless `force`."
+    from mlnb.store import Store
     src, folder = Path(src), Path(folder).absolute()
     try: m = json.loads((src/'manifest.json').read_text())
     except (OSError, ValueError): raise MlnbError(f"{src}: not an mlnb backup (no readable manifest.json)") from None
@@ -201,7 +211,7 @@ def restore(src, folder='.', force:bool=False) -> Project:
     url = p.store_url.replace(str(staged), str(folder))                 # where the store will be once in place
     if not _inside(url, staged) and _store_has_runs(url) and not force:
         shutil.rmtree(staged)
-        raise MlnbError(f"the store {Store(url).url if store_kind(url) == 'sqlite' else url.split('@')[-1]} already holds runs: restoring would replace them (--force)")
+        raise MlnbError(f"the store {redact(url)} already holds runs: restoring would replace them (--force)")
     _put_in_place(src, staged, folder, m)
     p = load_project(folder/'settings.ini')
     _restore_store(src/m['store_file'], p.store_url, m['store'])
@@ -255,6 +265,7 @@ def cmd_backup(a):
 
 def cmd_restore(a):
     "`mlnb restore SRC [DIR]`."
+    from mlnb.store import Store
     p = restore(a.src, a.dir, force=a.force)
     print(f"restored {p.name} into {p.root} (store {Store(p.store_url).url}); next: cd {p.root} && mlnb runs")
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12d_deploy.ipynb #7a960f71
 from __future__ import annotations
-import json, os, re, signal, subprocess, threading, time, urllib.request
+import json, os, re, signal, subprocess, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch

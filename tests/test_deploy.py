@@ -9,7 +9,7 @@ import json, math, os, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pandas as pd, pytest, requests, yaml
-from conftest import mlnb
+from conftest import mlnb, wait_for
 from mlnb.config import load_project
 from mlnb.core import MlnbError, free_port
 from mlnb.store import Store, predictions
@@ -46,9 +46,9 @@ def own(project, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def replicas(own):
-    "Two `bentoml serve` replicas of the champion behind HAProxy on a free port."
+    "Two `bentoml serve` replicas of the champion behind HAProxy on a free port, logging JSON lines."
     from mlnb.deploy import Replicas
-    r = Replicas(own, n=2, port=free_port(), env={'MLNB_API_TOKEN': None, 'MLNB_POLL_SECONDS': '0.5'}).start()
+    r = Replicas(own, n=2, port=free_port(), env={'MLNB_API_TOKEN': None, 'MLNB_POLL_SECONDS': '0.5', 'MLNB_LOG_FORMAT': 'json'}).start()
     yield r
     r.stop()
 
@@ -116,15 +116,6 @@ def lint(text: str) -> str:
     "What `promtool check metrics` says about a Prometheus exposition (empty: nothing)."
     r = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True, timeout=60)
     return (r.stdout + r.stderr).strip()
-
-
-def wait_for(what, timeout, every=0.5):
-    "Call `what` until it returns something true; that value (AssertionError after `timeout` seconds)."
-    end = time.time() + timeout
-    while time.time() < end:
-        if (got := what()): return got
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {getattr(what, '__doc__', None) or what}")
 
 
 @pytest.fixture
@@ -197,8 +188,38 @@ def test_prometheus_queries_latency_and_fires_a_drift_alert(own, replicas, prome
 
 # ---- replicas -----------------------------------------------------------------------------------------------------
 
+def test_request_ids_and_json_log_lines_through_haproxy(own, replicas):
+    "A client's X-Request-ID names the answer and its log line; HAProxy gives one to a request without; lines are JSON without feature values."
+    rec = holdout(own).iloc[0].to_dict()
+    r = requests.post(f'{replicas.url}/predict', json={'record': rec}, headers={'X-Request-ID': 'deploy-json-1'}, timeout=30)
+    assert r.status_code == 200 and r.json()['request_id'] == 'deploy-json-1'
+    given = requests.post(f'{replicas.url}/predict', json={'record': rec}, timeout=30).json()['request_id']
+    assert given != 'deploy-json-1' and len(given) > 20 and given == given.upper()      # HAProxy's unique-id, not the service's uuid4
+    bad = requests.post(f'{replicas.url}/predict', json={'record': {**rec, 'mean radius': 'x'}}, headers={'X-Request-ID': 'deploy-json-2'}, timeout=30)
+    assert bad.status_code == 400
+    def lines():
+        out = []
+        for s in replicas.servers:
+            for l in s.log.read_text(errors='replace').splitlines():
+                if '"request_id"' in l: out.append(json.loads(l))        # a line that names a request is one JSON object
+        return out
+    def both():
+        got = {d['request_id']: d for d in lines()}
+        return 'deploy-json-1' in got and 'deploy-json-2' in got and got
+    wait_for(lambda: sum(d['message'] == 'mlnb: answered' for d in lines()) >= 2, 10)   # the lines are there
+    text = json.dumps(lines())
+    assert 'mlnb: POST /predict -> 400' in text and str(rec['mean texture']) not in text            # no feature values
+    assert len(wait_for(lambda: Store(own.store_url).read(predictions.select().where(predictions.c.request_id == 'deploy-json-1')), 10)) == 1
+    if not any(d['request_id'] for d in lines()):
+        pytest.xfail("every JSON line has request_id null: BentoML's TraceRecordFilter overwrites record.request_id (REQUESTS.md item 8)")
+    got = wait_for(both, 10)
+    ok, err = got['deploy-json-1'], got['deploy-json-2']
+    assert ok['model'] == r.json()['model'] and ok['status'] == 200 and ok['latency_ms'] >= 0 and {'time', 'level', 'message'} <= set(ok)
+    assert err['status'] == 400 and err['endpoint'] == '/predict' and err['level'] in ('warning', 'error')
+
+
 def test_killed_replica_and_promotion_under_traffic_cost_no_request(own, replicas):
-    "c=6 through HAProxy for 10 s: a new champion at 2 s (every replica follows), replica 1 SIGKILLed at 5 s; no request fails."
+    "c=6 through HAProxy for ~11 s: a new champion at 2 s (every replica follows), replica 1 SIGKILLed 5 s later; no request fails, none is lost."
     tag = py("from mlnb.registry import save_model; from mlnb.config import load_project; print(save_model(load_project('settings.ini')).tag)", own.root).split()[-1]
     records = holdout(own).to_dict('records')
     answers, stop, lock = [], threading.Event(), threading.Lock()
@@ -268,3 +289,38 @@ def test_backup_restored_into_a_fresh_folder_serves_the_same_answers(own, replic
     r = subprocess.run([sys.executable, '-c', f"from mlnb.backup import restore; restore({str(tmp_path/'bk')!r}, {str(tmp_path/'again')!r})"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and 'holds a project' in r.stderr and 'force' in r.stderr
+
+
+PG_URL = os.environ.get('MLNB_TEST_PG_URL')
+
+@pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it')
+def test_backup_and_restore_of_a_postgresql_store(tmp_path):
+    "pg_dump of the store's tables in its own schema (nothing else in the database), pg_restore over it only when forced."
+    import secrets, sqlalchemy as sa
+    from mlnb.backup import backup, restore
+    from mlnb.config import new_project
+    schema = f'mlnb_backup_{secrets.token_hex(4)}'                 # a schema of this test's own in the shared test database
+    eng = sa.create_engine(PG_URL)
+    with eng.begin() as c: c.execute(sa.text(f'CREATE SCHEMA {schema}'))
+    stores = []
+    try:
+        settings = new_project(tmp_path/'pg')
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        settings.write_text(settings.read_text().replace('[project]\n', f'[project]\nstore = {url}\n', 1))
+        st = Store(load_project(settings).store_url)
+        stores.append(st)
+        rid = st.start_run('pg')
+        st.finish_run(rid, 'succeeded')
+        b = backup(settings, tmp_path/'bk')
+        assert b.manifest['store'] == 'postgresql' and b.manifest['rows']['runs'] == 1
+        listing = subprocess.run(['pg_restore', '-l', str(b.path/'store.pgdump')], capture_output=True, text=True, check=True).stdout
+        assert f'TABLE DATA {schema} runs' in listing and 'TABLE DATA public' not in listing
+        st.start_run('pg')                                                 # a run after the backup
+        with pytest.raises(MlnbError, match='already holds runs'): restore(b.path, tmp_path/'again')
+        q = restore(b.path, tmp_path/'again', force=True)
+        stores.append(Store(q.store_url))
+        assert [r['id'] for r in stores[-1].list_runs()] == [rid]        # the database holds the backup's state again
+    finally:
+        for s in stores: s.engine.dispose()
+        with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
+        eng.dispose()
