@@ -155,9 +155,11 @@ def k8s_manifests(settings='settings.ini', bento:str|None=None, **over) -> list[
             autoscaler(name, d), disruption_budget(name, d), network_policy(name, d)]
 
 def to_yaml(docs:list[dict]) -> str:
-    "`docs` as one multi-document YAML text."
+    "`docs` as one multi-document YAML text, every value written out (no `&id001` anchors for a dict used twice)."
     import yaml
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+    class Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data): return True
+    return yaml.dump_all(docs, Dumper=Plain, sort_keys=False, default_flow_style=False)
 
 def validate_k8s(docs:list[dict], version:str=K8S_VERSION) -> list[str]:
     "Check each object against the Kubernetes `version` schema (strict: no unknown field), offline; the problems, one line each."
