@@ -164,7 +164,7 @@ def free_port(host:str='127.0.0.1') -> int:
         s.bind((host, 0)); return s.getsockname()[1]
 
 def die_with_parent():
-    "Linux: be sent SIGTERM when the parent process dies, even by SIGKILL (a server started by `mlnb serve`, a server's worker), so none outlives what started it."
+    "Linux: be sent SIGTERM when the parent dies, even by SIGKILL, so no server outlives what started it. The signal comes when the parent's *thread* that started the child ends: start servers from a thread that lives as long as they do."
     import ctypes, signal
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
 
@@ -184,11 +184,11 @@ def templates_dir() -> Path:
 
 # %% ../nbs/00_core.ipynb #a5d5c127
 class JsonLines(logging.Formatter):
-    "A log record as one JSON object: time, level, logger, message, and the request fields it carries."
+    "A log record as one JSON object: time, level, logger, message, and the request fields it carries (as `extra={'mlnb_request_id': …}`: BentoML's filters overwrite `request_id`)."
     FIELDS = ('request_id', 'model', 'endpoint', 'status', 'latency_ms')
     def format(self, r:logging.LogRecord) -> str:
         d = {'time': datetime.fromtimestamp(r.created, timezone.utc).isoformat(timespec='milliseconds'), 'level': r.levelname.lower(),
-             'logger': r.name, 'message': redact(r.getMessage()), **{k: getattr(r, k) for k in self.FIELDS if hasattr(r, k)}}
+             'logger': r.name, 'message': redact(r.getMessage()), **{k: getattr(r, f'mlnb_{k}') for k in self.FIELDS if hasattr(r, f'mlnb_{k}')}}
         if r.exc_info and r.exc_info[1] is not None: d['error'] = redact((str(r.exc_info[1]).strip().splitlines() or [r.exc_info[0].__name__])[0])
         return json.dumps(d, default=str)
 

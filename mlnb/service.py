@@ -789,7 +789,7 @@ def answer(self:Service, records:list, key:str|None=None, request_id:str|None=No
     for rec, row in zip(records, rows):
         o = outcome(m.classes, row)
         p = P(**o, model=m.tag, request_id=request_id or uuid.uuid4().hex, latency_ms=ms)
-        if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(request_id=p.request_id, model=m.tag, status=200, latency_ms=round(ms, 3)))
+        if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(mlnb_request_id=p.request_id, mlnb_model=m.tag, mlnb_status=200, mlnb_latency_ms=round(ms, 3)))
         counters()['mlnb_predictions'].labels(m.tag, str(o.get('label', 'value'))).inc()
         if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
                                                       output=o, latency_ms=ms, created=now, token_id=privacy.TOKEN.get()))
@@ -1182,7 +1182,7 @@ def answers(self:Guard, scope, send, start:float):
         await send({'type': 'http.response.body', 'body': body})
         ms = (time.perf_counter() - start) * 1000
         if self.lines: log.warning("mlnb: %s %s -> %d: %s", scope['method'], scope['path'], held['status'], detail,
-                                   extra=dict(request_id=REQUEST_ID.get(), endpoint=scope['path'], status=held['status'], latency_ms=round(ms, 3)))
+                                   extra=dict(mlnb_request_id=REQUEST_ID.get(), mlnb_endpoint=scope['path'], mlnb_status=held['status'], mlnb_latency_ms=round(ms, 3)))
         try: self.failed(scope['path'], held['status'], detail, ms)
         except Exception as e: log.error("mlnb: cannot log a failed request (%s)", one_line(e))
     return out
