@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade uv
 	@$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	@# the venv's JupyterLab gets the mlnb sidebar and its server extension (an editable install skips data-files)
+	@mkdir -p $(VENV)/share/jupyter/labextensions $(VENV)/etc/jupyter/jupyter_server_config.d
+	@ln -sfn $(CURDIR)/mlnb/labextension $(VENV)/share/jupyter/labextensions/mlnb-lab
+	@cp labextension/jupyter-config/mlnb.json $(VENV)/etc/jupyter/jupyter_server_config.d/mlnb.json
 	@touch $(STAMP)
 
 demo: $(STAMP) vendor
