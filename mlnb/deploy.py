@@ -91,13 +91,13 @@ def container(p:Project, name:str, image:str, d:dict) -> dict:
             'envFrom': [{'configMapRef': {'name': f'{name}-config'}}],
             'env': [_secret_env('MLNB_STORE', f'{name}-secrets', 'store-url'), _secret_env('MLNB_MODEL_KEY', f'{name}-secrets', 'model-key'),
                     _secret_env('MLNB_API_TOKEN', f'{name}-secrets', 'api-token', optional=True),
-                    {'name': 'MLNB_LOG_SPILL', 'value': '/var/lib/mlnb/spill.jsonl'}],
+                    {'name': 'MLNB_LOG_JOURNAL', 'value': '/var/lib/mlnb/journal'}],
             'startupProbe': _probe('/readyz', 2, 90),          # up to 3 minutes to load and warm the model
             'readinessProbe': _probe('/readyz', 5, 2),
             'livenessProbe': _probe('/livez', 10, 3),
             'resources': {'requests': res, 'limits': res},
             'lifecycle': {'preStop': {'sleep': {'seconds': 10}}},  # the Service stops sending before the server stops taking
-            'volumeMounts': [{'name': 'spill', 'mountPath': '/var/lib/mlnb'}, {'name': 'tmp', 'mountPath': '/tmp'}],
+            'volumeMounts': [{'name': 'journal', 'mountPath': '/var/lib/mlnb'}, {'name': 'tmp', 'mountPath': '/tmp'}],
             'securityContext': {'allowPrivilegeEscalation': False, 'capabilities': {'drop': ['ALL']}}}
 
 def deployment(p:Project, name:str, image:str, d:dict) -> dict:
@@ -110,7 +110,7 @@ def deployment(p:Project, name:str, image:str, d:dict) -> dict:
                                                                               'prometheus.io/path': '/metrics'}},
                                   'spec': {'containers': [container(p, name, image, d)], 'terminationGracePeriodSeconds': 45,
                                            'securityContext': {'runAsNonRoot': True, 'seccompProfile': {'type': 'RuntimeDefault'}},
-                                           'volumes': [{'name': 'spill', 'emptyDir': {}}, {'name': 'tmp', 'emptyDir': {}}]}}}}
+                                           'volumes': [{'name': 'journal', 'emptyDir': {}}, {'name': 'tmp', 'emptyDir': {}}]}}}}
 
 # %% ../nbs/12d_deploy.ipynb #803ca312
 def k8s_service(name:str, ns:str) -> dict:
