@@ -56,6 +56,7 @@ class Settings:
     access_log: bool = _env('MLNB_ACCESS_LOG', False, "true: BentoML's access log, a line per request (off: every answered request is in the prediction log anyway, each rejected one is a line of its own, and the line costs ~0.5 ms of CPU)")
     tracing: bool = _env('MLNB_TRACING', False, "true: OpenTelemetry spans of the API requests, for a tracing exporter configured in BentoML (off: no span is made, ~0.3 ms of CPU a request)")
     timeout: int = _env('MLNB_TIMEOUT', 30, "seconds a request may take before BentoML answers 504")
+    encrypt: str = _env('MLNB_ENCRYPT', 'off', "on: the logged inputs are sealed with AES-GCM under the project's data keys in MLNB_DATA_KEY (which `mlnb serve` passes; `[privacy] encrypt`)")
     log_format: str = _env('MLNB_LOG_FORMAT', 'text', "text, or json: the server's log as one JSON object a line (time, level, logger, message; for each answer its request_id, model, endpoint, status, latency_ms; never feature values)")
     drain: float = _env('MLNB_DRAIN_SECONDS', 0.0, "on SIGTERM, seconds the server keeps answering while /readyz says 503 and each answer closes its connection, before it stops accepting (requests in flight always finish)")
     log_every: float = _env('MLNB_LOG_EVERY', 0.5, "seconds between the prediction log's writes to the store (rows are in its journal meanwhile)")
@@ -996,7 +997,9 @@ def quiet_4xx(record:logging.LogRecord) -> bool:
 
 def start(cls, model, settings:Settings, types:Types, regression:bool) -> Service:
     "The service of a bento: model `model` (a BentoML model), the log, the follower and shadow threads, warming up."
-    privacy.use_keys()                    # with $MLNB_DATA_KEY: logged inputs are sealed (MLNB_ENCRYPT=on) and sealed ones open
+    if settings.encrypt == 'on' and not os.environ.get(privacy.KEY_ENV):
+        raise MlnbError(f"MLNB_ENCRYPT=on needs the project's data keys in {privacy.KEY_ENV} (mlnb serve passes them): refusing to log inputs in the clear")
+    privacy.use_keys(encrypt=settings.encrypt == 'on')     # with $MLNB_DATA_KEY: logged inputs are sealed when encrypting, sealed ones open
     sys.setswitchinterval(settings.switch_interval)
     logging.getLogger('bentoml._internal.server.http_app').addFilter(quiet_4xx)      # where BentoML logs a refused request
     first = load_served(str(model.tag), types)
