@@ -135,6 +135,7 @@ def test_tokens_cli_hashed_scoped_revocable_rate_limited(store_url, tmp_path):
     time.sleep(0.6)
     assert ck.check(auth, '/predict')[0] == 401                                       # the running checker saw it
     assert cli('token', 'revoke', 'nobody', '-p', p.path).returncode == 2
+    ck.close()
     assert [r['action'] for r in st.read(sa.select(audit_log.c.action))] == ['token add', 'token revoke']
 
 
@@ -164,7 +165,9 @@ def test_guard_answers_with_token_scopes_over_http(tmp_path, monkeypatch):
         assert httpx.post(f'{base}/feedback', headers={'Authorization': f'Bearer {ptok}'}, json={}).status_code == 403
         codes = [httpx.get(f'{base}/predict', headers={'Authorization': f'Bearer {ptok}'}).status_code for _ in range(3)]
         assert codes == [200, 200, 429]
-    finally: srv.should_exit = True
+    finally:
+        srv.should_exit = True
+        g.tokens.close()
 
 
 # ---------------------------------------------------------------- personal data, erasure, retention
@@ -390,5 +393,8 @@ def test_pipeline_run_keeps_no_personal_value_and_forget_leaves_no_trace(tmp_pat
     assert r.returncode == 0, r.stderr
     left = erasure.traces(p, SUBJECT)
     assert [t for t in left if 'bentoml' not in t and not t.endswith('.joblib') and t != 'data/people.csv'] == [], left   # models to retrain, the source
-    mlnb('run', cwd=root)                                                                   # the next run: the erasure's new hashes verify
+    from mlnb.core import hash_file
+    from mlnb.store import artifacts
+    recorded = Store(p.store_url).read(sa.select(artifacts))                                # what the next run's cache and the loaders check
+    assert recorded and all(hash_file(a['path']) == a['sha256'] for a in recorded if Path(a['path']).is_file())
     assert cli('forget', SUBJECT, '--check', '-p', root).returncode == (2 if left else 0)
