@@ -419,6 +419,7 @@ def _leaks(df:pd.DataFrame, target:str, task:str, schema:list, random_state:int,
 def column_plan(df:pd.DataFrame, target:str,
                 task:str='auto',          # auto, binary, multiclass or regression (checked against the target)
                 keep=(),                  # columns kept even if they look like identifiers or leaks ([data] keep)
+                personal=(),              # personal columns ([data] pii and subject, pseudonymized): dropped unless kept
                 random_state:int=0,
                 max_categories:int|None=20, max_features:int=200,   # the preprocessor's caps, for the words in `became`
                 threshold:float=0.98) -> ColumnPlan:   # a column alone scoring this (balanced accuracy or R²) leaks the target
@@ -433,7 +434,7 @@ def column_plan(df:pd.DataFrame, target:str,
     rows, dropped = [], {}
     for f in schema:
         name, kind = f['name'], f['kind']
-        why = 'identifier (unique per row)' if name in ids else f"leaks the target ({metric} {scores[name]:.2f} alone)" if scores.get(name, 0) >= threshold else None
+        why = 'personal data ([data] pii / subject)' if name in personal else 'identifier (unique per row)' if name in ids else f"leaks the target ({metric} {scores[name]:.2f} alone)" if scores.get(name, 0) >= threshold else None
         if why and name not in keep: dropped[name] = why
         rows.append({'column': name, 'kind': kind, 'became': f'dropped: {why}' if name in dropped else became(df[name], kind, max_categories, max_features),
                      'note': f'kept (keep), though it looks like: {why}' if why and name in keep else ''})

@@ -308,6 +308,7 @@ def train(df:pd.DataFrame, target:str, model='hist_gb',   # a short name, an imp
           steps=None,                      # the user's feature steps: functions (DataFrame -> DataFrame) or transformers
           time:str|None=None,              # a column: time-ordered holdout (the latest rows) and time-series CV
           keep=(),                         # columns the column plan must keep (never dropped as identifiers or leaks)
+          personal=(),                     # [data] pii and subject columns: not features unless in `keep`
           class_weight=None,               # 'balanced' (or {class: weight})
           oversample=None,                 # 'smote', 'random' or an imbalanced-learn sampler: at fit time only
           search=None,                     # True (the default space) or {param: values or distribution}
@@ -318,7 +319,7 @@ def train(df:pd.DataFrame, target:str, model='hist_gb',   # a short name, an imp
     "Split off a holdout, choose the features, search (optionally), cross-validate and fit the Pipeline for `model`."
     task = detect_task(_checked_target(df, target), task)
     fit_df, holdout, folds = split(df, target, task, cv, test_size, random_state, time)
-    plan = column_plan(fit_df, target, task, keep=tuple(keep or ()), random_state=random_state)
+    plan = column_plan(fit_df, target, task, keep=tuple(keep or ()), personal=tuple(personal or ()), random_state=random_state)
     cols = [f['name'] for f in plan.schema] + [target]
     fit_df, holdout = fit_df[cols], holdout[cols]
     X, y = fit_df.drop(columns=target), fit_df[target]
