@@ -360,10 +360,20 @@ class StoreMetrics:
             try: gauges += part()
             except MlnbError: pass                            # nothing logged or labelled yet: no series, not an error
             except Exception: self.errors += 1
+        streams = self.streams()
         gauges += [Gauge('mlnb_store_metrics_errors', 'Failed computations of the store metrics since the exporter started', (), {(): self.errors}),
                    Gauge('mlnb_store_metrics_timestamp_seconds', 'When the store metrics were last computed', (), {(): time.time()})]
-        self.text = exposition(gauges)
+        self.text = exposition(gauges) + streams
         return self.text
+
+    def streams(self) -> str:
+        "The stream consumers' lag, rows and dead letters (`mlnb.streams.stream_metrics`), when the project has consumers."
+        try:
+            from mlnb import streams
+            return streams.stream_metrics(self.p.workspace) if streams.status(self.p.workspace) else ''
+        except Exception:
+            self.errors += 1
+            return ''
 
     def run(self):
         "Recompute every `every` seconds until `stop`."
@@ -374,7 +384,7 @@ class StoreMetrics:
     def stop(self): self.stopping.set()
     def __repr__(self): return f"StoreMetrics({self.p.name}, every {self.every:g}s, drift over {self.last} requests)"
 
-# %% ../nbs/12d_deploy.ipynb #6c88bf22
+# %% ../nbs/12d_deploy.ipynb #f9b4c7eb
 def serve_metrics(metrics:StoreMetrics, host:str='127.0.0.1', port:int=0):
     "Serve `metrics.text` at `http://host:port/metrics` on a thread, after computing it once; returns the server (`.server_address`, `.shutdown()`)."
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -394,7 +404,7 @@ def serve_metrics(metrics:StoreMetrics, host:str='127.0.0.1', port:int=0):
     threading.Thread(target=metrics.run, name='mlnb-metrics-refresh', daemon=True).start()
     return srv
 
-# %% ../nbs/12d_deploy.ipynb #9673b43e
+# %% ../nbs/12d_deploy.ipynb #7ccb7659
 def run_metrics(settings='settings.ini', host:str|None=None, port:int|None=None, every:float=60, last:int=500):
     "Serve the store's metrics until Ctrl-C or SIGTERM (`mlnb deploy metrics`)."
     from mlnb.serve import stop_on_sigterm
@@ -408,7 +418,7 @@ def run_metrics(settings='settings.ini', host:str|None=None, port:int|None=None,
     except KeyboardInterrupt: print("stopping", flush=True)
     finally: srv.shutdown()
 
-# %% ../nbs/12d_deploy.ipynb #5cb2574b
+# %% ../nbs/12d_deploy.ipynb #cc850180
 def haproxy_config(backends:list[tuple[str, int]], host:str, port:int, folder, timeout:int=30) -> str:
     "HAProxy's configuration: one public `host:port`, the replicas at `backends` checked on /readyz, retries, request ids, a stats socket in `folder`."
     folder = Path(folder)
@@ -458,7 +468,7 @@ def check_haproxy(cfg:Path):
     r = subprocess.run([haproxy(), '-c', '-f', str(cfg)], capture_output=True, text=True, timeout=30)
     if r.returncode: raise MlnbError(f"{cfg}: HAProxy refuses it: {' '.join((r.stdout + r.stderr).split())[:300]}")
 
-# %% ../nbs/12d_deploy.ipynb #948b13d3
+# %% ../nbs/12d_deploy.ipynb #3a1a3586
 class Replicas:
     "`n` `bentoml serve` processes of `bento` behind HAProxy on `host:port` (default: `[serve]`'s)."
     def __init__(self, settings, bento:str|None=None, n:int|None=None, port:int|None=None, host:str|None=None, env:dict|None=None):
@@ -475,7 +485,7 @@ class Replicas:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/12d_deploy.ipynb #fbaabba4
+# %% ../nbs/12d_deploy.ipynb #cb2c7773
 @patch
 def start(self:Replicas, timeout:float=180) -> Replicas:
     "Start the servers in parallel, then HAProxy; returns once HAProxy sees every replica up."
@@ -533,7 +543,7 @@ def stats(self:Replicas) -> list[dict]:
              'retries': int(r['wretr'] or 0), 'redispatches': int(r['wredis'] or 0)}
             for r in rows if r['pxname'] == 'replicas' and r['svname'] not in ('FRONTEND', 'BACKEND')]
 
-# %% ../nbs/12d_deploy.ipynb #6ab57f82
+# %% ../nbs/12d_deploy.ipynb #cfecd971
 @patch
 def drain(self:Replicas, i:int, grace:float=30):
     "Take replica `i` (0-based) out gently: no new requests, those in flight finish (up to `grace` seconds), then stop it."
@@ -566,7 +576,7 @@ def stop(self:Replicas):
     if getattr(self, 'pool', None): self.pool.shutdown()
     if getattr(self, 'log', None): self.log.close()
 
-# %% ../nbs/12d_deploy.ipynb #f16d0422
+# %% ../nbs/12d_deploy.ipynb #d37fa3e7
 def deploy_local(settings='settings.ini', replicas:int|None=None, port:int|None=None, host:str|None=None, bento:str|None=None):
     "Serve `bento` (default: the champion's) on `replicas` servers behind HAProxy until Ctrl-C or SIGTERM (`mlnb deploy local`)."
     from mlnb.serve import stop_on_sigterm
@@ -581,7 +591,7 @@ def deploy_local(settings='settings.ini', replicas:int|None=None, port:int|None=
     except KeyboardInterrupt: print("draining and stopping", flush=True)
     finally: r.stop()
 
-# %% ../nbs/12d_deploy.ipynb #48350e95
+# %% ../nbs/12d_deploy.ipynb #94934054
 def cmd_deploy(a):
     "The `mlnb deploy` command."
     from mlnb.pipeline import find_settings
