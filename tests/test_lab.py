@@ -3,10 +3,11 @@ headless Debian chromium through Playwright (nothing downloaded). The API answer
 XSRF token; the states it shows are what `mlnb run` then does; a background run can be cancelled; in the browser, an edit to the train
 notebook turns train and evaluate stale, "run from here" re-runs only those, a failing stage shows failed with its cell, promote and
 rollback move the champion. Screenshots: tests/artifacts/lab_*.png."""
-import json, os, secrets, shutil, signal, socket, subprocess, sys, time
+import os, secrets, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, requests
-from conftest import mlnb
+from conftest import mlnb, wait_for
+from mlnb.core import free_port
 
 CHROMIUM = '/usr/bin/chromium'
 ARTIFACTS = Path(__file__).parent/'artifacts'
@@ -31,21 +32,6 @@ def test_shipped_build_matches_its_sources():
     assert (EXTENSION/'package.json').is_file() and list((EXTENSION/'static').glob('remoteEntry.*.js'))
     assert (EXTENSION/'source.sha256').read_text().strip() == sources_hash(CONFIG.parents[1]), \
         "labextension/src or style changed since the build: cd labextension && jlpm install && jlpm build"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_for(f, timeout:float=30, every:float=0.25):
-    "The first truthy `f()` within `timeout` seconds, else an AssertionError."
-    end = time.time() + timeout
-    while not (v := f()):
-        if time.time() > end: raise AssertionError(f"{getattr(f, '__name__', f)} still false after {timeout} s")
-        time.sleep(every)
-    return v
 
 
 def store_of(settings:Path):
