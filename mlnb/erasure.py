@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from .core import ConfigError, DataError, MlnbError, hash_file, need
 from .config import Project, load_project
-from .privacy import erasure_tag, parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
+from .privacy import encrypt_file, footer, erasure_tag, parquet_file, FieldCipher, Keys, _norm, is_encrypted, key_file, project_keys, pseudonym, read_parquet, save_keys, encryption_properties, use_keys
 
 # %% auto #0
 __all__ = ['TEXT_SUFFIXES', 'UNITS', 'subject_column', 'subject_keys', 'subject_requests', 'parquet_files', 'rewrite_without',
@@ -64,7 +64,8 @@ def rewrite_without(path:Path, col:str, wanted:set, p:Project, keys:Keys) -> tup
     t = read_parquet(path, keys=keys)
     hit = _mask(t, col, wanted)
     if not any(hit): return 0, None, None
-    meta = json.loads((t.schema.metadata or {}).get(META_KEY.encode(), b'{}'))
+    kv = footer(path, keys=keys)
+    meta = json.loads(kv.get(META_KEY, '{}'))
     kept = t.filter(pa.array([not h for h in hit])).replace_schema_metadata(None)
     new = table_hash(kept)
     meta.update(hash=new, rows=kept.num_rows, erased_rows=int(meta.get('erased_rows', 0)) + sum(hit))
@@ -72,7 +73,7 @@ def rewrite_without(path:Path, col:str, wanted:set, p:Project, keys:Keys) -> tup
     opts = {'encryption_properties': encryption_properties(keys)} if is_encrypted(path) else {}
     with pq.ParquetWriter(tmp, kept.schema, **opts) as w:
         w.write_table(kept)
-        w.add_key_value_metadata({META_KEY: json.dumps(meta, default=str)})
+        w.add_key_value_metadata({**kv, META_KEY: json.dumps(meta, default=str)})
     old = table_hash(t.replace_schema_metadata(None))
     os.replace(tmp, path)
     return sum(hit), old, new
@@ -293,18 +294,6 @@ def _reseal_log(st, keys:Keys, encrypt:bool) -> int:
         if todo: st.write(predictions.update().where(c.request_id == sa.bindparam('rid')).values(inputs=sa.bindparam('val')), todo)
         n += len(todo)
 
-def _reencrypt(f:Path, keys:Keys):
-    "The encrypted Parquet file `f` written again under the current data key (same content, same content hash)."
-    pq = need('pyarrow.parquet', 'pyarrow')
-    from mlnb.ingest import META_KEY
-    t = read_parquet(f, keys=keys)
-    meta = (t.schema.metadata or {}).get(META_KEY.encode())
-    tmp = f.with_name(f'.{f.name}.rotating')
-    with pq.ParquetWriter(tmp, t.schema.remove_metadata(), encryption_properties=encryption_properties(keys)) as w:
-        w.write_table(t.replace_schema_metadata(None))
-        if meta: w.add_key_value_metadata({META_KEY: meta.decode()})
-    os.replace(tmp, f)
-
 def rotate_keys(project) -> dict:
     "Add a data key, re-seal the log payloads and re-encrypt the Parquet files under it, retire the keys older than the previous one."
     from mlnb.store import Store
@@ -319,7 +308,7 @@ def rotate_keys(project) -> dict:
     st = Store(p.store_url)
     out = {'key': ring.current, 'payloads': _reseal_log(st, ring, enc), 'files': 0}
     for f in parquet_files(p):
-        if is_encrypted(f): _reencrypt(f, ring); out['files'] += 1
+        if is_encrypted(f): encrypt_file(f, keys=ring); out['files'] += 1
     kept = Keys(ring.pseudonym, {n: k for n, k in ring.data.items() if n >= old.current}, ring.where)
     save_keys(kept, key_file(p))
     use_keys(keys=kept, encrypt=enc)

@@ -14,8 +14,9 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log',
            'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'erasure_tag', 'forgotten', 'protect',
            'looks_personal', 'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys',
            'kms_client', 'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options',
-           'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'token_hash', 'add_token',
-           'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
+           'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'footer', 'encrypt_file',
+           'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit',
+           'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -321,7 +322,26 @@ def read_frame(path, project=None, keys:Keys|None=None, **kwargs):
     "`pd.read_parquet(path)` (a file or a folder of part files) that also opens it when it is encrypted."
     return read_parquet(path, project, keys, **kwargs).to_pandas()
 
-# %% ../nbs/02a_privacy.ipynb #f33ce683
+# %% ../nbs/02a_privacy.ipynb #af6b3a9f
+def footer(path, project=None, keys:Keys|None=None) -> dict[str, str]:
+    "The key-value metadata of the Parquet file at `path` (mlnb's `mlnb` entry: hash, rows, source, watermark), without Arrow's schema."
+    md = parquet_file(path, project, keys).metadata.metadata or {}
+    return {k.decode(): v.decode() for k, v in md.items() if k != b'ARROW:schema'}
+
+def encrypt_file(path, project=None, keys:Keys|None=None) -> Path:
+    "Write the Parquet file at `path` again, encrypted under the current data key (plain or encrypted before; same content and footer metadata)."
+    pq = need('pyarrow.parquet', 'pyarrow')
+    path = Path(path)
+    keys = keys or reading_keys(project, None, path)
+    t, meta = read_parquet(path, keys=keys), footer(path, keys=keys)
+    tmp = path.with_name(f'.{path.name}.encrypting')
+    with pq.ParquetWriter(tmp, t.schema.remove_metadata(), encryption_properties=encryption_properties(keys)) as w:
+        w.write_table(t.replace_schema_metadata(None))
+        if meta: w.add_key_value_metadata(meta)
+    os.replace(tmp, path)
+    return path
+
+# %% ../nbs/02a_privacy.ipynb #d88f0b2e
 SCOPES = ('predict', 'feedback', 'admin')
 PATH_SCOPE = {'/predict': 'predict', '/predict_batch': 'predict', '/explain': 'predict', '/feedback': 'feedback',
               '/docs.json': 'any', '/docs': 'any', '/': 'any'}          # the API's description: any live token; other paths: admin
@@ -357,7 +377,7 @@ def revoke_token(store, which:str) -> str:
     store.audit('token revoke', rows[0]['id'])
     return rows[0]['id']
 
-# %% ../nbs/02a_privacy.ipynb #259bffb2
+# %% ../nbs/02a_privacy.ipynb #2c3611f7
 class Bucket:
     "A token bucket: `rate` a second, bursts of `max(1, rate)`."
     def __init__(self, rate:float): self.rate, self.cap = rate, max(1.0, rate); self.left, self.at = self.cap, time.monotonic()
@@ -368,7 +388,7 @@ class Bucket:
         if self.left >= 1: self.left -= 1; return 0.0
         return (1 - self.left) / self.rate
 
-# %% ../nbs/02a_privacy.ipynb #3641eb9e
+# %% ../nbs/02a_privacy.ipynb #a19d80a6
 log = logging.getLogger('bentoml.mlnb')
 
 class TokenChecker:
@@ -408,7 +428,7 @@ class TokenChecker:
         "Whether requests need a token: a token was ever made (revoked ones count), or `MLNB_API_TOKEN` is set."
         return bool(self.legacy) or self.known is None or self.any
 
-# %% ../nbs/02a_privacy.ipynb #9a31e0f7
+# %% ../nbs/02a_privacy.ipynb #436bdc6b
 def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
     "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate, 503 tokens unknown."
     if not self.active: return 0, ''
@@ -432,7 +452,7 @@ def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
 
 TokenChecker.check = check
 
-# %% ../nbs/02a_privacy.ipynb #eb12cba3
+# %% ../nbs/02a_privacy.ipynb #4b126a0c
 def _project_of(a) -> Project:
     from mlnb.pipeline import find_settings
     return load_project(Path(a.project) if a.project else find_settings())

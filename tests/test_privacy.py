@@ -245,6 +245,8 @@ def test_forget_export_and_purge(store_url, tmp_path):
     assert counts(st) == {'predictions': 13 - 5, 'feedback': 6 - 2}
     new = parquet_hash(snap.path)
     assert new != snap.hash and pq.read_table(snap.path).num_rows == 36
+    from mlnb.ingest import snapshot_meta
+    assert snapshot_meta(snap.path)['hash'] == new and snapshot_meta(snap.path)['erased_rows'] == 4      # the footer says what it holds now
     lineage = {r['hash']: r['replaced_by'] for r in st.read(sa.select(snapshots))}
     assert lineage == {snap.hash: new, new: None}
     text = everything_but_the_audit(p, st)
