@@ -562,6 +562,17 @@ def kill(self:Replicas, i:int):
     s.proc.wait()
 
 @patch
+def revive(self:Replicas, timeout:float=180) -> list[int]:
+    "Start again each replica whose server died (on its own port: HAProxy puts it back once /readyz answers); the indices started."
+    dead = [i for i, s in enumerate(self.servers) if s.proc is not None and s.proc.poll() is not None]
+    for i in dead:
+        s = self.servers[i]
+        s.stop()
+        if s.log.exists(): s.log.rename(s.log.with_name(f'{s.log.name}.died-{int(time.time())}'))   # kept: why it died
+        self.pool.submit(s.start, timeout).result()          # on a long-lived thread, as in `start`
+    return dead
+
+@patch
 def stop(self:Replicas):
     "Drain and stop every replica, then HAProxy."
     if self.proc and self.proc.poll() is None:
@@ -578,7 +589,7 @@ def stop(self:Replicas):
 
 # %% ../nbs/12d_deploy.ipynb #d37fa3e7
 def deploy_local(settings='settings.ini', replicas:int|None=None, port:int|None=None, host:str|None=None, bento:str|None=None):
-    "Serve `bento` (default: the champion's) on `replicas` servers behind HAProxy until Ctrl-C or SIGTERM (`mlnb deploy local`)."
+    "Serve `bento` (default: the champion's) on `replicas` servers behind HAProxy until Ctrl-C or SIGTERM, starting again any that dies (`mlnb deploy local`)."
     from mlnb.serve import stop_on_sigterm
     r = Replicas(settings, bento, replicas, port, host)
     print(f"starting {len(r.servers)} replicas of {r.bento} behind HAProxy at {r.url}; Ctrl-C stops", flush=True)
@@ -587,7 +598,9 @@ def deploy_local(settings='settings.ini', replicas:int|None=None, port:int|None=
         r.start()
         print(f"ready: POST {r.url}/predict\nreplicas (scrape these): {' '.join(f'{s.host}:{s.port}' for s in r.servers)}\n"
               f"HAProxy: {r.folder} (haproxy.cfg, haproxy.log, haproxy.sock)", flush=True)
-        r.proc.wait()
+        while r.proc.poll() is None:                          # supervise: a replica that dies is started again
+            for i in r.revive(): print(f"replica {i + 1} had died: started again on {r.servers[i].url}", flush=True)
+            time.sleep(2)
     except KeyboardInterrupt: print("draining and stopping", flush=True)
     finally: r.stop()
 

@@ -107,6 +107,10 @@ def test_rules_pass_promtool_check_and_unit_tests(own, tmp_path):
     assert {'MlnbLatencyHigh', 'MlnbErrorRateHigh', 'MlnbFallbackActive', 'MlnbDriftCritical', 'MlnbLiveAccuracyDrop', 'MlnbConsumerLag'} <= names
     # the unit tests pin the thresholds: 10% of 5xx answers is no alert at a 20% threshold, and promtool says so
     with pytest.raises(MlnbError, match='MlnbErrorRateHigh'): check_rules({'error_rate': 0.2})
+    r = mlnb('deploy', 'prometheus', '-o', tmp_path/'prom', '--targets', '127.0.0.1:3001', '127.0.0.1:3002', '--exporter', '127.0.0.1:9108', cwd=own.root)
+    assert 'checked and unit-tested by promtool' in r.stdout
+    scrape = yaml.safe_load((tmp_path/'prom'/'prometheus.yml').read_text())['scrape_configs']
+    assert scrape[0]['static_configs'][0]['targets'] == ['127.0.0.1:3001', '127.0.0.1:3002'] and scrape[1]['job_name'] == 'mlnb-store'
     folder = write_prometheus(own, tmp_path/'prom', targets=['127.0.0.1:3001'], exporter='127.0.0.1:9108')
     r = subprocess.run(['promtool', 'check', 'config', str(folder/'prometheus.yml')], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -261,9 +265,12 @@ def test_killed_replica_and_promotion_under_traffic_cost_no_request(own, replica
         mlnb('rollback', cwd=own.root)
         pytest.xfail(f"{len(lost)} of {len(acked)} acknowledged predictions lost with the killed replica: the service has no journal yet")
     wait_for(lambda: not missing(), 30)
-    # and a rollback reaches the replica left
+    # the dead replica is started again on its port and HAProxy takes it back
+    assert replicas.revive() == [0]
+    wait_for(lambda: [s['status'] for s in replicas.stats()] == ['UP', 'UP'], 15)
+    # and a rollback reaches both
     before = mlnb('rollback', cwd=own.root).stdout.split()[1]
-    wait_for(lambda: send(replicas.url, records[:4])[-1][1]['model'] == before, 10)
+    wait_for(lambda: {b['model'] for _, b in send(replicas.url, records[:8])} == {before}, 10)
 
 
 # ---- backup and restore -------------------------------------------------------------------------------------------
