@@ -10,13 +10,13 @@ from .core import ConfigError, DataError, MlnbError, need
 from .config import Project, load_project
 
 # %% auto #0
-__all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log', 'Keys', 'new_keys', 'parse_keys', 'key_file',
-           'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'erasure_tag', 'forgotten', 'protect',
-           'looks_personal', 'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys', 'subject_of', 'drop_keys',
-           'kms_client', 'crypto_factory', 'encryption_properties', 'decryption_properties', 'parquet_options',
-           'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file', 'read_frame', 'footer', 'encrypt_file',
-           'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket', 'TokenChecker', 'check', 'cmd_audit',
-           'cmd_token', 'add_commands']
+__all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SUBJECT_HEADER', 'SUBJECT', 'SCOPES', 'PATH_SCOPE', 'TOKEN', 'log', 'Keys', 'new_keys',
+           'parse_keys', 'key_file', 'save_keys', 'project_keys', 'key_env', 'pseudonym', 'pii_columns', 'erasure_tag',
+           'forgotten', 'protect', 'looks_personal', 'personal_warnings', 'FieldCipher', 'encrypting', 'use_keys',
+           'subject_of', 'take_subject', 'drop_keys', 'kms_client', 'crypto_factory', 'encryption_properties',
+           'decryption_properties', 'parquet_options', 'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file',
+           'read_frame', 'footer', 'encrypt_file', 'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket',
+           'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -226,6 +226,16 @@ def subject_of(value) -> str|None:
     from mlnb.store import CIPHER
     c = CIPHER.get('on')
     return pseudonym(value, c.keys) if c is not None and value not in (None, '') else None
+
+SUBJECT_HEADER = b'x-subject-id'
+SUBJECT = contextvars.ContextVar('mlnb_subject', default=None)   # the pseudonym of the request's subject, for its log row
+
+def take_subject(headers:dict) -> str|None:
+    "Note the request's `X-Subject-ID` header (whom it is about) as its pseudonym for the log row; the raw id is kept nowhere."
+    raw = headers.get(SUBJECT_HEADER)
+    pid = subject_of(raw.decode('utf-8', 'replace').strip()) if raw else None
+    SUBJECT.set(pid)
+    return pid
 
 def drop_keys():
     "Forget this process's cipher."
