@@ -11,7 +11,7 @@ from .config import Project, load_project
 from .streams import Consumed, Message, Stop, StreamURL, broker, dead_letters, store_folder, stream_url, write_status
 
 # %% auto #0
-__all__ = ['stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'add_commands']
+__all__ = ['IDLE', 'stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'add_commands']
 
 # %% ../nbs/10a_stream_scoring.ipynb #ca73bb39
 def _loader(p:Project, key:bytes):
@@ -27,12 +27,10 @@ def _loader(p:Project, key:bytes):
     return load
 
 def _log(p:Project):
-    "The prediction log on `p`'s store, journaled in the workspace's journal/ like `mlnb serve`'s (where the service has a journal)."
-    import inspect
+    "The prediction log on `p`'s store, journaled in the workspace's journal/ like `mlnb serve`'s: a row is on disk when `put` returns."
     from mlnb.service import PredictionLog
     (p.workspace/'journal').mkdir(parents=True, exist_ok=True)
-    journal = {'journal': str(p.workspace/'journal')} if 'journal' in inspect.signature(PredictionLog).parameters else {}
-    return PredictionLog(p.store_url, **journal)
+    return PredictionLog(p.store_url, str(p.workspace/'journal'))
 
 def stream_service(settings='settings.ini', model:str|None=None, poll:float=1.0):
     "The `Service` of `settings`' champion (or `model`), logging to the project's store and following its aliases."
@@ -109,17 +107,11 @@ def _shadowed(svc, good:list, url:StreamURL, now) -> list[dict]:
                  latency_ms=ms / len(good), created=now) for (m, rec), row in zip(good, rows)]
 
 # %% ../nbs/10a_stream_scoring.ipynb #37dc77ec
-def _logged(svc, rows:list[dict]) -> list[dict]:
-    "`rows` whose request ids are not in the store yet (a replayed batch is logged once)."
-    import sqlalchemy as sa
-    from mlnb.store import predictions
-    if not rows: return rows
-    have = {r['request_id'] for r in svc.log.store.read(sa.select(predictions.c.request_id).where(predictions.c.request_id.in_([r['request_id'] for r in rows])))}
-    return [r for r in rows if r['request_id'] not in have]
+IDLE = 1.0   # seconds without a message after which a consumer that does not follow is caught up
 
 def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:bool, stop:Stop, limit:int|None, errors:list, state:dict):
     "Read micro-batches into `q` (waiting while it is full) and commit those the scorer hands back through `done`; the broker's client is used by this thread alone."
-    got = 0
+    got, heard = 0, time.monotonic()
     def commit(item):
         b.commit(item)
         state['lag'] = b.lag()
@@ -129,8 +121,8 @@ def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:
                 try: commit(done.get_nowait())
                 except queue.Empty: break
             msgs = b.read(min(n, limit - got) if limit else n, wait)
-            if not msgs and not follow: break
-            if msgs: q.put(msgs); got += len(msgs)
+            if msgs: q.put(msgs); got += len(msgs); heard = time.monotonic()
+            elif not follow and time.monotonic() - heard >= max(wait, IDLE): break     # caught up: nothing for a while
     except Exception as e: errors.append(e)
     finally:
         q.put(None)
@@ -160,8 +152,7 @@ def score_stream(settings='settings.ini', input:str=None, output:str=None, model
                 sink.send(dst.name, preds)
                 sink.flush()
                 if bad: b.send(f"{src.name}.dead", dead_letters(bad, str(src))); b.flush()
-                for r in _logged(svc, rows): svc.log.put('predictions', r)
-                if not svc.log.flush(): raise MlnbError(f"the prediction log at {p.store_url} refused the batch's rows: stopping before committing it")
+                for r in rows: svc.log.put('predictions', r)   # journaled on disk when put returns; written to the store in the background
                 done.put(msgs)                                # committed by the reader: the batch is in OUT and in the log
                 out.read += len(msgs); out.rows += len(preds); out.dead += len(bad); out.batches += 1
                 out.seconds, out.lag = time.monotonic() - start, state['lag']
