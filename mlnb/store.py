@@ -173,8 +173,11 @@ def new_run_id() -> str:
 
 ADDED = {'predictions': ['token_id', 'subject'], 'snapshots': ['replaced_by']}   # columns newer than the first stores
 
+_UPGRADED: set = set()   # stores (by URL) this process has brought up to date
+
 def upgrade(engine):
-    "Add the columns of `ADDED` a store made by an older mlnb lacks, and the audit head row."
+    "Add the columns of `ADDED` a store made by an older mlnb lacks, and the audit head row (once per store and process)."
+    if (key := engine.url.render_as_string(hide_password=False)) in _UPGRADED: return
     insp = sa.inspect(engine)
     for name, cols in ADDED.items():
         have = {c['name'] for c in insp.get_columns(name)}
@@ -186,6 +189,7 @@ def upgrade(engine):
         with engine.begin() as conn:
             if not conn.execute(sa.select(audit_head.c.id)).first(): conn.execute(audit_head.insert().values(id=1, seq=0, hash=GENESIS))
     except sa.exc.IntegrityError: pass                 # another process made it first
+    _UPGRADED.add(key)
 
 def _sqlite_pragmas(dbapi_conn, _):
     cur = dbapi_conn.cursor()
@@ -402,7 +406,8 @@ def plain_json(o):
 def audit(self:Store, action:str, target=None, detail:dict|None=None, who:str|None=None) -> int:
     "Append one row to the audit trail, chained to the row before; returns its number."
     with self.engine.begin() as c:
-        c.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))   # takes the lock first
+        if not c.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1)).rowcount:   # takes the lock first
+            c.execute(audit_head.insert().values(id=1, seq=1, hash=GENESIS))                          # a store made anew since `upgrade` ran here
         seq, prev = c.execute(sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
         row = dict(seq=seq, created=utcnow(), actor=who or actor(), action=action, target=None if target is None else str(target),
                    detail=plain_json(detail), prev=prev)
