@@ -12,7 +12,7 @@ from .pipeline import plan
 
 # %% auto #0
 __all__ = ['CLI', 'JOBS', 'project_of', 'depths', 'pipeline_state', 'recent_runs', 'models_state', 'Job', 'start_job',
-           'stop_jobs', 'handlers', 'cmd_status', 'add_commands']
+           'stop_jobs', 'workspace_file', 'handlers', 'cmd_status', 'add_commands']
 
 # %% ../nbs/13b_lab.ipynb #d086a9a5
 def project_of(root, path:str='') -> Path:
@@ -62,8 +62,8 @@ def recent_runs(settings, root=None, limit:int=10) -> list[dict]:
     out = []
     for r in _store(p).list_runs(limit, stages=True):
         secs = (r['finished'] - r['started']).total_seconds() if r['finished'] else None
-        stages = {n: {'status': s['status'], 'notebook': _rel(s['notebook'], root), 'file': s['notebook'], 'out_dir': s['out_dir'],
-                      'report': _report(s['out_dir'])} for n, s in r['stages'].items()}
+        stages = {n: {'status': s['status'], 'notebook': _rel(s['notebook'], root), 'report': _rel(_report(s['out_dir']), root)}
+                  for n, s in r['stages'].items()}
         out.append({'id': r['id'], 'status': r['status'], 'started': r['started'].isoformat(timespec='seconds'), 'error': r['error'],
                     'seconds': round(secs, 1) if secs is not None else None, 'stages': stages})
     return out
@@ -155,12 +155,20 @@ def _jobs_of(settings) -> list[dict]:
     s = Path(settings).resolve()
     return [j.to_dict() for j in JOBS.values() if j.settings == s][-5:]
 
-def _executed_html(f:Path) -> str:
-    "An executed notebook as HTML (nbconvert), or a report as it is."
-    if f.suffix != '.ipynb': return f.read_text(errors='replace')
+def workspace_file(root, rel:str) -> Path|None:
+    "The file at `rel` (relative to the served folder `root`) when it lies in the workspace of its project (runs, reports), else None."
+    f = (Path(root)/rel).resolve()
+    try: ws = load_project(project_of(root, rel)).workspace.resolve()
+    except MlnbError: return None
+    return f if ws in f.parents and f.is_file() else None
+
+def _page(f:Path) -> tuple[str, bytes|str]:
+    "Content type and body of a workspace file: an executed notebook as HTML (nbconvert), a report and its assets as they are."
+    import mimetypes
+    if f.suffix != '.ipynb': return mimetypes.guess_type(f.name)[0] or 'application/octet-stream', f.read_bytes()
     import nbformat
     from nbconvert import HTMLExporter
-    return HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(f, as_version=4))[0]
+    return 'text/html; charset=utf-8', HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(f, as_version=4))[0]
 
 def handlers(base_url:str='/') -> list:
     "The extension's tornado routes under `{base_url}mlnb/`."
@@ -222,16 +230,16 @@ def handlers(base_url:str='/') -> list:
         async def post(self):
             from mlnb.registry import rollback
             await self.answer(lambda: {'champion': rollback(self.project(self.body().get('path', '')))})
-    class File(JupyterHandler):                   # HTML, not JSON: a page of its own in the browser
+    class Files(JupyterHandler):                  # pages of their own in the browser, not JSON
         @tornado.web.authenticated
-        async def get(self):
-            p = load_project(project_of(self.settings['server_root_dir'], self.get_argument('path', '')))
-            f = (Path(self.settings['server_root_dir'])/self.get_argument('file')).resolve()     # relative to the served folder, or absolute
-            if p.workspace.resolve() not in f.parents or not f.is_file(): raise tornado.web.HTTPError(404, "not a file of the project's workspace")
-            self.set_header('Content-Type', 'text/html; charset=utf-8')
-            self.finish(await asyncio.to_thread(_executed_html, f))
+        async def get(self, rel):
+            f = workspace_file(self.settings['server_root_dir'], rel)
+            if f is None: raise tornado.web.HTTPError(404, "not a file of a project's workspace")
+            kind, body = await asyncio.to_thread(_page, f)
+            self.set_header('Content-Type', kind)
+            self.finish(body)
 
-    routes = {'state': State, 'runs': Runs, 'models': Models, 'jobs': Jobs, r'jobs/(\w+)': OneJob, 'promote': Promote, 'rollback': Rollback, 'file': File}
+    routes = {'state': State, 'runs': Runs, 'models': Models, 'jobs': Jobs, r'jobs/(\w+)': OneJob, 'promote': Promote, 'rollback': Rollback, 'files/(.+)': Files}
     return [(url_path_join(base_url, 'mlnb', k), v) for k, v in routes.items()]
 
 # %% ../nbs/13b_lab.ipynb #63f970b3

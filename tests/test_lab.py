@@ -3,7 +3,8 @@ headless Debian chromium through Playwright (nothing downloaded). The API answer
 XSRF token; the states it shows are what `mlnb run` then does; a background run can be cancelled; in the browser, an edit to the train
 notebook turns train and evaluate stale, "run from here" re-runs only those, a failing stage shows failed with its cell, promote and
 rollback move the champion. Screenshots: tests/artifacts/lab_*.png."""
-import os, secrets, shutil, signal, subprocess, sys, time
+import os, re, secrets, shutil, signal, subprocess, sys, time
+from urllib.parse import urljoin
 from pathlib import Path
 import pytest, requests
 from conftest import mlnb, wait_for
@@ -147,11 +148,15 @@ def test_api_auth_states_and_cancel(lab):
     assert r.status_code == 409 and 'nothing to roll back' in r.json()['message']
     runs = get(lab, 'runs', path='shop')
     assert [r['status'] for r in runs] == ['succeeded', 'succeeded'] and runs[0]['stages']['validate']['report']
-    page = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': st['stages'][2]['executed']},
-                        headers={'Authorization': f'token {token}'}, timeout=60)
-    assert page.ok and 'text/html' in page.headers['Content-Type'] and 'mlnb_context' in page.text          # the executed notebook
-    outside = requests.get(f'{url}/mlnb/file', params={'path': 'shop', 'file': 'shop/settings.ini'}, headers={'Authorization': f'token {token}'}, timeout=10)
-    assert outside.status_code == 404                                                                      # only the project's workspace
+    auth = {'Authorization': f'token {token}'}
+    page = requests.get(f"{url}/mlnb/files/{st['stages'][2]['executed']}", headers=auth, timeout=60)
+    assert page.ok and 'text/html' in page.headers['Content-Type'] and 'mlnb_context' in page.text          # the executed notebook, rendered
+    assert requests.get(f'{url}/mlnb/files/shop/settings.ini', headers=auth, timeout=10).status_code == 404   # only the project's workspace
+    report = requests.get(f"{url}/mlnb/files/{runs[0]['stages']['validate']['report']}", headers=auth, timeout=10)
+    docs = requests.get(urljoin(report.url, re.search(r"href='(data_docs/[^']+)'", report.text).group(1)), headers=auth, timeout=10)
+    assert docs.ok and 'text/html' in docs.headers['Content-Type']                                         # the report's Data Docs page...
+    css = requests.get(urljoin(docs.url, re.search(r'href="([^"]+bootstrap\.min\.css)"', docs.text).group(1)), headers=auth, timeout=10)
+    assert css.ok and css.headers['Content-Type'].startswith('text/css')                                   # ...and its styles, by their relative links
     # a run of everything from ingest, cancelled while ingest runs: the run is interrupted, no kernel is left, nothing stale
     job = post(lab, 'jobs', {'path': 'shop', 'from': 'ingest'}).json()
     assert post(lab, 'jobs', {'path': 'shop'}, ok=False).status_code == 409                                # one run per project at a time

@@ -20,7 +20,7 @@ interface IStage {
 interface IJob { id: string; status: string; stage: string | null; from: string | null; seconds: number; output: string[] }
 interface IState { project: string; settings: string; stages: IStage[]; ms: number; jobs: IJob[] }
 interface IRun { id: string; status: string; started: string; seconds: number | null; error: string | null;
-  stages: { [name: string]: { status: string; file: string | null; report: string | null } } }
+  stages: { [name: string]: { status: string; notebook: string | null; report: string | null } } }
 interface IAlias { tag: string; previous: string | null }
 interface IModels { aliases: { champion: IAlias | null; challenger: IAlias | null }; models: { tag: string; metrics: { [k: string]: number } }[] }
 
@@ -41,9 +41,9 @@ async function api<T>(endpoint: string, init: RequestInit = {}): Promise<T> {
   return data as T;
 }
 
-function fileUrl(settingsPath: string, file: string): string {
-  const base = ServerConnection.makeSettings().baseUrl;
-  return URLExt.join(base, 'mlnb', 'file') + URLExt.objectToQueryString({ path: settingsPath, file });
+/** A file of the project's workspace (relative to the served folder) as the server renders it: relative links in a report work. */
+function filesUrl(path: string): string {
+  return URLExt.join(ServerConnection.makeSettings().baseUrl, 'mlnb', 'files', ...path.split('/').map(encodeURIComponent));
 }
 
 function el(tag: string, attrs: { [k: string]: string } = {}, text = ''): HTMLElement {
@@ -173,7 +173,7 @@ class PipelinePanel extends Widget {
       run.disabled = from.disabled = !!running;
       row.append(el('div'), run, from);
       const executed = s.executed;                                              // the executed copy, rendered by the server (it sits in the hidden workspace)
-      if (executed) row.append(button('last run', () => void window.open(fileUrl(st.settings, executed), '_blank'), 'mlnb-open-executed'));
+      if (executed) row.append(button('last run', () => void window.open(filesUrl(executed), '_blank'), 'mlnb-open-executed'));
       return row;
     }));
     const jobs = this.q('.mlnb-jobs');
@@ -184,7 +184,7 @@ class PipelinePanel extends Widget {
       return box;
     }));
     this.renderModels(models);
-    this.renderRuns(st, runs);
+    this.renderRuns(runs);
   }
 
   private renderModels(m: IModels) {
@@ -203,15 +203,15 @@ class PipelinePanel extends Widget {
     box.replaceChildren(t, promote, rollback);
   }
 
-  private renderRuns(st: IState, runs: IRun[]) {
+  private renderRuns(runs: IRun[]) {
     const t = el('table', { class: 'mlnb-runs' });
     for (const r of runs.slice(0, 8)) {
       const tr = el('tr', { 'data-run': r.id });
       tr.append(el('td', {}, r.id), el('td', { class: `mlnb-status-${r.status}` }, r.status), el('td', {}, r.seconds === null ? '' : `${r.seconds}s`));
       const links = el('td');
       for (const [name, s] of Object.entries(r.stages)) {
-        if (s.file) links.append(Object.assign(el('a', { href: fileUrl(st.settings, s.file), target: '_blank', title: `${name}: ${s.status}` }, name)));
-        if (s.report) links.append(Object.assign(el('a', { href: fileUrl(st.settings, s.report), target: '_blank' }, 'report')));
+        if (s.notebook) links.append(el('a', { href: filesUrl(s.notebook), target: '_blank', title: `${name}: ${s.status}` }, name));
+        if (s.report) links.append(el('a', { href: filesUrl(s.report), target: '_blank', class: 'mlnb-report' }, 'report'));
       }
       tr.append(links);
       t.append(tr);
