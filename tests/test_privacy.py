@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from mlnb import config, privacy, erasure
 from mlnb.config import load_project, new_project
+from mlnb.core import free_port, hash_file
 from mlnb.ingest import parquet_hash, write_snapshot
 from mlnb.store import Store, audit_log, feedback, is_sealed, meta, models, predictions, runs, snapshots, tokens, utcnow
 
@@ -152,7 +153,7 @@ def test_guard_answers_with_token_scopes_over_http(tmp_path, monkeypatch):
         await send({'type': 'http.response.body', 'body': json.dumps({'token': privacy.TOKEN.get()}).encode()})
     g = service.Guard(app)
     if getattr(g, 'tokens', None) is None: pytest.skip("the service's Guard does not call privacy.TokenChecker yet (REQUESTS.md 5)")
-    port = __import__('mlnb.core', fromlist=['x']).free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(g, host='127.0.0.1', port=port, log_level='error'))
     threading.Thread(target=srv.run, daemon=True).start()
     import httpx
@@ -187,7 +188,7 @@ def populate(p):
     write_snapshot(privacy.protect(people().iloc[::3], p), run/'train', 'holdout.parquet')
     st.add_snapshot(snap.hash, snap.path, 'customers.csv', snap.rows, snap.columns, 'r1')
     st.write(runs.insert().values(id='r1', status='succeeded', data_hash=snap.hash))
-    st.record('r1', 'ingest', artifacts_={'snapshot': (snap.path, __import__('mlnb.core', fromlist=['x']).hash_file(snap.path), snap.path.stat().st_size)})
+    st.record('r1', 'ingest', artifacts_={'snapshot': (snap.path, hash_file(snap.path), snap.path.stat().st_size)})
     st.add_model('shop:1', 'r1', snap.hash, {'accuracy': 0.9})
     ann = privacy.pseudonym(SUBJECT, keys)
     rows = [dict(request_id=f'q{i}', model_tag='shop:1', inputs={'customer': ann if i % 3 == 0 else f'other{i}', 'spend': float(i),
