@@ -16,7 +16,7 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SUBJECT_HEADER', 'SUBJECT', 'SCOPES', 
            'subject_of', 'take_subject', 'drop_keys', 'kms_client', 'crypto_factory', 'encryption_properties',
            'decryption_properties', 'parquet_options', 'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file',
            'read_frame', 'footer', 'encrypt_file', 'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket',
-           'TokenChecker', 'check', 'cmd_audit', 'cmd_token', 'add_commands']
+           'TokenChecker', 'check_token', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -438,8 +438,8 @@ class TokenChecker:
         "Whether requests need a token: a token was ever made (revoked ones count), or `MLNB_API_TOKEN` is set."
         return bool(self.legacy) or self.known is None or self.any
 
-# %% ../nbs/02a_privacy.ipynb #436bdc6b
-def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
+# %% ../nbs/02a_privacy.ipynb #80962ec7
+def check_token(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
     "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate, 503 tokens unknown."
     if not self.active: return 0, ''
     if self.legacy and hmac.compare_digest(authorization, b'Bearer ' + self.legacy): TOKEN.set('env'); return 0, 'env'
@@ -460,7 +460,7 @@ def check(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
     TOKEN.set(row['id'])
     return 0, row['id']
 
-TokenChecker.check = check
+TokenChecker.check = check_token
 
 # %% ../nbs/02a_privacy.ipynb #4b126a0c
 def _project_of(a) -> Project:
