@@ -248,7 +248,7 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
                  max_events:int|None=None, max_seconds:float|None=None, batch_rows:int=500, stop=None, on_checkpoint=None) -> dict:
     "Update a copy of the champion (or `model`) by `partial_fit` on the labelled events of stream `input`; every `every` events a checkpoint becomes the challenger."
     import time
-    from mlnb.streams import Stop, broker, dead_letters, store_folder, stream_url, write_status
+    from mlnb.streams import IDLE, Stop, broker, dead_letters, store_folder, stream_url, write_status
     p, st = open_store(settings)
     url = stream_url(input, (None, None, 'input'))
     group = f"{p.data.get('group') or 'mlnb'}.learn"
@@ -258,6 +258,7 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
     est = pipe[-1] if hasattr(pipe, 'steps') else pipe
     b, out = broker(url, group, 'learn').start(), {'from': str(m.tag), 'events': 0, 'dead': 0, 'checkpoints': [], 'challenger': None}
     folder, pending, since, start = store_folder(p.workspace, url, group), [], 0, time.monotonic()
+    heard = start
     folder.mkdir(parents=True, exist_ok=True)
     def checkpoint():
         nonlocal pending, since
@@ -272,8 +273,9 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
             while not stop.is_set() and not (max_events and out['events'] >= max_events) and not (max_seconds and time.monotonic() - start >= max_seconds):
                 msgs = b.read(max(1, min(batch_rows, every - since)), 0.5)   # a checkpoint every `every` events
                 if not msgs:
-                    if not follow: break
+                    if not follow and time.monotonic() - heard >= IDLE: break     # caught up: nothing for a while
                     continue
+                heard = time.monotonic()
                 X, y, bad = _labelled_events(msgs, schema.get('features', []), schema.get('target') or p.data['target'], getattr(est, 'classes_', None))
                 if bad:
                     b.send(f"{url.name}.dead", dead_letters(bad, str(url)))

@@ -8,10 +8,10 @@ import json, queue, threading, time, uuid
 from pathlib import Path
 from .core import DataError, MlnbError
 from .config import Project, load_project
-from .streams import Consumed, Message, Stop, StreamURL, broker, dead_letters, store_folder, stream_url, write_status
+from .streams import IDLE, Consumed, Message, Stop, StreamURL, broker, dead_letters, store_folder, stream_url, write_status
 
 # %% auto #0
-__all__ = ['IDLE', 'stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'add_commands']
+__all__ = ['stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'add_commands']
 
 # %% ../nbs/10a_stream_scoring.ipynb #ca73bb39
 def _loader(p:Project, key:bytes):
@@ -107,8 +107,6 @@ def _shadowed(svc, good:list, url:StreamURL, now) -> list[dict]:
                  latency_ms=ms / len(good), created=now) for (m, rec), row in zip(good, rows)]
 
 # %% ../nbs/10a_stream_scoring.ipynb #37dc77ec
-IDLE = 1.0   # seconds without a message after which a consumer that does not follow is caught up
-
 def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:bool, stop:Stop, limit:int|None, errors:list, state:dict):
     "Read micro-batches into `q` (waiting while it is full) and commit those the scorer hands back through `done`; the broker's client is used by this thread alone."
     got, heard = 0, time.monotonic()

@@ -12,11 +12,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .core import ConfigError, DataError, MlnbError, hash_obj, need, redact
 
 # %% auto #0
-__all__ = ['SCHEMES', 'BROKERS', 'KINDS', 'MANIFEST', 'STREAM_DEFAULTS', 'StreamURL', 'is_stream', 'stream_url', 'Message',
-           'Broker', 'broker', 'KafkaBroker', 'RedisBroker', 'tansu_binary', 'local_broker', 'create_topic', 'produce',
-           'infer_schema', 'decode', 'to_table', 'read_manifest', 'Parts', 'append', 'stream_settings', 'store_folder',
-           'dead_letters', 'Consumed', 'Stop', 'write_status', 'consume', 'stream_snapshot', 'status', 'status_text',
-           'stream_metrics', 'cmd_ingest', 'add_commands']
+__all__ = ['SCHEMES', 'BROKERS', 'KINDS', 'MANIFEST', 'IDLE', 'STREAM_DEFAULTS', 'StreamURL', 'is_stream', 'stream_url',
+           'Message', 'Broker', 'broker', 'KafkaBroker', 'RedisBroker', 'tansu_binary', 'local_broker', 'create_topic',
+           'produce', 'infer_schema', 'decode', 'to_table', 'read_manifest', 'Parts', 'append', 'stream_settings',
+           'store_folder', 'dead_letters', 'Consumed', 'Stop', 'write_status', 'consume', 'stream_snapshot', 'status',
+           'status_text', 'stream_metrics', 'cmd_ingest', 'add_commands']
 
 # %% ../nbs/03a_streams.ipynb #149bfdf2
 SCHEMES = {'kafka': 9092, 'redis': 6379, 'rediss': 6379}
@@ -430,6 +430,8 @@ def append(self:Parts, table, positions:dict, schema:dict|None=None, dead:int=0,
 Parts.append = append
 
 # %% ../nbs/03a_streams.ipynb #41043346
+IDLE = 1.0   # seconds without a message after which a consumer that does not follow is caught up
+
 STREAM_DEFAULTS = {'group': 'mlnb', 'consumer': 'mlnb', 'batch_rows': 1000, 'batch_seconds': 1.0, 'dead_letter': None,
                    'stream_rows': 0, 'stream_seconds': 60.0}
 
@@ -498,6 +500,7 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
     url = stream_url(full['source'])
     store = Parts(store_folder(workspace, url, cfg['group']), full['source'])
     b, out, start = broker(url, cfg['group'], cfg['consumer']), Consumed(store=store.folder), time.monotonic()
+    heard = start
     dead_to = cfg['dead_letter'] or f"{url.name}.dead"
     try:
         b.start(store.positions)
@@ -506,8 +509,8 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
                 left = cfg['batch_rows'] if not max_rows else min(cfg['batch_rows'], max_rows - out.read)
                 if left <= 0 or (max_seconds and time.monotonic() - start >= max_seconds): break
                 msgs = b.read(left, cfg['batch_seconds'])
-                if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out, protect)
-                elif not follow: break                   # caught up
+                if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out, protect); heard = time.monotonic()
+                elif not follow and time.monotonic() - heard >= max(cfg['batch_seconds'], IDLE): break     # caught up: nothing for a while
                 out.seconds, out.lag = time.monotonic() - start, b.lag() if msgs or out.batches % 10 == 0 else out.lag
                 write_status(store.folder, role='ingest', source=str(url), topic=url.name, group=cfg['group'], rows=store.m['rows'], dead=store.m['dead'], lag=out.lag, rate=out.rate)
                 if on_batch: on_batch(out)

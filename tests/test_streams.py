@@ -145,8 +145,7 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
     from mlnb.store import Store
     from mlnb.stream_scoring import request_id
     root, _, df = trained
-    a, b = py(root, "from mlnb.registry import save_model as s; print(s(__import__('mlnb.config').config.load_project('.')).tag)"), \
-           py(root, "from mlnb.registry import save_model as s; print(s(__import__('mlnb.config').config.load_project('.')).tag)")
+    a, b = py(root, "from mlnb.registry import save_model as s; from mlnb.config import load_project as l; print(s(l('.')).tag, s(l('.')).tag)").split()
     st = Store(f"sqlite:///{root/'.mlnb'/'mlnb.db'}")
     assert st.alias('champion') == a
     src, out = source('kafka', kafka, 'events'), f'{kafka}/predictions'
