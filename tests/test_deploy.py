@@ -277,12 +277,13 @@ def test_killed_replica_and_promotion_under_traffic_cost_no_request(own, replica
 
 def test_backup_restored_into_a_fresh_folder_serves_the_same_answers(own, replicas, tmp_path):
     from mlnb.serve import Server, champion_bento
-    out = mlnb('backup', tmp_path/'bk', '-p', own.path, check=False)
-    if out.returncode == 2 and 'invalid choice' in out.stderr:                   # the CLI does not list the command yet
-        py(f"from mlnb.backup import backup; backup('settings.ini', {str(tmp_path/'bk')!r})", own.root)
+    assert {s for s, _ in send(replicas.url, rows(holdout(own), 5))} == {200}          # a live project: its log has rows
+    wait_for(lambda: Store(own.store_url).read(predictions.select().limit(1)), 10)
+    out = mlnb('backup', tmp_path/'bk', '-p', own.path)
+    assert out.stdout.startswith(f"backed up shop to {tmp_path/'bk'}: sqlite store")
     manifest = json.loads((tmp_path/'bk'/'manifest.json').read_text())
     assert manifest['store'] == 'sqlite' and manifest['rows']['predictions'] > 0
-    py(f"from mlnb.backup import restore; restore({str(tmp_path/'bk')!r}, {str(tmp_path/'again')!r})", tmp_path)
+    mlnb('restore', tmp_path/'bk', tmp_path/'again')
     q = load_project(tmp_path/'again'/'settings.ini')
     assert Store(q.store_url).alias('champion') == Store(own.store_url).alias('champion')
     X = holdout(q).iloc[:10].to_dict('records')                        # read through the moved paths
@@ -290,10 +291,9 @@ def test_backup_restored_into_a_fresh_folder_serves_the_same_answers(own, replic
         again = [srv.predict(r) for r in X]
     before = [b for _, b in send(replicas.url, X)]
     assert [(a['model'], a['label'], a['probabilities']) for a in again] == [(b['model'], b['label'], b['probabilities']) for b in before]
-    # over an existing project: refused unless forced
-    r = subprocess.run([sys.executable, '-c', f"from mlnb.backup import restore; restore({str(tmp_path/'bk')!r}, {str(tmp_path/'again')!r})"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and 'holds a project' in r.stderr and 'force' in r.stderr
+    # over an existing project: refused, in one line, unless forced
+    r = mlnb('restore', tmp_path/'bk', tmp_path/'again', check=False)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'holds a project' in r.stderr and '--force' in r.stderr
 
 
 PG_URL = os.environ.get('MLNB_TEST_PG_URL')
