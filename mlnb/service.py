@@ -793,17 +793,18 @@ def answer(self:Service, records:list, key:str|None=None, request_id:str|None=No
         if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(mlnb_request_id=p.request_id, mlnb_model=m.tag, mlnb_status=200, mlnb_latency_ms=round(ms, 3)))
         counters()['mlnb_predictions'].labels(m.tag, str(o.get('label', 'value'))).inc()
         if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
-                                                      output=o, latency_ms=ms, created=now, token_id=privacy.TOKEN.get()))
+                                                      output=o, latency_ms=ms, created=now, token_id=privacy.TOKEN.get(),
+                                                      subject=privacy.SUBJECT.get()))
         out.append(p)
     if self.settings.mode == 'shadow' and self.challenger is not None and self.challenger is not m:
-        try: self.shadow_q.put_nowait((self.challenger, records, [p.request_id for p in out]))
+        try: self.shadow_q.put_nowait((self.challenger, records, [p.request_id for p in out], privacy.SUBJECT.get()))
         except queue.Full: counters()['mlnb_shadow_dropped'].inc()
     return out
 
 def shadow(self:Service):
     "Score queued requests with the challenger and log them as `<request id>-shadow`; the caller never waits."
     while (job := self.shadow_q.get()) is not None:
-        ch, records, ids = job
+        ch, records, ids, subject = job
         try: rows, ms = ch.score(records)
         except Exception as e:
             log.warning("mlnb: shadow model %s failed (%s)", ch.tag, one_line(e))
@@ -812,7 +813,7 @@ def shadow(self:Service):
             o = outcome(ch.classes, row)
             counters()['mlnb_shadow_predictions'].labels(ch.tag, str(o.get('label', 'value'))).inc()
             if self.log: self.log.put('predictions', dict(request_id=f'{rid}-shadow', model_tag=ch.tag, inputs=rec.model_dump(by_alias=True),
-                                                          output=o, latency_ms=ms / len(records), created=utcnow()))
+                                                          output=o, latency_ms=ms / len(records), created=utcnow(), subject=subject))
 
 Service.answer, Service.shadow = answer, shadow
 
@@ -1090,6 +1091,7 @@ class Guard:
         send = self.answers(scope, send, start) if api else send
         status, said = self.authorize(headers, scope['path'])
         if status: return await refuse(send, status, said)
+        privacy.take_subject(headers)            # X-Subject-ID: whom the request is about, kept as its pseudonym only
         if scope['method'] == 'POST':
             kind = headers.get(b'content-type', b'application/json').split(b';')[0].strip()
             if kind not in (b'application/json', b''): return await refuse(send, 415, f"content-type: send application/json, not {kind.decode('latin-1')}")
