@@ -71,6 +71,14 @@ def test_kill_9_mid_batch_and_restart_leave_each_message_exactly_once(kind, kafk
     assert m['dead'] == len(recs) - len(good) and m['rows'] == len(good)
     assert len(m["parts"]) >= 8 and m["hash"]
     assert df.dtypes.astype(str).to_dict() == {'n': 'int64', 'x': 'float64', 'c': 'str', 'target': 'int64'}
+    proc = subprocess.Popen(ingest_cmd(settings, '--follow'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    produce(url, [{'n': -i, 'x': 0.5, 'c': 'a', 'target': 1} for i in range(1, 101)])
+    end = time.monotonic() + 60
+    while read_manifest(store)['rows'] < len(good) + 100 and time.monotonic() < end: time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)                                   # a clean stop: what was read is written and committed
+    so, se = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and '100 rows' in so, se
+    assert read_manifest(store)['rows'] == len(good) + 100
 
 
 @pytest.mark.parametrize('kind', ['kafka', 'redis'])
