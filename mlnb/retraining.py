@@ -21,7 +21,7 @@ from .alerting import alert
 # %% auto #0
 __all__ = ['RETRAIN_DRIFT', 'retrain_labels', 'retrain_drift', 'last_trained', 'new_labels', 'champion_drift', 'should_retrain',
            'labelled_rows', 'export_labels', 'retrain', 'monitoring_pass', 'monitoring_summary', 'partial_step',
-           'learner', 'save_online', 'update_online', 'online_rows', 'learn_stream', 'cmd_stream_learn', 'add_commands']
+           'learner', 'save_online', 'update_online', 'online_rows', 'learn_stream']
 
 # %% ../nbs/12c_retraining.ipynb #1cdeda4b
 RETRAIN_DRIFT = SETTING['monitor', 'retrain_drift'].kind   # the severities settings.ini allows
@@ -290,21 +290,3 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
     finally: b.close()
     out['challenger'] = out['checkpoints'][-1] if out['checkpoints'] else None
     return out
-
-# %% ../nbs/12c_retraining.ipynb #a16c0004
-def cmd_stream_learn(a):
-    from mlnb.pipeline import find_settings
-    r = learn_stream(Path(a.project) if a.project else find_settings(), a.input, model=a.model, every=a.every, follow=a.follow,
-                     max_events=a.max_events, max_seconds=a.max_seconds)
-    said = f"; {r['challenger']} is the challenger (mlnb promote: through the gate)" if r['challenger'] else ''
-    print(f"{r['events']} labelled events learned from {a.input} by {r['from']} in {len(r['checkpoints'])} checkpoints, {r['dead']} refused{said}")
-
-def add_commands(add):
-    "`mlnb stream-learn IN`: online learning from a stream of labelled events."
-    sp = add('stream-learn', cmd_stream_learn, 'update a copy of the champion by partial_fit on the labelled events of stream IN; checkpoints become the challenger')
-    sp.add_argument('input', help='labelled events: JSON objects with the features and the target (kafka://… or redis://…)')
-    sp.add_argument('--every', type=int, default=500, help='events between checkpoints (default %(default)s)')
-    sp.add_argument('--follow', action='store_true', help='keep learning until SIGTERM or Ctrl-C (default: stop once caught up)')
-    sp.add_argument('--model', help='model to start from (default: the last checkpoint from this stream, else the champion)')
-    sp.add_argument('--max-events', type=int)
-    sp.add_argument('--max-seconds', type=float)

@@ -11,7 +11,7 @@ from .config import Project, load_project
 from .streams import IDLE, Consumed, Message, Stop, StreamURL, broker, dead_letters, store_folder, stream_url, write_status
 
 # %% auto #0
-__all__ = ['stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'add_commands']
+__all__ = ['stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'cmd_stream_learn', 'add_commands']
 
 # %% ../nbs/10a_stream_scoring.ipynb #ca73bb39
 def _loader(p:Project, key:bytes):
@@ -179,8 +179,16 @@ def cmd_stream_score(a):
     if show: print(file=sys.stderr)
     print(f"{c.rows} events scored in {c.batches} batches ({c.rate:,.0f}/s), {c.dead} refused -> {a.output}, lag {c.lag}")
 
+def cmd_stream_learn(a):
+    from mlnb.pipeline import find_settings
+    from mlnb.retraining import learn_stream            # the CLI hook: retraining (12c) is imported only when the command runs
+    r = learn_stream(Path(a.project) if a.project else find_settings(), a.input, model=a.model, every=a.every, follow=a.follow,
+                     max_events=a.max_events, max_seconds=a.max_seconds)
+    said = f"; {r['challenger']} is the challenger (mlnb promote: through the gate)" if r['challenger'] else ''
+    print(f"{r['events']} labelled events learned from {a.input} by {r['from']} in {len(r['checkpoints'])} checkpoints, {r['dead']} refused{said}")
+
 def add_commands(add):
-    "`mlnb stream-score IN OUT`."
+    "`mlnb stream-score IN OUT` and `mlnb stream-learn IN`."
     sp = add('stream-score', cmd_stream_score, 'score the events of stream IN with the champion into stream OUT (kafka://host:port/topic, redis://host:port/0?stream=NAME), logged like served predictions')
     sp.add_argument('input', help='the events: JSON objects with the model\'s features')
     sp.add_argument('output', help='where the predictions go')
@@ -190,3 +198,10 @@ def add_commands(add):
     sp.add_argument('--max-seconds', type=float)
     sp.add_argument('--batch-rows', type=int, default=500, help='events in one micro-batch (default %(default)s)')
     sp.add_argument('--inflight', type=int, default=4, help='micro-batches read ahead of the scorer at most (default %(default)s)')
+    sp = add('stream-learn', cmd_stream_learn, 'update a copy of the champion by partial_fit on the labelled events of stream IN; checkpoints become the challenger')
+    sp.add_argument('input', help='labelled events: JSON objects with the features and the target (kafka://… or redis://…)')
+    sp.add_argument('--every', type=int, default=500, help='events between checkpoints (default %(default)s)')
+    sp.add_argument('--follow', action='store_true', help='keep learning until SIGTERM or Ctrl-C (default: stop once caught up)')
+    sp.add_argument('--model', help='model to start from (default: the last checkpoint from this stream, else the champion)')
+    sp.add_argument('--max-events', type=int)
+    sp.add_argument('--max-seconds', type=float)

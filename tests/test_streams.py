@@ -198,7 +198,7 @@ def test_online_learning_from_a_stream_checkpoints_a_challenger_for_the_gate(tra
     champion = st.alias('champion')
     src = source('kafka', kafka, 'labelled')
     produce(src, df.to_dict('records') + [{**df.iloc[0].to_dict(), 'target': 7}, df.drop(columns='target').iloc[0].to_dict()])
-    learn = lambda: subprocess.run(cli('retraining', 'stream-learn', root, src, '--every', '60'), capture_output=True, text=True, timeout=300)
+    learn = lambda: subprocess.run(cli('stream_scoring', 'stream-learn', root, src, '--every', '60'), capture_output=True, text=True, timeout=300)
     r = learn()
     assert r.returncode == 0, r.stderr
     assert '200 labelled events learned' in r.stdout and 'in 4 checkpoints, 2 refused' in r.stdout, r.stdout
