@@ -477,7 +477,10 @@ class Replicas:
         self.bento = bento or champion_bento(self.p)
         n = n or int(deploy_settings(self.p)['replicas'])
         self.host, self.port = host or self.p.serve['host'], port or int(self.p.serve['port'])
-        self.servers = [Server(self.p, self.bento, env=env) for _ in range(n)]
+        self.env, self.servers = env, []
+        while len(self.servers) < n:                          # each on a port of its own
+            s = Server(self.p, self.bento, env=env)
+            if s.port != self.port and s.port not in {x.port for x in self.servers}: self.servers.append(s)
         self.folder = self.p.workspace/'deploy'/f'haproxy-{self.port}'
         self.url, self.proc = f"http://{self.host}:{self.port}", None
 
@@ -496,7 +499,7 @@ def start(self:Replicas, timeout:float=180) -> Replicas:
     # fires when the *thread* that forked it exits, and would stop a server started by a short-lived thread
     self.pool = ThreadPoolExecutor(len(self.servers), thread_name_prefix='mlnb-replica')
     try:
-        for f in [self.pool.submit(s.start, timeout) for s in self.servers]: f.result()
+        for f in [self.pool.submit(self._start_one, i, timeout) for i in range(len(self.servers))]: f.result()
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg = self.folder/'haproxy.cfg'
         atomic_write(cfg, haproxy_config([(s.host, s.port) for s in self.servers], self.host, self.port, self.folder,
@@ -510,6 +513,16 @@ def start(self:Replicas, timeout:float=180) -> Replicas:
         self.stop()
         raise
     return self
+
+@patch
+def _start_one(self:Replicas, i:int, timeout:float, tries:int=3):
+    "Start server `i`; when another process took its port meanwhile (a free port is only free until someone binds it), on a new one."
+    from mlnb.serve import Server
+    for k in range(tries):
+        try: return self.servers[i].start(timeout)
+        except (ServeError, MlnbError) as e:
+            if 'in use' not in str(e) or k == tries - 1: raise
+            self.servers[i] = Server(self.p, self.bento, env=self.env)
 
 @patch
 def _wait_up(self:Replicas, timeout:float):
