@@ -571,10 +571,11 @@ def _alive(pid) -> bool:
     try: os.kill(int(pid), 0); return True
     except (OSError, TypeError, ValueError): return False
 
-def status_text(settings='settings.ini') -> str:
-    "One line per stream consumer: role, stream, rows, dead letters, lag, rate, running or not (what `mlnb monitor` prints)."
+def status_text(settings='settings.ini', limit:int=10) -> str:
+    "One line per stream consumer (running ones first, then the latest `limit`): role, stream, rows, dead letters, lag, rate (what `mlnb monitor` prints)."
     from mlnb.config import load_project
     rows = status(load_project(settings).workspace)
+    rows = ([r for r in rows if _alive(r.get('pid'))] + [r for r in rows if not _alive(r.get('pid'))])[:limit]
     return '\n'.join(f"stream {r.get('role', '?'):<7} {r.get('source')}: {r.get('rows', 0)} {'rows' if r.get('role') == 'ingest' else 'events'}, "
                      f"{r.get('dead', 0)} dead letters, lag {r.get('lag') if r.get('lag') is not None else '?'}, {r.get('rate', 0):,.0f}/s, "
                      f"{'running' if _alive(r.get('pid')) else 'stopped'} (updated {time.strftime('%H:%M:%S', time.gmtime(r.get('updated', 0)))} UTC)" for r in rows)
