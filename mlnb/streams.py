@@ -81,7 +81,7 @@ def broker(url, group:str='mlnb', consumer:str='mlnb') -> Broker:
 # %% ../nbs/03a_streams.ipynb #a81c83ad
 class KafkaBroker(Broker):
     "A Kafka topic read through confluent-kafka, partitions assigned by mlnb; offsets committed to the group."
-    def _conf(self) -> dict: return {'bootstrap.servers': f'{self.url.host}:{self.url.port}', 'client.id': 'mlnb', 'log_level': 3}
+    def _conf(self) -> dict: return {'bootstrap.servers': f'{self.url.host}:{self.url.port}', 'client.id': 'mlnb', 'log_level': 0}   # failures come back as errors, not log lines
     def _fail(self, what:str, e) -> DataError: return DataError(f"{self.url}: {what} ({e})")
 
     def start(self, positions:dict|None=None):
@@ -281,7 +281,7 @@ def create_topic(url:str, partitions:int=1):
     "Create Kafka topic `url` (`kafka://host:port/topic`) with `partitions` partitions."
     from confluent_kafka.admin import AdminClient, NewTopic
     u = stream_url(url)
-    admin = AdminClient({'bootstrap.servers': f'{u.host}:{u.port}'})       # kept until the futures resolve
+    admin = AdminClient({'bootstrap.servers': f'{u.host}:{u.port}', 'log_level': 0})       # kept until the futures resolve
     for f in admin.create_topics([NewTopic(u.name, partitions, 1)]).values(): f.result(10)
 
 def produce(url:str, records:list, keys:list|None=None) -> int:
@@ -596,6 +596,7 @@ def cmd_ingest(a):
     from mlnb.pipeline import find_settings
     p = load_project(Path(a.project) if a.project else find_settings())
     if not is_stream(p.data['source']): raise ConfigError("mlnb ingest reads a stream source (kafka://… or redis://…); other sources are read by the ingest stage: mlnb run --stage ingest", p.path, 'data', 'source')
+    stream_url(p.data['source'], (p.path, 'data', 'source'))          # a malformed URL: one line naming settings.ini
     show = (lambda c: print(f"\r{c}", end='', file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     from mlnb.privacy import protect
     c = consume(p.data, p.workspace, max_rows=a.max_rows, max_seconds=a.max_seconds, follow=a.follow, on_batch=show, protect=lambda t: protect(t, p))
