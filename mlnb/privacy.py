@@ -224,8 +224,9 @@ def use_keys(project=None, keys:Keys|None=None, encrypt:bool|None=None) -> Field
 def subject_of(value) -> str|None:
     "The pseudonym the service logs in `predictions.subject` for a request's subject field (None without one, or without keys)."
     from mlnb.store import CIPHER
-    c = CIPHER.get('on')
-    return pseudonym(value, c.keys) if c is not None and value not in (None, '') else None
+    if value in (None, ''): return None
+    c = CIPHER.get('on') or use_keys()                   # a request may reach the Guard before the service installed the keys
+    return pseudonym(value, c.keys) if c is not None else None
 
 SUBJECT_HEADER = b'x-subject-id'
 SUBJECT = contextvars.ContextVar('mlnb_subject', default=None)   # the pseudonym of the request's subject, for its log row
@@ -451,13 +452,13 @@ def check_token(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, 
         return 401, 'authorization: a valid bearer token is required: Authorization: Bearer <token> (`mlnb token add`)'
     need_ = PATH_SCOPE.get(path, 'admin')
     scopes = row['scopes'].split()
+    TOKEN.set(row['id'])                                            # a valid token: its id goes with the answer, refused ones too
     if need_ not in (*scopes, 'any') and 'admin' not in scopes: return 403, f"authorization: token {row['id']} has scope {', '.join(scopes)}, not {need_} (needed for {path})"
     if row['rate']:
         with self.lock:
             b = self.buckets.setdefault(row['id'], Bucket(row['rate']))
             wait = b.take()
         if wait: return 429, f"token {row['id']}: over its limit of {row['rate']:g} requests a second; retry in {wait:.2f}s"
-    TOKEN.set(row['id'])
     return 0, row['id']
 
 TokenChecker.check = check_token

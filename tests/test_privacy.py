@@ -302,10 +302,10 @@ def test_encryption_at_rest_and_key_rotation(store_url, tmp_path):
 # ---------------------------------------------------------------- the real server
 
 def hooked() -> bool:
-    "Whether the service uses the token checker and the cipher (REQUESTS.md 5-8)."
+    "Whether the service uses the token checker, the cipher and the subject header (REQUESTS.md 5-8, 24)."
     import inspect
     from mlnb import serve, service
-    return 'TokenChecker' in inspect.getsource(service) and 'use_keys' in inspect.getsource(service) and 'KEY_ENV' in inspect.getsource(serve)
+    return all(w in inspect.getsource(service) for w in ('TokenChecker', 'use_keys', 'take_subject')) and 'KEY_ENV' in inspect.getsource(serve)
 
 
 @pytest.fixture(scope='module')
@@ -331,7 +331,8 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     pid, ptok = privacy.add_token(st, 'app', ['predict'], rate=5)
     fid, ftok = privacy.add_token(st, 'labels', ['feedback'])
     f = own_project/'settings.ini'
-    if '[privacy]' not in f.read_text(): f.write_text(f.read_text() + '\n[privacy]\nencrypt = on\n')   # the copy's own settings
+    if '[privacy]' not in f.read_text():                             # the copy's own settings: encryption, and whom a request is about
+        f.write_text(f.read_text().replace('\n[data]\n', '\n[data]\nsubject = customer\n', 1) + '\n[privacy]\nencrypt = on\n')
     p = load_project(own_project)
     proc, url = mlnb_serve(own_project, free_port())
     try:
@@ -355,10 +356,11 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     assert raw[0] == pid and '"sealed"' in raw[1] and str(round(next(iter(record.values())), 3)) not in raw[1]
     privacy.use_keys(p)
     assert st.read(sa.select(predictions.c.inputs).where(predictions.c.request_id == rid))[0]['inputs'].keys() == record.keys()
-    import inspect
-    from mlnb import service
-    if 'take_subject' in inspect.getsource(service):                                       # REQUESTS.md 24: the request's subject, pseudonymized
-        assert st.read(sa.select(predictions.c.subject).where(predictions.c.request_id == rid))[0]['subject'] == privacy.pseudonym(SUBJECT, privacy.project_keys(p))
+    assert st.read(sa.select(predictions.c.subject).where(predictions.c.request_id == rid))[0]['subject'] == privacy.pseudonym(SUBJECT, privacy.project_keys(p))   # after a 401 in the same log batch too
+    r = cli('forget', SUBJECT, '-p', own_project)                                           # X-Subject-ID -> predictions.subject -> forget
+    assert r.returncode == 0 and 'forgot subject' in r.stdout, r.stderr
+    assert not st.read(sa.select(predictions).where(predictions.c.request_id == rid))
+    assert not st.read(sa.select(feedback).where(feedback.c.request_id == rid))
     actions = [r['action'] for r in st.read(sa.select(audit_log.c.action).order_by(audit_log.c.seq))]
     assert {'package', 'serve', 'token add', 'token revoke'} <= set(actions), actions      # the commands' own audit rows, one chain
     r = cli('audit', '--verify', '-p', own_project)
