@@ -95,6 +95,10 @@ def test_k8s_manifests_are_valid_for_the_named_kubernetes_version(own, monkeypat
     assert cli.main(['deploy', 'k8s', '-p', str(own.path), '--validate', '--replicas', '2']) == 0
     written = list(yaml.safe_load_all((own.root/'deploy'/'k8s.yaml').read_text()))
     assert [d['kind'] for d in written] == [d['kind'] for d in docs] and validate_k8s(written) == []
+    # a mistake is one line; with --log-format json, one JSON object (ready for a log shipper, like the servers' lines)
+    r = mlnb('--log-format', 'json', 'deploy', 'k8s', '-p', own.root/'nope'/'settings.ini', check=False)
+    said = json.loads(r.stderr)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and said['level'] == 'error' and 'no such project file' in said['message']
 
 
 # ---- Prometheus -------------------------------------------------------------------------------------------------
