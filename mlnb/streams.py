@@ -182,9 +182,14 @@ class RedisBroker(Broker):
     "A Redis stream read in a consumer group (pending entries first), acknowledged with XACK."
     claim_ms = 0            # entries pending this long with another consumer are taken over (0: all: one writer at a time)
 
+    @property
+    def r(self):
+        "The Redis client, made on first use (a broker that only writes never starts)."
+        if self.__dict__.get('_r') is None: self._r = need('redis').Redis.from_url(self.url.client, socket_timeout=30)
+        return self._r
+
     def start(self, positions:dict|None=None):
         redis = need('redis')
-        self.r = redis.Redis.from_url(self.url.client, socket_timeout=30)
         try: self.r.xgroup_create(self.url.name, self.group, id='0', mkstream=True)
         except redis.ConnectionError as e: raise DataError(f"{self.url}: cannot reach Redis ({e})") from None
         except redis.ResponseError as e:
@@ -225,18 +230,23 @@ class RedisBroker(Broker):
         if msgs: self.r.xack(self.url.name, self.group, *[m.id for m in msgs])
 
     def send(self, name:str, items:list[tuple]):
+        redis = need('redis')
         if getattr(self, 'pipe', None) is None: self.pipe = self.r.pipeline(transaction=False)
         for key, value, headers in items:
             self.pipe.xadd(name, {'value': value, **({'key': key} if key else {}), **{k: v for k, v in (headers or {}).items()}})
     def flush(self):
-        if getattr(self, 'pipe', None) is not None: self.pipe.execute(); self.pipe = None
+        redis = need('redis')
+        if getattr(self, 'pipe', None) is None: return
+        try: self.pipe.execute()
+        except redis.RedisError as e: raise DataError(f"{self.url}: messages not written ({e})") from None
+        finally: self.pipe = None
 
     def lag(self) -> int|None:
         try: g = next(g for g in self.r.xinfo_groups(self.url.name) if g['name'].decode() == self.group)
         except Exception: return None
         return int(g.get('lag') or 0) + int(g.get('pending') or 0)
     def close(self):
-        if getattr(self, 'r', None) is not None: self.r.close()
+        if self.__dict__.get('_r') is not None: self._r.close()
 
 BROKERS['redis'] = RedisBroker
 
@@ -287,7 +297,6 @@ def create_topic(url:str, partitions:int=1):
 def produce(url:str, records:list, keys:list|None=None) -> int:
     "Write `records` (dicts as JSON; bytes as they are) to stream `url`; returns how many."
     b = broker(url)
-    if b.url.kind == 'redis': b.start()
     items = [(k, r if isinstance(r, bytes) else json.dumps(r).encode(), None) for k, r in zip(keys or [None] * len(records), records)]
     for i in range(0, len(items), 10_000): b.send(b.url.name, items[i:i + 10_000]); b.flush()
     b.close()

@@ -149,7 +149,7 @@ def read_all(url, n, group='check', timeout=30):
     return got
 
 
-def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
+def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka, redis):
     from mlnb.store import Store
     from mlnb.stream_scoring import request_id
     root, _, df = trained
@@ -172,6 +172,11 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
     logged = {r_['request_id']: r_ for r_ in st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions))}
     assert all(p['request_id'] in logged and p['request_id'] == request_id(stream_url(src), p['id']) for p in preds)
     mlnb('feedback', preds[0]['request_id'], truth[preds[0]['key']], cwd=root)     # labels join streamed predictions by request id
+    rin, rout = f'{redis}?stream=events', f'{redis}?stream=predictions'            # Redis in, Redis out
+    produce(rin, X.iloc[:30].to_dict('records'), keys=[f'r{i}' for i in range(30)])
+    r = subprocess.run(score_cmd(root, rin, rout), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and '30 events scored' in r.stdout, r.stderr
+    assert sorted(json.loads(m.value)['key'] for m in read_all(rout, 30)) == sorted(f'r{i}' for i in range(30))
 
     proc = subprocess.Popen(score_cmd(root, src, out, '--follow', '--batch-rows', '20'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -186,7 +191,7 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka):
         so, se = proc.communicate(timeout=60)
     assert proc.returncode == 0, se                                            # SIGTERM: a clean stop after committing
     assert '40 events scored' in so
-    assert len(logged) + 40 == len(st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions)))
+    assert len(logged) + 30 + 40 == len(st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions)))
     assert {p['model'] for p in later} == {b}                                  # the promotion followed without a restart
 
 
