@@ -172,6 +172,8 @@ def test_stream_scoring_logs_follows_promote_and_takes_labels(trained, kafka, re
     logged = {r_['request_id']: r_ for r_ in st.read(__import__('sqlalchemy').select(__import__('mlnb.store').store.predictions))}
     assert all(p['request_id'] in logged and p['request_id'] == request_id(stream_url(src), p['id']) for p in preds)
     mlnb('feedback', preds[0]['request_id'], truth[preds[0]['key']], cwd=root)     # labels join streamed predictions by request id
+    mon = mlnb('monitor', cwd=root).stdout                                         # drift over the streamed traffic, and the consumer's lag
+    assert 'drift' in mon.lower() and f'stream score   {stream_url(src)}: 150 events, 2 dead letters, lag 0' in mon, mon
     rin, rout = f'{redis}?stream=events', f'{redis}?stream=predictions'            # Redis in, Redis out
     produce(rin, X.iloc[:30].to_dict('records'), keys=[f'r{i}' for i in range(30)])
     r = subprocess.run(score_cmd(root, rin, rout), capture_output=True, text=True, timeout=300)
