@@ -87,7 +87,7 @@ class KafkaBroker(Broker):
     def start(self, positions:dict|None=None):
         ck = need('confluent_kafka', 'confluent-kafka')
         self.c = ck.Consumer({**self._conf(), 'group.id': self.group, 'enable.auto.commit': False, 'auto.offset.reset': 'earliest',
-                              'enable.partition.eof': False})
+                              'enable.partition.eof': False, 'fetch.wait.max.ms': 50})   # the broker answers a fetch within 50 ms, not 500: latency
         try: md = self.c.list_topics(self.url.name, timeout=10).topics.get(self.url.name)
         except ck.KafkaException as e: raise self._fail('cannot reach the broker', e) from None
         if md is None or md.error is not None or not md.partitions: raise DataError(f"{self.url}: no such topic ({md.error if md else 'not found'})")
