@@ -25,9 +25,9 @@ __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'R
            'FeedbackAck', 'BentoArgs', 'Types', 'io_base', 'request_types', 'problem', 'Frame', 'frame_for', 'wire',
            'sample_records', 'plain_steps', 'transformed', 'same_kind', 'is_regression', 'outcome', 'TreeStack',
            'Served', 'explain_record', 'one_line', 'Journal', 'release', 'journaled', 'orphans', 'PredictionLog',
-           'insert_of', 'adopt', 'flush', 'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection', 'Service',
-           'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'answer', 'shadow', 'predict',
-           'predict_batch', 'explain', 'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits',
+           'same_keys', 'insert_of', 'adopt', 'flush', 'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection',
+           'Service', 'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'answer', 'shadow',
+           'predict', 'predict_batch', 'explain', 'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits',
            'load_served', 'read_aliases', 'model', 'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start',
            'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard', 'refuse', 'authorize', 'closing',
            'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
@@ -518,6 +518,11 @@ def _take(self:PredictionLog, wait:float):
             except queue.Empty: break
     if rows or segment: self.pending.append((segment, rows))
 
+def same_keys(rows:list[dict]) -> list[dict]:
+    "`rows` with one set of keys (an absent one is None): one insert takes them all (a failed request has no subject, a shadow row no token)."
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return rows if all(len(r) == len(keys) for r in rows) else [{k: r.get(k) for k in keys} for r in rows]
+
 def insert_of(table:str, dialect:str):
     "The insert for `table`: a prediction whose request id is logged already (a retried request, a replay) is left out, not an error."
     if table != 'predictions' or dialect not in ('sqlite', 'postgresql'): return TABLES[table].insert()
@@ -529,7 +534,7 @@ def _insert(self:PredictionLog, rows:list):
     by_table = {}
     for table, row in rows: by_table.setdefault(table, []).append(row)
     with self.store.engine.begin() as c:
-        for table, rs in by_table.items(): c.execute(insert_of(table, c.dialect.name), rs)
+        for table, rs in by_table.items(): c.execute(insert_of(table, c.dialect.name), same_keys(rs))
     return by_table
 
 def _write(self:PredictionLog) -> bool:

@@ -41,19 +41,22 @@ def store_of(settings:Path):
     return Store(load_project(settings).store_url)
 
 
+def save_model_of(s:Path) -> str:
+    "Save the latest run's model of project `s` in a process of its own (BentoML's home is set once per process, and other tests load it for theirs); its tag."
+    code = "import sys; from mlnb.config import load_project; from mlnb.registry import save_model; print(save_model(load_project(sys.argv[1])).tag)"
+    return subprocess.run([sys.executable, '-c', code, str(s)], capture_output=True, text=True, check=True, timeout=300).stdout.split()[-1]
+
 @pytest.fixture(scope='module')
 def shop(tmp_path_factory):
     "A demo project (150 rows) run once, with two packaged models: champion (cv=5) and challenger (cv=3, the same final model)."
-    from mlnb.config import load_project
-    from mlnb.registry import save_model
     root = tmp_path_factory.mktemp('lab')/'root'
     s = root/'shop'/'settings.ini'
     mlnb('new', s.parent)
     s.write_text(s.read_text().replace('[stage:ingest]\n', '[stage:ingest]\nparams = sample=150\n'))
     mlnb('run', cwd=s.parent)
-    save_model(load_project(s))
+    save_model_of(s)
     mlnb('run', '--params', 'train.cv=3', cwd=s.parent)
-    save_model(load_project(s))
+    save_model_of(s)
     return root, s
 
 
@@ -261,10 +264,8 @@ def test_sidebar_in_jupyterlab(lab):
             page.screenshot(path=str(ARTIFACTS/'lab_rolled_back.png'))
 
             # a worse challenger (one boosting iteration: accuracy 0.63 against 0.93): the gate refuses it with its reason
-            from mlnb.config import load_project
-            from mlnb.registry import save_model
             mlnb('run', '--params', "train.model_params={'max_iter': 1}", cwd=s.parent)
-            bad = save_model(load_project(s)).tag
+            bad = save_model_of(s)
             page.locator('button.mlnb-refresh').click()
             page.locator('.mlnb-models tr[data-alias="challenger"] .mlnb-tag', has_text=bad).wait_for(timeout=30 * SECONDS)
             page.locator('button.mlnb-promote').click()
