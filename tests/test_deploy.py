@@ -135,8 +135,9 @@ def prometheus(own, replicas, tmp_path):
                                 cwd=own.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     folder = write_prometheus(own, tmp_path/'prom', targets=[f'{s.host}:{s.port}' for s in replicas.servers],
                               exporter=f'127.0.0.1:{mport}', interval='1s', pending='0s')
+    log = open(tmp_path/'prom.log', 'w')
     prom = subprocess.Popen(['/usr/bin/prometheus', f'--config.file={folder/"prometheus.yml"}', f'--storage.tsdb.path={tmp_path/"tsdb"}',
-                             f'--web.listen-address=127.0.0.1:{pport}', '--log.level=warn'], stdout=subprocess.DEVNULL, stderr=open(tmp_path/'prom.log', 'w'))
+                             f'--web.listen-address=127.0.0.1:{pport}', '--log.level=warn'], stdout=subprocess.DEVNULL, stderr=log)
     url = f'http://127.0.0.1:{pport}'
     def ready():
         try: return requests.get(f'{url}/-/ready', timeout=2).status_code == 200
@@ -149,6 +150,8 @@ def prometheus(own, replicas, tmp_path):
             proc.terminate()
             try: proc.wait(15)
             except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+        exporter.stdout.close()
 
 
 def test_prometheus_queries_latency_and_fires_a_drift_alert(own, replicas, prometheus):
