@@ -201,7 +201,7 @@ def test_prometheus_queries_latency_and_fires_a_drift_alert(own, replicas, prome
 
 def test_request_ids_and_json_log_lines_through_haproxy(own, replicas):
     "A client's X-Request-ID names the answer and its log line; HAProxy gives one to a request without; lines are JSON without feature values."
-    rec = holdout(own).iloc[0].to_dict()
+    rec = {**holdout(own).iloc[0].to_dict(), 'mean texture': 17.3456789}             # a value no log line could hold by chance
     r = requests.post(f'{replicas.url}/predict', json={'record': rec}, headers={'X-Request-ID': 'deploy-json-1'}, timeout=30)
     assert r.status_code == 200 and r.json()['request_id'] == 'deploy-json-1'
     given = requests.post(f'{replicas.url}/predict', json={'record': rec}, timeout=30).json()['request_id']
@@ -219,7 +219,9 @@ def test_request_ids_and_json_log_lines_through_haproxy(own, replicas):
         return 'deploy-json-1' in got and 'deploy-json-2' in got and got
     got = wait_for(both, 10)                                           # the lines are written as the answers leave
     text = json.dumps(lines())
-    assert 'mlnb: POST /predict -> 400' in text and str(rec['mean texture']) not in text            # no feature values
+    assert 'mlnb: POST /predict -> 400' in text and '17.3456789' not in text                        # no feature values
+    fields = {'time', 'level', 'logger', 'message', 'request_id', 'model', 'endpoint', 'status', 'latency_ms', 'error'}
+    assert all(set(d) <= fields for d in lines())
     assert len(wait_for(lambda: Store(own.store_url).read(predictions.select().where(predictions.c.request_id == 'deploy-json-1')), 10)) == 1
     ok, err = got['deploy-json-1'], got['deploy-json-2']
     assert ok['model'] == r.json()['model'] and ok['status'] == 200 and ok['latency_ms'] >= 0 and {'time', 'level', 'message'} <= set(ok)
