@@ -202,7 +202,7 @@ def project_inputs(p:Project) -> dict:
     src, kind = p.data['source'], source_kind(p.data['source'])
     local = kind == 'file' and '://' not in src
     return {'data': data_settings(p), 'source_file': content_hash(p.resolve(src), p.workspace/'cache'/'file_hashes.json') if local else None,
-            'uncacheable': kind in ('sql', 'api')}
+            'uncacheable': kind in ('sql', 'api', 'stream')}
 
 def data_settings(p:Project) -> dict:
     "The project's [data] settings that differ from their defaults: a setting a newer mlnb adds (at its default) re-runs nothing."
@@ -282,7 +282,7 @@ def decide(p:Project, store:Store, name:str, upstream_hashes:dict|None, inputs:d
     why = changed(parts, _parts_of(last) if last else None)
     stale = lambda *w: StageState(name, 'stale', list(dict.fromkeys([*why, *w])), None if upstream_hashes is None else hash_obj(parts), parts, last=last)
     if name in forced: return stale('forced')
-    if inputs['uncacheable'] and not p.stages[name].needs: return stale('data')     # SQL or an API: new rows at any time
+    if inputs['uncacheable'] and not p.stages[name].needs: return stale('data')     # SQL, an API or a stream: new rows at any time
     if upstream_hashes is None: return stale('upstream')
     key = hash_obj(parts)
     if (hit := cached_outputs(store, key)): return StageState(name, 'up to date', [], key, parts, hit, last)

@@ -248,7 +248,7 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
                  max_events:int|None=None, max_seconds:float|None=None, batch_rows:int=500, stop=None, on_checkpoint=None) -> dict:
     "Update a copy of the champion (or `model`) by `partial_fit` on the labelled events of stream `input`; every `every` events a checkpoint becomes the challenger."
     import time
-    from mlnb.streams import IDLE, Stop, broker, dead_letters, store_folder, stream_url, write_status
+    from mlnb.streams import Stop, broker, caught_up, dead_letters, store_folder, stream_url, write_status
     p, st = open_store(settings)
     url = stream_url(input, (None, None, 'input'))
     group = f"{p.data.get('group') or 'mlnb'}.learn"
@@ -273,7 +273,7 @@ def learn_stream(settings='settings.ini', input:str=None, model:str|None=None, e
             while not stop.is_set() and not (max_events and out['events'] >= max_events) and not (max_seconds and time.monotonic() - start >= max_seconds):
                 msgs = b.read(max(1, min(batch_rows, every - since)), 0.5)   # a checkpoint every `every` events
                 if not msgs:
-                    if not follow and time.monotonic() - heard >= IDLE: break     # caught up: nothing for a while
+                    if not follow and caught_up(start, heard): break
                     continue
                 heard = time.monotonic()
                 X, y, bad = _labelled_events(msgs, schema.get('features', []), schema.get('target') or p.data['target'], getattr(est, 'classes_', None))

@@ -8,7 +8,7 @@ import json, queue, threading, time, uuid
 from pathlib import Path
 from .core import DataError, MlnbError
 from .config import Project, load_project
-from .streams import IDLE, Consumed, Message, Stop, StreamURL, broker, dead_letters, store_folder, stream_url, write_status
+from .streams import Consumed, Message, Stop, StreamURL, broker, caught_up, dead_letters, store_folder, stream_url, write_status
 
 # %% auto #0
 __all__ = ['stream_service', 'request_id', 'score_batch', 'score_stream', 'cmd_stream_score', 'cmd_stream_learn', 'add_commands']
@@ -110,6 +110,7 @@ def _shadowed(svc, good:list, url:StreamURL, now) -> list[dict]:
 def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:bool, stop:Stop, limit:int|None, errors:list, state:dict):
     "Read micro-batches into `q` (waiting while it is full) and commit those the scorer hands back through `done`; the broker's client is used by this thread alone."
     got, heard = 0, time.monotonic()
+    start = heard
     def commit(item):
         b.commit(item)
         state['lag'] = b.lag()
@@ -120,7 +121,7 @@ def _reader(b, q:queue.Queue, done:queue.SimpleQueue, n:int, wait:float, follow:
                 except queue.Empty: break
             msgs = b.read(min(n, limit - got) if limit else n, wait)
             if msgs: q.put(msgs); got += len(msgs); heard = time.monotonic()
-            elif not follow and time.monotonic() - heard >= max(wait, IDLE): break     # caught up: nothing for a while
+            elif not follow and caught_up(start, heard, wait): break
     except Exception as e: errors.append(e)
     finally:
         q.put(None)

@@ -12,11 +12,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .core import ConfigError, DataError, MlnbError, hash_obj, need, redact
 
 # %% auto #0
-__all__ = ['SCHEMES', 'BROKERS', 'KINDS', 'MANIFEST', 'IDLE', 'STREAM_DEFAULTS', 'StreamURL', 'is_stream', 'stream_url',
-           'Message', 'Broker', 'broker', 'KafkaBroker', 'RedisBroker', 'tansu_binary', 'local_broker', 'create_topic',
-           'produce', 'infer_schema', 'decode', 'to_table', 'read_manifest', 'Parts', 'append', 'stream_settings',
-           'store_folder', 'dead_letters', 'Consumed', 'Stop', 'write_status', 'consume', 'stream_snapshot', 'status',
-           'status_text', 'stream_metrics', 'cmd_ingest', 'add_commands']
+__all__ = ['SCHEMES', 'BROKERS', 'KINDS', 'MANIFEST', 'IDLE', 'FIRST_WAIT', 'STREAM_DEFAULTS', 'StreamURL', 'is_stream',
+           'stream_url', 'Message', 'Broker', 'broker', 'KafkaBroker', 'RedisBroker', 'tansu_binary', 'local_broker',
+           'create_topic', 'produce', 'infer_schema', 'decode', 'to_table', 'read_manifest', 'Parts', 'append',
+           'caught_up', 'stream_settings', 'store_folder', 'dead_letters', 'Consumed', 'Stop', 'write_status',
+           'consume', 'stream_snapshot', 'status', 'status_text', 'stream_metrics', 'cmd_ingest', 'add_commands']
 
 # %% ../nbs/03a_streams.ipynb #149bfdf2
 SCHEMES = {'kafka': 9092, 'redis': 6379, 'rediss': 6379}
@@ -439,7 +439,13 @@ def append(self:Parts, table, positions:dict, schema:dict|None=None, dead:int=0,
 Parts.append = append
 
 # %% ../nbs/03a_streams.ipynb #41043346
-IDLE = 1.0   # seconds without a message after which a consumer that does not follow is caught up
+IDLE = 1.0         # seconds without a message after which a consumer that does not follow is caught up
+FIRST_WAIT = 8.0   # ...but, when nothing came at all, not before this long: a consumer's first fetch can take seconds on a busy machine
+
+def caught_up(start:float, heard:float, wait:float=0.0) -> bool:
+    "Whether a consumer that does not follow may stop: nothing for `max(wait, IDLE)` seconds, and `FIRST_WAIT` since it started if it heard nothing yet."
+    now = time.monotonic()
+    return now - heard >= max(wait, IDLE) and (heard > start or now - start >= FIRST_WAIT)
 
 STREAM_DEFAULTS = {'group': 'mlnb', 'consumer': 'mlnb', 'batch_rows': 1000, 'batch_seconds': 1.0, 'dead_letter': None,
                    'stream_rows': 0, 'stream_seconds': 60.0}
@@ -519,7 +525,7 @@ def consume(data:dict, workspace, max_rows:int|None=None, max_seconds:float|None
                 if left <= 0 or (max_seconds and time.monotonic() - start >= max_seconds): break
                 msgs = b.read(left, cfg['batch_seconds'])
                 if msgs: _batch(b, store, msgs, data.get('target'), dead_to, out, protect); heard = time.monotonic()
-                elif not follow and time.monotonic() - heard >= max(cfg['batch_seconds'], IDLE): break     # caught up: nothing for a while
+                elif not follow and caught_up(start, heard, cfg['batch_seconds']): break
                 out.seconds, out.lag = time.monotonic() - start, b.lag() if msgs or out.batches % 10 == 0 else out.lag
                 write_status(store.folder, role='ingest', source=str(url), topic=url.name, group=cfg['group'], rows=store.m['rows'], dead=store.m['dead'], lag=out.lag, rate=out.rate)
                 if on_batch: on_batch(out)
