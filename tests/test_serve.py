@@ -323,7 +323,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(served, tmp_p
     r = subprocess.run([str(Path(sys.executable).parent/'schemathesis'), 'run', f'{srv.url}/docs.json', '-n', '200', '--seed', '1',
                         '--checks', 'not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance',
                         '--request-timeout', '30', '--no-color', '--report', 'junit', '--report-dir', str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, 'SCHEMATHESIS_HOOKS': ''})
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, 'SCHEMATHESIS_HOOKS': ''})
     summary = r.stdout[r.stdout.find('SUMMARY'):]
     assert r.returncode == 0, r.stdout[-4000:]
     assert 'Tested: 8' in summary and ' failed' not in summary, summary
