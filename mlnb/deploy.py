@@ -84,12 +84,12 @@ def _secret_env(var:str, secret:str, key:str, optional:bool=False) -> dict:
     return {'name': var, 'valueFrom': {'secretKeyRef': {'name': secret, 'key': key, 'optional': optional}}}
 
 def container(p:Project, name:str, image:str, d:dict) -> dict:
-    "The serving container: the image, its port, probes, resources, the ConfigMap's variables and the Secret's."
+    "The serving container: the image, its port, probes, resources, the ConfigMap's variables (and settings.ini at /etc/mlnb) and the Secret's."
     res = {'cpu': str(d['cpu']), 'memory': str(d['memory'])}
     return {'name': 'server', 'image': image, 'imagePullPolicy': 'IfNotPresent',
             'ports': [{'name': 'http', 'containerPort': CONTAINER_PORT, 'protocol': 'TCP'}],
-            'envFrom': [{'configMapRef': {'name': f'{name}-config'}}],
-            'env': [_secret_env('MLNB_STORE', f'{name}-secrets', 'store-url'), _secret_env('MLNB_MODEL_KEY', f'{name}-secrets', 'model-key'),
+            'env': [*[{'name': k, 'valueFrom': {'configMapKeyRef': {'name': f'{name}-config', 'key': k}}} for k in service_env(p)],
+                    _secret_env('MLNB_STORE', f'{name}-secrets', 'store-url'), _secret_env('MLNB_MODEL_KEY', f'{name}-secrets', 'model-key'),
                     _secret_env('MLNB_API_TOKEN', f'{name}-secrets', 'api-token', optional=True),
                     {'name': 'MLNB_LOG_JOURNAL', 'value': '/var/lib/mlnb/journal'}],
             'startupProbe': _probe('/readyz', 2, 90),          # up to 3 minutes to load and warm the model
@@ -97,7 +97,8 @@ def container(p:Project, name:str, image:str, d:dict) -> dict:
             'livenessProbe': _probe('/livez', 10, 3),
             'resources': {'requests': res, 'limits': res},
             'lifecycle': {'preStop': {'sleep': {'seconds': 10}}},  # the Service stops sending before the server stops taking
-            'volumeMounts': [{'name': 'journal', 'mountPath': '/var/lib/mlnb'}, {'name': 'tmp', 'mountPath': '/tmp'}],
+            'volumeMounts': [{'name': 'journal', 'mountPath': '/var/lib/mlnb'}, {'name': 'tmp', 'mountPath': '/tmp'},
+                             {'name': 'settings', 'mountPath': '/etc/mlnb', 'readOnly': True}],
             'securityContext': {'allowPrivilegeEscalation': False, 'capabilities': {'drop': ['ALL']}}}
 
 def deployment(p:Project, name:str, image:str, d:dict) -> dict:
@@ -110,7 +111,8 @@ def deployment(p:Project, name:str, image:str, d:dict) -> dict:
                                                                               'prometheus.io/path': '/metrics'}},
                                   'spec': {'containers': [container(p, name, image, d)], 'terminationGracePeriodSeconds': 45,
                                            'securityContext': {'runAsNonRoot': True, 'seccompProfile': {'type': 'RuntimeDefault'}},
-                                           'volumes': [{'name': 'journal', 'emptyDir': {}}, {'name': 'tmp', 'emptyDir': {}}]}}}}
+                                           'volumes': [{'name': 'journal', 'emptyDir': {}}, {'name': 'tmp', 'emptyDir': {}},
+                                                       {'name': 'settings', 'configMap': {'name': f'{name}-config', 'items': [{'key': 'settings.ini', 'path': 'settings.ini'}]}}]}}}}
 
 # %% ../nbs/12d_deploy.ipynb #803ca312
 def k8s_service(name:str, ns:str) -> dict:
