@@ -12,8 +12,8 @@ from .config import Project, load_project
 
 # %% auto #0
 __all__ = ['BACKUP_VERSION', 'SKIP_WORKSPACE', 'JOURNAL', 'SKIP_PROJECT', 'PATH_COLUMNS', 'store_kind', 'store_tables',
-           'row_counts', 'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'BackupInfo', 'backup', 'relocate',
-           'restore', 'cmd_backup', 'cmd_restore', 'add_commands']
+           'row_counts', 'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'BackupInfo', 'left_out', 'backup',
+           'relocate', 'restore', 'cmd_backup', 'cmd_restore', 'add_commands']
 
 # %% ../nbs/12e_backup.ipynb #a31f9a92
 BACKUP_VERSION = 1
@@ -121,6 +121,14 @@ class BackupInfo:
         return (f"backup of **{m['project']}** at `{self.path}` ({m['created'][:19]}): {m['store']} store "
                 f"({m['rows'].get('runs', 0)} runs, {m['rows'].get('predictions', 0)} predictions), {m['files']} files, {m['bytes'] / 2**20:.1f} MiB")
 
+def left_out(p:Project) -> list[str]:
+    "Secrets a backup does not hold: the `[data] secrets` file, and a `[privacy] key_file` kept outside the project (restore needs it back in place)."
+    from mlnb.privacy import key_file
+    inside = lambda f: f.resolve().is_relative_to(p.root.resolve()) or f.resolve().is_relative_to(p.workspace.resolve())
+    out = [str(p.secrets)] if p.secrets else []
+    if (kf := key_file(p)).exists() and not inside(kf): out.append(str(kf))
+    return out
+
 def _size(folder:Path) -> tuple[int, int]:
     files = [f for f in folder.rglob('*') if f.is_file() and not f.is_symlink()]
     return len(files), sum(f.stat().st_size for f in files)
@@ -145,7 +153,7 @@ def backup(settings='settings.ini', dest=None) -> BackupInfo:
         ws_rel = os.path.relpath(p.workspace, p.root) if p.workspace.resolve().is_relative_to(p.root.resolve()) else None
         manifest = {'version': BACKUP_VERSION, 'created': utcnow().isoformat(), 'project': p.name, 'root': str(p.root),
                     'workspace': str(p.workspace), 'workspace_in_project': ws_rel, 'store': store_kind(p.store_url), 'store_file': store_file,
-                    'rows': rows, 'files': files, 'bytes': size, 'left_out': [str(p.secrets)] if p.secrets else []}
+                    'rows': rows, 'files': files, 'bytes': size, 'left_out': left_out(p)}
         atomic_write(part/'manifest.json', json.dumps(manifest, indent=1))
         if dest.exists(): dest.rmdir()
         os.replace(part, dest)
@@ -154,7 +162,7 @@ def backup(settings='settings.ini', dest=None) -> BackupInfo:
         raise
     return BackupInfo(dest, manifest)
 
-# %% ../nbs/12e_backup.ipynb #1f2c40f8
+# %% ../nbs/12e_backup.ipynb #657632f3
 PATH_COLUMNS = {'stage_runs': ('out_dir', 'notebook'), 'artifacts': ('path',), 'snapshots': ('path',)}
 
 def relocate(url:str, moves:dict) -> int:
@@ -193,7 +201,7 @@ def _store_has_runs(url:str) -> bool:
     try: return bool(row_counts(url)['runs'])
     except MlnbError: return True                                   # there, but unreadable: do not overwrite it unasked
 
-# %% ../nbs/12e_backup.ipynb #820a64e1
+# %% ../nbs/12e_backup.ipynb #b50b7b61
 def restore(src, folder='.', force:bool=False) -> Project:
     "Restore backup `src` into `folder` as a working project; refuses to overwrite a project or a store with runs unless `force`."
     from mlnb.store import Store
@@ -254,7 +262,7 @@ def _restore_store(file:Path, url:str, kind:str):
     args, env = pg_args(url)
     _run(['pg_restore', '--clean', '--if-exists', '--no-owner', '--no-privileges', '--single-transaction', *args, str(file)], env, 'restore the store')
 
-# %% ../nbs/12e_backup.ipynb #8c714b9c
+# %% ../nbs/12e_backup.ipynb #9b2c7e31
 def cmd_backup(a):
     "`mlnb backup DEST`."
     from mlnb.pipeline import find_settings
