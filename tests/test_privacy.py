@@ -338,7 +338,7 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     try:
         record = holdout_X(p).iloc[0].to_dict()
         post = lambda path, tok, body: requests.post(url + path, json=body, headers={'Authorization': f'Bearer {tok}'} if tok else {}, timeout=30)
-        assert post('/predict', None, {'record': record}).status_code == 401
+        assert post('/predict', None, {'record': record}).status_code == 401    # a failed row first in the log batch: the subject must survive it
         r = requests.post(url + '/predict', json={'record': record}, headers={'Authorization': f'Bearer {ptok}', 'X-Subject-ID': SUBJECT}, timeout=30)
         assert r.status_code == 200, r.text
         rid = r.json()['request_id']
@@ -356,7 +356,7 @@ def test_served_tokens_scopes_429_and_a_sealed_log_with_the_token_id(own_project
     assert raw[0] == pid and '"sealed"' in raw[1] and str(round(next(iter(record.values())), 3)) not in raw[1]
     privacy.use_keys(p)
     assert st.read(sa.select(predictions.c.inputs).where(predictions.c.request_id == rid))[0]['inputs'].keys() == record.keys()
-    assert st.read(sa.select(predictions.c.subject).where(predictions.c.request_id == rid))[0]['subject'] == privacy.pseudonym(SUBJECT, privacy.project_keys(p))   # after a 401 in the same log batch too
+    assert st.read(sa.select(predictions.c.subject).where(predictions.c.request_id == rid))[0]['subject'] == privacy.pseudonym(SUBJECT, privacy.project_keys(p))
     r = cli('forget', SUBJECT, '-p', own_project)                                           # X-Subject-ID -> predictions.subject -> forget
     assert r.returncode == 0 and 'forgot subject' in r.stdout, r.stderr
     assert not st.read(sa.select(predictions).where(predictions.c.request_id == rid))
@@ -408,3 +408,20 @@ def test_pipeline_run_keeps_no_personal_value_and_forget_leaves_no_trace(tmp_pat
     assert recorded and all(hash_file(a['path']) == a['sha256'] for a in recorded if Path(a['path']).is_file())
     r = cli('forget', SUBJECT, '--check', '-p', root)
     assert r.returncode == 2 and 'data/people.csv' in r.stderr
+
+
+def test_failed_and_answered_rows_share_a_log_batch(tmp_path):
+    "An answered request (its row with the subject's pseudonym) and a refused one logged in the same writer batch both reach the store, the subject kept (REQUESTS.md 25/26: the batch was inserted with its first row's columns)."
+    from types import SimpleNamespace
+    from mlnb import service
+    log = service.PredictionLog(f'sqlite:///{tmp_path}/s.db', tmp_path/'journal', every=1.0)   # the four rows below: one batch
+    log.put('predictions', dict(request_id='ok', model_tag='m', inputs={'a': 1}, output={'label': 1}, latency_ms=1.0, created=utcnow(),
+                                token_id='t', subject='pid'))                                   # the shape of service.answer's row
+    service.log_failure(SimpleNamespace(log=log, current=SimpleNamespace(tag='m')), '/predict', 429, 'over its rate', 1.0)
+    service.log_failure(SimpleNamespace(log=log, current=SimpleNamespace(tag='m')), '/predict', 401, 'no token', 1.0)
+    log.put('predictions', dict(request_id='ok2', model_tag='m', inputs={'a': 2}, output={'label': 0}, latency_ms=1.0, created=utcnow(),
+                                token_id='t', subject='pid2'))
+    try: assert log.flush(tries=1)
+    finally: log.close()
+    rows = {r['request_id']: r['subject'] for r in Store(f'sqlite:///{tmp_path}/s.db').read(sa.select(predictions.c.request_id, predictions.c.subject))}
+    assert len(rows) == 4 and rows['ok'] == 'pid' and rows['ok2'] == 'pid2'
