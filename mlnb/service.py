@@ -1012,8 +1012,10 @@ def start(cls, model, settings:Settings, types:Types, regression:bool) -> Servic
     feats = first.features
     s = cls(first, settings, types, loader=lambda tag: load_served(tag, types, feats, regression),
             log=PredictionLog(settings.store, settings.journal, every=settings.log_every) if settings.store else None)
-    s.seen = s.read_aliases().get('champion', (None, None))[0]
-    if s.seen and s.seen != first.tag: s.switch(s.seen)      # promoted since this bento was built: a new replica serves the champion from the start
+    aliases = s.read_aliases()
+    s.seen = aliases.get('champion', (None, None))[0]
+    if s.seen and first.tag not in (s.seen, aliases.get('challenger', (None, None))[0]):
+        s.switch(s.seen)          # another model was promoted since this bento was built: serve the champion from the start (a revived replica, a new pod)
     if s.log is not None: threading.Thread(target=s.follow, name='mlnb-champion', daemon=True).start()
     if settings.mode == 'shadow':
         s.shadow_thread = threading.Thread(target=s.shadow, name='mlnb-shadow', daemon=True)
