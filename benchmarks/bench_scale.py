@@ -75,13 +75,31 @@ def pg_insert_rate(url, rows=20000, batch=500):
         eng.dispose()
 
 
+def throwaway_project() -> Path:
+    "The scaffold's demo project, run on 200 rows and packaged, in a temporary folder (when no project is given)."
+    import subprocess, tempfile
+    d, mlnb = Path(tempfile.mkdtemp())/'shop', str(Path(sys.executable).parent/'mlnb')
+    for args, cwd in ((['new', str(d)], None), (['run', '--params', 'ingest.sample=200'], d), (['package'], d)):
+        subprocess.run([mlnb, *args], cwd=cwd, check=True, capture_output=True)
+    return d
+
+
+def table(df) -> str:
+    "A Markdown table of `df` (pandas' to_markdown needs tabulate, which the dev extra does not bring)."
+    cols = list(df.columns)
+    return '\n'.join(['| ' + ' | '.join(map(str, cols)) + ' |', '|' + '---|' * len(cols)]
+                     + ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in df.itertuples(index=False)])
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('project')
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('project', nargs='?', help='a packaged project (default: the demo, made and packaged in a temporary folder)')
+    ap.add_argument('--write', action='store_true', help='append the results to benchmarks/RESULTS.md')
     ap.add_argument('--pg', default=os.environ.get('MLNB_TEST_PG_URL'))
     ap.add_argument('--seconds', type=float, default=15)
     ap.add_argument('--part', choices=['all', 'c1'], default='all', help='c1: only the HAProxy overhead at c=1, in 4 alternating rounds')
     a = ap.parse_args()
+    a.project = a.project or throwaway_project()
     from mlnb.config import load_project
     from mlnb.core import free_port
     from mlnb.deploy import Replicas
@@ -94,7 +112,7 @@ def main():
             for _ in range(4):
                 rows.append(summary('1 replica direct, c=1', *load(direct, recs, 1, s), s))
                 rows.append(summary('via HAProxy, c=1', *load(r.url, recs, 1, s), s))
-            print(pd.DataFrame(rows).to_markdown(index=False))
+            print(table(pd.DataFrame(rows)))
             return
         for _ in range(2):                                    # alternating rounds: the machine is shared
             rows.append(summary('1 replica direct, c=8', *load(direct, recs, 8, s), s))
@@ -118,9 +136,16 @@ def main():
         rows[-1]['lost_rows'] = len(lost)
         rows[-1]['haproxy'] = r.stats()
     df = pd.DataFrame(rows)
-    print(df.drop(columns=['haproxy'], errors='ignore').to_markdown(index=False))
-    if a.pg: print(f"\nPostgreSQL: {pg_insert_rate(a.pg)} prediction-log rows/s in batches of 500 (one transaction a batch)")
-    print(f"\ncores: {os.cpu_count()}; HAProxy on the kill run: {rows[-1].get('haproxy')}")
+    text = table(df.drop(columns=['haproxy'], errors='ignore'))
+    if a.pg: text += f"\n\nPostgreSQL: {pg_insert_rate(a.pg)} prediction-log rows/s in batches of 500 (one transaction a batch)"
+    text += f"\n\nHAProxy on the kill run: {rows[-1].get('haproxy')}"
+    print(text)
+    if a.write:
+        import platform
+        from datetime import datetime, timezone
+        head = (f"\n## bench_scale — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores\n\n"
+                f"`.venv/bin/python benchmarks/bench_scale.py --seconds {a.seconds:g}` (two replicas behind HAProxy vs one direct, alternating rounds):\n\n")
+        with open(Path(__file__).resolve().parent/'RESULTS.md', 'a') as f: f.write(head + text + '\n')
 
 
 if __name__ == '__main__':
