@@ -86,7 +86,7 @@ def cmd_dag(a):
 def cmd_package(a):
     from mlnb.serve import package
     b = package(_settings(a), a.run)
-    print(f"model {b.model.tag} (run {b.model.run_id})\nbento {b.tag}\n  at {b.path}\n  Dockerfile {b.dockerfile}\n"
+    print(f"model {b.model.tag} (run {b.model.run_id}, fingerprint {b.model.fingerprint})\nbento {b.tag}\n  at {b.path}\n  Dockerfile {b.dockerfile}\n"
           f"container: bentoml containerize {b.tag}  (with BENTOML_HOME={b.path.parents[2]})")
 
 def cmd_serve(a):

@@ -12,8 +12,8 @@ from .core import ConfigError, expand
 
 # %% auto #0
 __all__ = ['TASKS', 'S', 'SETTINGS', 'SETTING', 'SECTIONS', 'STAGE_KEYS', 'REQUIRED', 'SNAPSHOT', 'MODEL', 'SCHEMA', 'HOLDOUT',
-           'TRAIN_TARGET', 'REFERENCE', 'TRIALS', 'Setting', 'settings_reference', 'parse_value', 'parse_params',
-           'Stage', 'Output', 'Project', 'topo_order', 'load_project', 'new_project']
+           'TRAIN_TARGET', 'REFERENCE', 'OUTLIERS', 'TRIALS', 'Setting', 'settings_reference', 'parse_value',
+           'parse_params', 'Stage', 'Output', 'Project', 'topo_order', 'load_project', 'new_project']
 
 # %% ../nbs/01_config.ipynb #c7a6b9b6
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ SETTINGS = [
     S('serve', 'weight', 0.1, float, "in `ab` mode, the share of traffic the challenger answers", low=0, high=1, env='MLNB_WEIGHT'),
     S('serve', 'cache', 0, int, "recent predictions kept per input hash and model (0: no cache); emptied when the champion changes", low=0, env='MLNB_CACHE_SIZE'),
     S('serve', 'budget_ms', 0.0, float, "latency budget of one model call in milliseconds (0: none); a call over it counts like an error towards fallback", low=0, env='MLNB_BUDGET_MS'),
+    S('serve', 'probe_radius', 0.05, float, "requests of one token closer than this (root mean square of the differences of their numbers, each scaled by its training interquartile range) are near-duplicates: probing the decision boundary", low=0, env='MLNB_PROBE_RADIUS'),
+    S('serve', 'probe_count', 50, int, "near-duplicate requests of one token within `probe_window` that raise a `probing` alert", low=1, env='MLNB_PROBE_COUNT'),
+    S('serve', 'probe_window', 600.0, float, "seconds over which near-duplicate requests are counted", low=1, env='MLNB_PROBE_WINDOW'),
     S('serve', 'fallback_after', 3, int, "consecutive errors or over-budget calls of the serving model before requests go to the previous champion", low=1, env='MLNB_FALLBACK_AFTER'),
     S('serve', 'batch_size', 64, int, "adaptive batching of `/predict_batch`: most records BentoML merges into one model call", low=2, env='MLNB_BATCH_SIZE'),
     S('serve', 'log_format', 'text', ('text', 'json'), "the server's log: `text`, or `json`, one JSON object a line (time, level, message; for each answer its request id, model, status, latency; never feature values)", env='MLNB_LOG_FORMAT'),
@@ -181,6 +184,7 @@ SCHEMA = Output('train', 'schema.json')                # target, task, request f
 HOLDOUT = Output('train', 'holdout.parquet')           # rows the model never saw: the evaluate stage's and the promotion gate's
 TRAIN_TARGET = Output('train', 'train_target.parquet') # the fitted rows' target: the dummy baseline learns from it
 REFERENCE = Output('train', 'reference.json')          # training statistics drift is measured against
+OUTLIERS = Output('train', 'outliers.json')            # ranges, categories and isolation forest of the training features: each answer's OOD score
 TRIALS = Output('train', 'trials.csv')                 # the search's trials, when it searched
 
 

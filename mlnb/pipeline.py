@@ -890,12 +890,14 @@ def run(settings='settings.ini', stage:str|None=None, from_stage:str|None=None, 
 HEADLINE = ('accuracy', 'f1', 'f1_macro', 'roc_auc', 'rmse', 'r2')   # metrics `runs_frame` shows, when a run has them
 
 def runs_frame(settings='settings.ini', limit:int=20):
-    "The latest `limit` runs as a DataFrame: id, status, start, duration and the headline metrics."
+    "The latest `limit` runs as a DataFrame: id, status, start, duration, the headline metrics and the fingerprint of the model packaged from it."
     import pandas as pd
+    import sqlalchemy as sa
+    from mlnb.store import Store, models
     p = load_project(settings)
-    rows = []
-    from mlnb.store import Store
-    for r in Store(p.store_url).list_runs(limit, stages=True):
+    rows, st = [], Store(p.store_url)
+    packed = {m['run_id']: m['fingerprint'] for m in st.read(sa.select(models.c.run_id, models.c.fingerprint).order_by(models.c.created)) if m['fingerprint']}
+    for r in st.list_runs(limit, stages=True):
         secs = (r['finished'] - r['started']).total_seconds() if r['finished'] else None
         trains = [s['values'] or {} for s in r['stages'].values() if base_name(s['stage']) == 'train']
         sweep = len(trains) > 1                # a sweep's metrics are in its own table (`mlnb run --sweep` prints it), not one row
@@ -903,7 +905,7 @@ def runs_frame(settings='settings.ini', limit:int=20):
                      'seconds': round(secs, 1) if secs is not None else None,
                      'task': next((t['task'] for t in trains if t.get('task')), None), 'model': ' | '.join(str(t.get('model')) for t in trains) or None,
                      **{k: round(r['metrics'][k], 4) for k in HEADLINE if k in r['metrics'] and not sweep},
-                     'error': (r['error'] or '')[:80]})
+                     'fingerprint': packed.get(r['id']), 'error': (r['error'] or '')[:80]})
     df = pd.DataFrame(rows)
     if not len(df): return df
     df = df.dropna(axis=1, how='all')

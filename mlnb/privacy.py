@@ -16,7 +16,7 @@ __all__ = ['KEY_ENV', 'KEY_FILE', 'AAD', 'SUBJECT_HEADER', 'SUBJECT', 'SCOPES', 
            'subject_of', 'take_subject', 'drop_keys', 'kms_client', 'crypto_factory', 'encryption_properties',
            'decryption_properties', 'parquet_options', 'is_encrypted', 'reading_keys', 'read_parquet', 'parquet_file',
            'read_frame', 'footer', 'encrypt_file', 'token_hash', 'add_token', 'list_tokens', 'revoke_token', 'Bucket',
-           'TokenChecker', 'check_token', 'cmd_audit', 'cmd_token', 'add_commands']
+           'TokenChecker', 'check_token', 'spend', 'cmd_audit', 'cmd_token', 'add_commands']
 
 # %% ../nbs/02a_privacy.ipynb #61389e66
 KEY_ENV, KEY_FILE = 'MLNB_DATA_KEY', 'data.key'
@@ -360,23 +360,24 @@ TOKEN = contextvars.ContextVar('mlnb_token', default=None)   # the id of the tok
 
 def token_hash(token:str) -> str: return hashlib.sha256(token.encode()).hexdigest()
 
-def add_token(store, name:str, scopes=('predict',), rate:float=0.0) -> tuple[str, str]:
-    "Make a token `name` with `scopes` and `rate` (requests a second, 0: no limit); returns its id and the token (shown once)."
+def add_token(store, name:str, scopes=('predict',), rate:float=0.0, budget:int=0) -> tuple[str, str]:
+    "Make a token `name` with `scopes`, `rate` (requests a second) and `budget` (model queries a day; 0: no limit); returns its id and the token (shown once)."
     from mlnb.store import tokens, utcnow
     scopes = sorted(set(scopes))
     if bad := [s for s in scopes if s not in SCOPES]: raise MlnbError(f"scope {bad[0]!r}: expected {', '.join(SCOPES)}")
     if rate < 0: raise MlnbError(f"rate {rate}: expected requests a second, 0 for no limit")
+    if budget < 0: raise MlnbError(f"budget {budget}: expected model queries a day, 0 for no limit")
     tid = secrets.token_hex(4)
     token = f'mlnb_{tid}_{secrets.token_urlsafe(32)}'
-    store.write(tokens.insert().values(id=tid, name=name, scopes=' '.join(scopes), hash=token_hash(token), rate=float(rate), created=utcnow()))
-    store.audit('token add', tid, {'name': name, 'scopes': scopes, 'rate': rate})
+    store.write(tokens.insert().values(id=tid, name=name, scopes=' '.join(scopes), hash=token_hash(token), rate=float(rate), budget=int(budget), created=utcnow()))
+    store.audit('token add', tid, {'name': name, 'scopes': scopes, 'rate': rate, 'budget': budget})
     return tid, token
 
 def list_tokens(store) -> list[dict]:
-    "The tokens: id, name, scopes, rate, created, revoked (never the hash)."
+    "The tokens: id, name, scopes, rate, budget, created, revoked (never the hash)."
     import sqlalchemy as sa
     from mlnb.store import tokens
-    return store.read(sa.select(tokens.c.id, tokens.c.name, tokens.c.scopes, tokens.c.rate, tokens.c.created, tokens.c.revoked).order_by(tokens.c.created))
+    return store.read(sa.select(tokens.c.id, tokens.c.name, tokens.c.scopes, tokens.c.rate, tokens.c.budget, tokens.c.created, tokens.c.revoked).order_by(tokens.c.created))
 
 def revoke_token(store, which:str) -> str:
     "Revoke the token with id or name `which`; returns its id."
@@ -407,6 +408,7 @@ class TokenChecker:
     def __init__(self, url:str, legacy:str='', refresh:float=2.0):
         self.url, self.legacy, self.refresh = url, legacy.encode(), refresh
         self.known, self.buckets, self.loaded, self.lock = None, {}, threading.Event(), threading.Lock()
+        self.spent = {}                                # token id -> (UTC day, model queries that day)
         self.store, self.any, self.stopped = None, False, threading.Event()
         self.load()
         threading.Thread(target=self._follow, name='mlnb-tokens', daemon=True).start()
@@ -441,7 +443,7 @@ class TokenChecker:
 
 # %% ../nbs/02a_privacy.ipynb #80962ec7
 def check_token(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, str]:
-    "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate, 503 tokens unknown."
+    "`(0, token id)` for a request that may pass, else `(status, detail)`: 401 no or a wrong token, 403 out of scope, 429 over its rate or daily budget, 503 tokens unknown."
     if not self.active: return 0, ''
     if self.legacy and hmac.compare_digest(authorization, b'Bearer ' + self.legacy): TOKEN.set('env'); return 0, 'env'
     if self.known is None: return 503, 'authorization: the API tokens cannot be read from the store yet'
@@ -459,7 +461,21 @@ def check_token(self:TokenChecker, authorization:bytes, path:str) -> tuple[int, 
             b = self.buckets.setdefault(row['id'], Bucket(row['rate']))
             wait = b.take()
         if wait: return 429, f"token {row['id']}: over its limit of {row['rate']:g} requests a second; retry in {wait:.2f}s"
+    if row.get('budget') and need_ == 'predict' and not self.spend(row['id'], row['budget']):
+        return 429, f"token {row['id']}: its budget of {row['budget']} model queries a day is spent (this server); more after midnight UTC"
     return 0, row['id']
+
+def spend(self:TokenChecker, tid:str, budget:int) -> bool:
+    "Count one model query of token `tid` today (UTC): False when its `budget` for the day is already spent."
+    day = time.strftime('%Y-%m-%d', time.gmtime())
+    with self.lock:
+        d, n = self.spent.get(tid, (day, 0))
+        if d != day: n = 0
+        if n >= budget: return False
+        self.spent[tid] = (day, n + 1)
+        return True
+
+TokenChecker.spend = spend
 
 TokenChecker.check = check_token
 
@@ -488,16 +504,18 @@ def cmd_token(a):
     st = Store(_project_of(a).store_url)
     if a.action == 'add':
         if not a.name: raise MlnbError("mlnb token add NAME: a name is needed")
-        tid, token = add_token(st, a.name, a.scope or ['predict'], a.rate)
-        print(f"token {tid} ({a.name}, {' '.join(sorted(set(a.scope or ['predict'])))}{f', {a.rate:g}/s' if a.rate else ''}) — shown once, store it now:\n{token}")
+        tid, token = add_token(st, a.name, a.scope or ['predict'], a.rate, a.budget)
+        limits = (f', {a.rate:g}/s' if a.rate else '') + (f', {a.budget} queries a day' if a.budget else '')
+        print(f"token {tid} ({a.name}, {' '.join(sorted(set(a.scope or ['predict'])))}{limits}) — shown once, store it now:\n{token}")
     elif a.action == 'revoke':
         if not a.name: raise MlnbError("mlnb token revoke ID: the token's id or name is needed")
         print(f"revoked {revoke_token(st, a.name)}")
     else:
         for r in list_tokens(st):
             rate = f"{r['rate']:g}/s" if r['rate'] else 'no limit'
+            budget = f"{r['budget']}/day" if r['budget'] else 'no budget'
             state = f"revoked {str(r['revoked'])[:19]}" if r['revoked'] else 'live'
-            print(f"{r['id']}  {r['name']:<20} {r['scopes']:<24} {rate:<10} {str(r['created'])[:19]}  {state}")
+            print(f"{r['id']}  {r['name']:<20} {r['scopes']:<24} {rate:<10} {budget:<12} {str(r['created'])[:19]}  {state}")
 
 def add_commands(add):
     "The privacy commands for the `mlnb` CLI."
@@ -505,8 +523,9 @@ def add_commands(add):
     sp.add_argument('--verify', action='store_true', help='check every row against its hash and its place in the chain')
     sp.add_argument('--expect', metavar='HASH', help='with --verify: the head hash recorded earlier')
     sp.add_argument('-n', type=int, default=20, help='rows to show')
-    sp = add('token', cmd_token, 'add, list or revoke API tokens (scopes predict, feedback, admin; a rate limit each)')
+    sp = add('token', cmd_token, 'add, list or revoke API tokens (scopes predict, feedback, admin; a rate limit and a daily query budget each)')
     sp.add_argument('action', choices=['add', 'list', 'revoke'])
     sp.add_argument('name', nargs='?', help='add: a name for the token; revoke: its id or name')
     sp.add_argument('--scope', nargs='+', choices=SCOPES, help='add: scopes (default: predict)')
     sp.add_argument('--rate', type=float, default=0.0, help='add: requests a second per server process (0: no limit)')
+    sp.add_argument('--budget', type=int, default=0, help='add: model queries (/predict, /predict_batch, /explain) a day (UTC) per server process (0: no limit)')

@@ -4,19 +4,19 @@
 
 # %% ../nbs/09_registry.ipynb #ddb3a8cc
 from __future__ import annotations
-import hmac, json, os, secrets
+import hashlib, hmac, json, os, secrets
 from dataclasses import dataclass
 from pathlib import Path
 from .core import MlnbError, hash_file, need
-from .config import HOLDOUT, MODEL, REFERENCE, SCHEMA, SNAPSHOT, Project, load_project
+from .config import HOLDOUT, MODEL, OUTLIERS, REFERENCE, SCHEMA, SNAPSHOT, Project, load_project
 from .store import Store
 
 # %% auto #0
 __all__ = ['KEY_ENV', 'KEY_FILE', 'SIGNATURE', 'MAX_SIGNATURE', 'GATED', 'MIN_SHARED', 'bentoml_home', 'bentoml_for', 'model_key',
-           'sign_model', 'check_signature', 'verified', 'load_file', 'load_pipeline', 'load_output', 'load_model',
-           'load_objects', 'stored_model', 'save_signed', 'training_frame', 'background_sample', 'train_reference',
-           'ModelInfo', 'latest_evaluated', 'run_outputs', 'model_task', 'save_model', 'promotion_gate', 'row_keys',
-           'run_rows', 'shared_scores', 'promote_tag', 'rollback_store', 'promote', 'rollback']
+           'sign_model', 'fingerprint', 'check_signature', 'verified', 'load_file', 'load_pipeline', 'load_output',
+           'load_model', 'load_objects', 'stored_model', 'save_signed', 'training_frame', 'background_sample',
+           'train_json', 'ModelInfo', 'latest_evaluated', 'run_outputs', 'model_task', 'save_model', 'promotion_gate',
+           'row_keys', 'run_rows', 'shared_scores', 'promote_tag', 'rollback_store', 'promote', 'rollback']
 
 # %% ../nbs/09_registry.ipynb #1d1b7914
 def bentoml_home(p:Project) -> Path:
@@ -83,6 +83,11 @@ def _signed(sig:Path) -> tuple[dict, str]:
         rec = json.loads(sig.read_text())
         return {str(k): str(v) for k, v in rec['files'].items()}, str(rec['hmac'])
     except (ValueError, KeyError, TypeError, AttributeError): raise MlnbError(f"{sig}: not a model signature: refusing to load {sig.parent}") from None
+
+def fingerprint(folder:Path) -> str:
+    "A signed model's fingerprint: the SHA-256 of its files' hashes (16 hex digits), a slash, and the start of its signature."
+    files, mac = _signed(Path(folder)/SIGNATURE)
+    return f"{hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}/{mac[:8]}"
 
 def check_signature(folder:Path, key:bytes) -> Path:
     "`folder`, once every file in it is as `key` signed it; else `MlnbError` naming the file and both hashes."
@@ -169,23 +174,23 @@ def background_sample(X, rows:int=100, seed:int=0):
     "At most `rows` rows of `X` for SHAP's background, the same on every call."
     return X.sample(min(len(X), rows), random_state=seed).reset_index(drop=True)
 
-def train_reference(train_dir:Path) -> dict|None:
-    "The reference statistics the train stage wrote (`reference.json` in its output folder), or None without one."
-    f = Path(train_dir)/REFERENCE.file
+def train_json(train_dir:Path, output=REFERENCE) -> dict|None:
+    "The JSON object the train stage wrote as `output` (`REFERENCE`, `OUTLIERS`) in its output folder, or None without one."
+    f = Path(train_dir)/output.file
     if not f.is_file(): return None
-    try: ref = json.loads(f.read_text())
-    except ValueError as e: raise MlnbError(f"{f}: not a JSON file of reference statistics ({e})") from None
-    if not isinstance(ref, dict): raise MlnbError(f"{f}: expected a JSON object of reference statistics")
-    return ref
+    try: obj = json.loads(f.read_text())
+    except ValueError as e: raise MlnbError(f"{f}: not a JSON file ({e})") from None
+    if not isinstance(obj, dict): raise MlnbError(f"{f}: expected a JSON object")
+    return obj
 
 # %% ../nbs/09_registry.ipynb #e12dd53f
 @dataclass
 class ModelInfo:
     "A packaged model and where it came from."
-    tag: str; run_id: str; data_hash: str|None; metrics: dict; schema: dict
+    tag: str; run_id: str; data_hash: str|None; metrics: dict; schema: dict; fingerprint: str = ''
     def _repr_markdown_(self):
         m = ', '.join(f"{k}={v:.4f}" for k,v in self.metrics.items() if not k.startswith(('baseline_', 'cv_')) and k in GATED)
-        return f"{self.schema.get('task', '')} model `{self.tag}` from run `{self.run_id}` (data `{(self.data_hash or '')[:12]}`): {m}"
+        return f"{self.schema.get('task', '')} model `{self.tag}` (fingerprint `{self.fingerprint}`) from run `{self.run_id}` (data `{(self.data_hash or '')[:12]}`): {m}"
 
 def _evaluated(run:dict) -> bool:
     return run['status'] == 'succeeded' and (run['stages'].get('evaluate') or {}).get('status') in ('done', 'cached')
@@ -223,17 +228,18 @@ def save_model(p:Project, run_id:str|None=None, background_rows:int=100) -> Mode
     metrics = {k: float(v) for k,v in run['metrics'].items()}
     X = training_frame(run, schema['target'], out)
     packed = {'shap_background': background_sample(X, background_rows)}
-    if (ref := train_reference(out)) is not None: packed['reference_stats'] = ref
+    if (ref := train_json(out, REFERENCE)) is not None: packed['reference_stats'] = ref
+    if (far := train_json(out, OUTLIERS)) is not None: packed['outliers'] = far
     methods = ['predict'] + (['predict_proba'] if hasattr(pipeline, 'predict_proba') else [])
     model = save_signed(p, p.serve['name'] or p.name, pipeline, signatures={m: {'batchable': True} for m in methods},
         labels={'run': run['id'], 'project': p.name, 'task': task}, custom_objects=packed,
         metadata={'run_id': run['id'], 'data_hash': run['data_hash'] or '', 'metrics': metrics, 'schema': schema,
                   'task': task, 'primary_metric': PRIMARY[task]})
-    tag = str(model.tag)
-    store.add_model(tag, run['id'], run['data_hash'], metrics)
+    tag, fp = str(model.tag), fingerprint(Path(model.path))
+    store.add_model(tag, run['id'], run['data_hash'], metrics, fingerprint=fp)
     store.set_alias('challenger' if store.alias('champion') else 'champion', tag)
-    store.audit('package', tag, {'run': run['id']})
-    return ModelInfo(tag, run['id'], run['data_hash'], metrics, schema)
+    store.audit('package', tag, {'run': run['id'], 'fingerprint': fp})
+    return ModelInfo(tag, run['id'], run['data_hash'], metrics, schema, fp)
 
 
 # %% ../nbs/09_registry.ipynb #abe387d5

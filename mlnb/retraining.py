@@ -184,13 +184,13 @@ def learner(p:Project, tag:str):
 
 def save_online(p:Project, st:Store, m, pipe, rows:int, **meta) -> str:
     "Save `pipe`, updated online from model `m` with `rows` labels, as a new version and make it the challenger; its tag."
-    from mlnb.registry import load_objects, model_key, save_signed
+    from mlnb.registry import fingerprint, load_objects, model_key, save_signed
     sigs = {f: {'batchable': True} for f in ('predict', 'predict_proba') if hasattr(pipe, f)}
     new = save_signed(p, m.tag.name, pipe, signatures=sigs,
                       labels={**m.info.labels, 'online_from': str(m.tag).replace(':', '-')}, custom_objects=load_objects(m, model_key(p)),
                       metadata={**m.info.metadata, 'online_from': str(m.tag), 'online_rows': rows, **meta})
     rec = st.get_model(str(m.tag)) or {}
-    st.add_model(str(new.tag), rec.get('run_id'), rec.get('data_hash'), rec.get('metrics') or {})
+    st.add_model(str(new.tag), rec.get('run_id'), rec.get('data_hash'), rec.get('metrics') or {}, fingerprint=fingerprint(Path(new.path)))
     st.set_alias('challenger', str(new.tag))
     alert(p, 'info', 'online', f"updated {m.tag} online with {rows} labels: {new.tag} is the challenger", model_tag=str(new.tag), rows=rows)
     return str(new.tag)

@@ -70,7 +70,7 @@ def build_bento(p:Project, info:ModelInfo) -> BentoInfo:
     b = bentoml.bentos.build('service:Classifier', name=name, build_ctx=str(ctx), include=['service.py', 'mlnb/*.py'], args=bento_args(info, name),
                              labels={'run': info.run_id, 'model': info.tag.replace(':', '-')},
                              python={'packages': _pins()}, docker={'python_version': '3.11'})
-    Store(p.store_url).add_model(info.tag, info.run_id, info.data_hash, info.metrics, bento=str(b.tag))
+    Store(p.store_url).add_model(info.tag, info.run_id, info.data_hash, info.metrics, bento=str(b.tag), fingerprint=info.fingerprint)
     return BentoInfo(str(b.tag), Path(b.path), info)
 
 def package(settings='settings.ini', run_id:str|None=None) -> BentoInfo:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .core import DataError, MlnbError, log_as_json
 from .store import Store, alerts, aliases, feedback, predictions, seal, utcnow
 from . import privacy
+from .misuse import Outliers, ProbeWatch
 
 # %% auto #0
 __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'REQUEST_ID', 'REQUEST_ID_FORM', 'Key', 'log',
@@ -26,11 +27,11 @@ __all__ = ['NUMBER_KINDS', 'DateText', 'PY_TYPES', 'RECORD_CONFIG', 'PARSED', 'R
            'sample_records', 'plain_steps', 'transformed', 'same_kind', 'is_regression', 'outcome', 'TreeStack',
            'Served', 'explain_record', 'one_line', 'Journal', 'release', 'journaled', 'orphans', 'PredictionLog',
            'same_keys', 'insert_of', 'adopt', 'flush', 'close', 'known', 'counters', 'Cache', 'Rejected', 'rejection',
-           'Service', 'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'answer', 'shadow',
-           'predict', 'predict_batch', 'explain', 'label_of', 'take_feedback', 'log_failure', 'report_failure', 'fits',
-           'load_served', 'read_aliases', 'model', 'switch', 'follow_once', 'follow', 'warm', 'quiet_4xx', 'start',
-           'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard', 'refuse', 'authorize', 'closing',
-           'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
+           'Service', 'route', 'fallback_for', 'failed', 'answerer', 'score_with', 'count_missing', 'unusual',
+           'watch_probing', 'answer', 'shadow', 'predict', 'predict_batch', 'explain', 'label_of', 'take_feedback',
+           'log_failure', 'report_failure', 'fits', 'load_served', 'read_aliases', 'model', 'switch', 'follow_once',
+           'follow', 'warm', 'quiet_4xx', 'start', 'stop', 'drain_on_sigterm', 'stop_listening', 'is_ready', 'Guard',
+           'refuse', 'authorize', 'closing', 'replay', 'read_body', 'detail_of', 'answers', 'openapi', 'docs']
 
 # %% ../nbs/09a_service.ipynb #5d93b841
 def _env(var:str, default, doc:str): return field(default=default, metadata={'var': var, 'doc': doc})
@@ -59,6 +60,9 @@ class Settings:
     encrypt: str = _env('MLNB_ENCRYPT', 'off', "on: the logged inputs are sealed with AES-GCM under the project's data keys in MLNB_DATA_KEY (which `mlnb serve` passes; `[privacy] encrypt`)")
     log_format: str = _env('MLNB_LOG_FORMAT', 'text', "text, or json: the server's log as one JSON object a line (time, level, logger, message; for each answer its request_id, model, endpoint, status, latency_ms; never feature values)")
     drain: float = _env('MLNB_DRAIN_SECONDS', 0.0, "on SIGTERM, seconds the server keeps answering while /readyz says 503 and each answer closes its connection, before it stops accepting (requests in flight always finish)")
+    probe_radius: float = _env('MLNB_PROBE_RADIUS', 0.05, "requests of one token closer than this (root mean square of their scaled numbers' differences) are near-duplicates (`[serve] probe_radius`)")
+    probe_count: int = _env('MLNB_PROBE_COUNT', 50, "near-duplicate requests of one token within MLNB_PROBE_WINDOW that raise a `probing` alert")
+    probe_window: float = _env('MLNB_PROBE_WINDOW', 600.0, "seconds over which a token's near-duplicate requests are counted")
     log_every: float = _env('MLNB_LOG_EVERY', 0.5, "seconds between the prediction log's writes to the store (rows are in its journal meanwhile)")
 
     def bentoml_config(self) -> dict:
@@ -128,6 +132,7 @@ class Classified(BaseModel):
     model: str
     request_id: str
     latency_ms: float
+    ood: Optional[float] = None    # how unusual the record is for the model: 1 outside its training data, else the share of training rows more ordinary
 
 class Estimated(BaseModel):
     "The predicted value (a regression model's answer), the model that answered and the request id."
@@ -135,6 +140,7 @@ class Estimated(BaseModel):
     model: str
     request_id: str
     latency_ms: float
+    ood: Optional[float] = None    # as in `Classified`
 
 class ClassExplanation(BaseModel):
     "SHAP values of one record, largest first: of the probability of class `explained` (binary: the positive class; multiclass: the predicted one)."
@@ -319,8 +325,9 @@ class TreeStack:
 # %% ../nbs/09a_service.ipynb #fed77d73
 class Served:
     "One loaded model: its Pipeline, classes (None for a regression model), call plan and explanation."
-    def __init__(self, tag:str, pipeline, schema:dict, background:pd.DataFrame|None, model:type[BaseModel]):
+    def __init__(self, tag:str, pipeline, schema:dict, background:pd.DataFrame|None, model:type[BaseModel], outliers:dict|None=None):
         self.tag, self.pipeline, self.schema, self.model = tag, pipeline, schema, model
+        self.outliers = Outliers(outliers) if outliers else None     # the OOD score's statistics (`mlnb.misuse`), packed by the train stage
         self.features = schema.get('features') or []
         self.frame = frame_for(self.features, model)
         self.classes = None if is_regression(pipeline, schema) else [c.item() if hasattr(c, 'item') else c for c in pipeline.classes_]
@@ -636,7 +643,7 @@ PredictionLog.flush, PredictionLog.close, PredictionLog.known = flush, close, kn
 
 # %% ../nbs/09a_service.ipynb #ae0f1312
 _COUNTERS:dict = {}
-COUNTERS = [  # name, help, labels
+COUNTERS = [  # name, help, labels (and a histogram's buckets)
     ('mlnb_predictions', 'Predictions served, by model and predicted label ("value" for a regression model)', ['model', 'label']),
     ('mlnb_feedback', 'True labels received on /feedback', []),
     ('mlnb_explanations', 'Explanations served, by model', ['model']),
@@ -650,15 +657,19 @@ COUNTERS = [  # name, help, labels
     ('mlnb_over_budget', 'Model calls slower than MLNB_BUDGET_MS, by model', ['model']),
     ('mlnb_shadow_predictions', 'Shadow predictions of the challenger, by model and label', ['model', 'label']),
     ('mlnb_shadow_dropped', 'Requests not shadowed because the shadow queue was full', []),
+    ('mlnb_ood_score', 'Out-of-distribution scores of answered records, by model (1: outside the training data)', ['model'], (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)),
+    ('mlnb_outside_training', 'Records with a feature outside its training range or an unseen category, by model and feature', ['model', 'feature']),
+    ('mlnb_probing_alerts', 'Probing alerts: a token sent MLNB_PROBE_COUNT near-duplicate requests within MLNB_PROBE_WINDOW, by token id', ['token']),
     ('mlnb_cache', 'Prediction cache lookups, by result (hit or miss)', ['result']),
     ('mlnb_log_rows', 'Rows written to the store, by table', ['table']),
     ('mlnb_log_errors', 'Failed writes to the store (the rows are kept and retried)', [])]
 
 def counters() -> dict:
-    "mlnb's Prometheus counters by name, made on first use."
+    "mlnb's Prometheus counters (and histograms) by name, made on first use."
     if not _COUNTERS:
-        from prometheus_client import Counter
-        for name, doc, labels in COUNTERS: _COUNTERS[name] = Counter(name, doc, labels)
+        from prometheus_client import Counter, Histogram
+        for name, doc, labels, *buckets in COUNTERS:
+            _COUNTERS[name] = Histogram(name, doc, labels, buckets=buckets[0]) if buckets else Counter(name, doc, labels)
     return _COUNTERS
 
 # %% ../nbs/09a_service.ipynb #89c1d6ec
@@ -711,6 +722,7 @@ class Service:
         self.stopping, self.seen, self.alias_error = threading.Event(), None, None
         self.shadow_q = queue.Queue(maxsize=1000)
         self.missing_attrs = list(zip(current.frame.attrs, current.frame.index))
+        self.probes = ProbeWatch(settings.probe_radius, settings.probe_count, settings.probe_window)
         Service.live = self
 
     def __repr__(self): return f"Service({self.current.tag!r}, mode {self.settings.mode}{', logging' if self.log else ''})"
@@ -779,6 +791,32 @@ def count_missing(self:Service, records:list):
 
 Service.score_with, Service.count_missing = score_with, count_missing
 
+# %% ../nbs/09a_service.ipynb #b154342c
+def unusual(self:Service, m:Served, rows:list[dict]) -> list:
+    "The OOD score of each of `rows` (records as dicts) under `m`, counted in /metrics; a single record is watched for probing."
+    if m.outliers is None: return [None] * len(rows)
+    Z = m.outliers.scaled(rows)
+    ood, far = m.outliers.score(rows, Z)
+    seen = counters()['mlnb_ood_score'].labels(m.tag)
+    for v, names in zip(ood, far):
+        seen.observe(v)
+        for n in names: counters()['mlnb_outside_training'].labels(m.tag, n).inc()
+    if len(rows) == 1: self.watch_probing(m, rows[0], Z[0])
+    return ood.tolist()
+
+def watch_probing(self:Service, m:Served, row:dict, z:np.ndarray):
+    "Alert (log, /metrics, the store's alerts) when this request makes its token's near-duplicates reach `probe_count`."
+    token = privacy.TOKEN.get() or 'anonymous'
+    n = self.probes.see(token, z, [row.get(c) for c in m.outliers.categories])
+    if n is None: return
+    msg = f"token {token} sent {n} near-duplicate requests within {self.settings.probe_window:g}s: probing the decision boundary of {m.tag}?"
+    log.warning("mlnb: %s", msg)
+    counters()['mlnb_probing_alerts'].labels(token).inc()
+    if self.log: self.log.put('alerts', dict(created=utcnow(), level='warning', kind='probing', message=msg,
+                                             data={'token': token, 'model': m.tag, 'near_duplicates': n}))
+
+Service.unusual, Service.watch_probing = unusual, watch_probing
+
 # %% ../nbs/09a_service.ipynb #bb14b4a2
 def answer(self:Service, records:list, key:str|None=None, request_id:str|None=None) -> list:
     "The answers to `records` (logged, counted, cached, shadowed); `request_id` names a single record's answer (a retry's is the same)."
@@ -792,13 +830,14 @@ def answer(self:Service, records:list, key:str|None=None, request_id:str|None=No
         if single: self.cache.put(m.tag, records[0], rows[0])
     ms /= max(len(records), 1)
     out, P, now = [], self.types.prediction, utcnow()
-    for rec, row in zip(records, rows):
+    inputs = [rec.model_dump(by_alias=True) for rec in records]
+    for rec, row, ood in zip(inputs, rows, self.unusual(m, inputs)):
         o = outcome(m.classes, row)
-        p = P(**o, model=m.tag, request_id=request_id or uuid.uuid4().hex, latency_ms=ms)
+        p = P(**o, model=m.tag, request_id=request_id or uuid.uuid4().hex, latency_ms=ms, ood=ood)
         if self.settings.log_format == 'json': log.info("mlnb: answered", extra=dict(mlnb_request_id=p.request_id, mlnb_model=m.tag, mlnb_status=200, mlnb_latency_ms=round(ms, 3)))
         counters()['mlnb_predictions'].labels(m.tag, str(o.get('label', 'value'))).inc()
-        if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec.model_dump(by_alias=True),
-                                                      output=o, latency_ms=ms, created=now, token_id=privacy.TOKEN.get(),
+        if self.log: self.log.put('predictions', dict(request_id=p.request_id, model_tag=m.tag, inputs=rec,
+                                                      output=o if ood is None else {**o, 'ood': ood}, latency_ms=ms, created=now, token_id=privacy.TOKEN.get(),
                                                       subject=privacy.SUBJECT.get()))
         out.append(p)
     if self.settings.mode == 'shadow' and self.challenger is not None and self.challenger is not m:
@@ -901,7 +940,8 @@ def load_served(tag:str, types:Types, served:list[dict]|None=None, regression:bo
     if served is not None and not fits(schema.get('features', []), served):
         raise MlnbError(f"model {tag} has other features than this service: build a new bento for it")
     key = model_key()                                   # $MLNB_MODEL_KEY: nothing is unpickled unless the model's signature checks
-    m = Served(str(model.tag), load_model(model, key), schema, load_objects(model, key).get('shap_background'), types.features)
+    packed = load_objects(model, key)
+    m = Served(str(model.tag), load_model(model, key), schema, packed.get('shap_background'), types.features, packed.get('outliers'))
     if regression is not None and (m.classes is None) != regression:
         what = lambda r: 'a value' if r else 'a class'
         raise MlnbError(f"model {tag} answers {what(m.classes is None)}, this service {what(regression)}: build a new bento for it")

@@ -57,7 +57,8 @@ snapshots = sa.Table('snapshots', meta,
 
 models = sa.Table('models', meta,
     sa.Column('tag', sa.String(200), primary_key=True), sa.Column('run_id', sa.String(40)), sa.Column('data_hash', sa.String(64)),
-    sa.Column('metrics', J), sa.Column('bento', sa.String(200)), sa.Column('created', sa.DateTime))
+    sa.Column('metrics', J), sa.Column('bento', sa.String(200)), sa.Column('created', sa.DateTime),
+    sa.Column('fingerprint', sa.String(64)))                                        # the signed files' content hash and the signature's start
 
 aliases = sa.Table('aliases', meta,
     sa.Column('name', sa.String(50), primary_key=True), sa.Column('tag', sa.String(200)),
@@ -112,7 +113,8 @@ audit_head = sa.Table('audit_head', meta,                                       
 tokens = sa.Table('tokens', meta,
     sa.Column('id', sa.String(40), primary_key=True), sa.Column('name', sa.String(200)), sa.Column('scopes', sa.String(200)),
     sa.Column('hash', sa.String(64)), sa.Column('rate', sa.Float),                  # SHA-256 of the token; requests a second (0: no limit)
-    sa.Column('created', sa.DateTime), sa.Column('revoked', sa.DateTime))
+    sa.Column('created', sa.DateTime), sa.Column('revoked', sa.DateTime),
+    sa.Column('budget', sa.Integer))                                                # requests a day per server process (0 or null: no budget)
 
 erasures = sa.Table('erasures', meta,                                               # lineage of `mlnb forget`: what changed, never whom
     sa.Column('id', sa.Integer, primary_key=True, autoincrement=True), sa.Column('created', sa.DateTime),
@@ -171,7 +173,7 @@ def new_run_id() -> str:
     "A sortable, readable run id: UTC time plus 4 random hex digits."
     return time.strftime('%Y%m%d-%H%M%S', time.gmtime()) + '-' + secrets.token_hex(2)
 
-ADDED = {'predictions': ['token_id', 'subject'], 'snapshots': ['replaced_by']}   # columns newer than the first stores
+ADDED = {'predictions': ['token_id', 'subject'], 'snapshots': ['replaced_by'], 'models': ['fingerprint'], 'tokens': ['budget']}   # columns newer than the first stores
 
 _UPGRADED: set = set()   # stores (by URL) this process has brought up to date
 
@@ -336,10 +338,10 @@ def add_snapshot(self:Store, hash:str, path, source:str, rows:int, columns:list,
                                              created=utcnow(), run_id=run_id))
 
 @_store
-def add_model(self:Store, tag:str, run_id:str, data_hash:str|None, metrics_:dict, bento:str|None=None):
-    "Record a packaged model (and the bento that serves it)."
+def add_model(self:Store, tag:str, run_id:str, data_hash:str|None, metrics_:dict, bento:str|None=None, fingerprint:str|None=None):
+    "Record a packaged model (its `fingerprint`, and the bento that serves it)."
     self.write(models.delete().where(models.c.tag == tag))
-    self.write(models.insert().values(tag=tag, run_id=run_id, data_hash=data_hash, metrics=metrics_, bento=bento, created=utcnow()))
+    self.write(models.insert().values(tag=tag, run_id=run_id, data_hash=data_hash, metrics=metrics_, bento=bento, created=utcnow(), fingerprint=fingerprint))
 
 @_store
 def set_alias(self:Store, name:str, tag:str):
