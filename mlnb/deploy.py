@@ -91,6 +91,7 @@ def container(p:Project, name:str, image:str, d:dict) -> dict:
             'env': [*[{'name': k, 'valueFrom': {'configMapKeyRef': {'name': f'{name}-config', 'key': k}}} for k in service_env(p)],
                     _secret_env('MLNB_STORE', f'{name}-secrets', 'store-url'), _secret_env('MLNB_MODEL_KEY', f'{name}-secrets', 'model-key'),
                     _secret_env('MLNB_API_TOKEN', f'{name}-secrets', 'api-token', optional=True),
+                    _secret_env('MLNB_DATA_KEY', f'{name}-secrets', 'data-key', optional=True),   # needed when [privacy] encrypt = on
                     {'name': 'MLNB_LOG_JOURNAL', 'value': '/var/lib/mlnb/journal'}],
             'startupProbe': _probe('/readyz', 2, 90),          # up to 3 minutes to load and warm the model
             'readinessProbe': _probe('/readyz', 5, 2),
@@ -174,12 +175,14 @@ def validate_k8s(docs:list[dict], version:str=K8S_VERSION) -> list[str]:
 
 def write_k8s(settings='settings.ini', dest=None, bento:str|None=None, **over) -> Path:
     "Write the manifests to `dest` (default: deploy/k8s.yaml beside settings.ini); returns the file."
+    from mlnb.privacy import key_file
     p = load_project(settings)
     docs = k8s_manifests(p, bento, **over)
     out = Path(dest) if dest else p.root/'deploy'/'k8s.yaml'
     atomic_write(out, f"# mlnb deploy k8s: {k8s_name(p)} (Kubernetes {K8S_VERSION}). Create the Secret first:\n"
                       f"#   kubectl create secret generic {k8s_name(p)}-secrets --from-literal=store-url=postgresql+psycopg://... \\\n"
-                      f"#     --from-file=model-key={p.workspace/'model.key'} --from-literal=api-token=...\n" + to_yaml(docs))
+                      f"#     --from-file=model-key={p.workspace/'model.key'} --from-literal=api-token=... \\\n"
+                      f"#     --from-literal=data-key=\"$(paste -sd';' {key_file(p)})\"   (with [privacy] encrypt = on)\n" + to_yaml(docs))
     return out
 
 # %% ../nbs/12d_deploy.ipynb #03b1da91
@@ -222,7 +225,9 @@ def alert_rules(d:dict|None=None, pending:str|None=None) -> dict:
              'stream consumer {{ $labels.group }} is {{ $value }} messages behind on {{ $labels.topic }}'),
         rule('MlnbServerDown', 'up{job=~"mlnb|mlnb-store"} == 0', '1m', 'critical', '{{ $labels.instance }} does not answer its scrape'),
         rule('MlnbLogWritesFailing', 'sum by (instance) (rate(mlnb_log_errors_total[5m])) > 0', '10m', 'warning',
-             '{{ $labels.instance }} cannot write its prediction log to the store (rows are kept and retried)')]}]}
+             '{{ $labels.instance }} cannot write its prediction log to the store (rows are kept and retried)'),
+        rule('MlnbProbing', 'sum by (token) (increase(mlnb_probing_alerts_total[15m])) > 0', '0m', 'warning',
+             'token {{ $labels.token }} sent many near-duplicate requests: probing the decision boundary?')]}]}
 
 # %% ../nbs/12d_deploy.ipynb #63fa27b6
 def rule_tests(rules_file:str='mlnb-rules.yml', d:dict|None=None) -> dict:
@@ -258,6 +263,12 @@ def rule_tests(rules_file:str='mlnb-rules.yml', d:dict|None=None) -> dict:
         {'interval': '1m', 'input_series': [{'series': 'mlnb_stream_consumer_lag{topic="orders",group="mlnb",partition="0"}', 'values': f'0+{int(d["lag"]) // 5}x30'}],
          'alert_rule_test': [fired('MlnbConsumerLag', '5m', None), fired('MlnbConsumerLag', '25m', {'severity': 'warning', 'topic': 'orders', 'group': 'mlnb'},
                                                                                 f'stream consumer mlnb is {25 * (int(d["lag"]) // 5)} messages behind on orders')]},
+        {'interval': '1m', 'input_series': [{'series': 'mlnb_probing_alerts_total{token="a1b2c3d4",instance="127.0.0.1:3001"}', 'values': '0x5 1x30'},
+                                            {'series': 'mlnb_probing_alerts_total{token="quiet",instance="127.0.0.1:3001"}', 'values': '0x35'}],
+         'alert_rule_test': [fired('MlnbProbing', '4m', None),
+                             fired('MlnbProbing', '8m', {'severity': 'warning', 'token': 'a1b2c3d4'},
+                                   'token a1b2c3d4 sent many near-duplicate requests: probing the decision boundary?'),
+                             fired('MlnbProbing', '30m', None)]},
         {'interval': '15s', 'input_series': [{'series': 'up{job="mlnb",instance="127.0.0.1:3001"}', 'values': '1x4 0x8'}],
          'alert_rule_test': [fired('MlnbServerDown', '1m', None),
                              fired('MlnbServerDown', '3m', {'severity': 'critical', 'job': 'mlnb', 'instance': '127.0.0.1:3001'},
