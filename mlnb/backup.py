@@ -4,16 +4,18 @@
 
 # %% ../nbs/12e_backup.ipynb #bbcdf2b3
 from __future__ import annotations
-import json, os, shutil, subprocess
+import json, os, shutil, subprocess, tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from .core import MlnbError, atomic_write, redact
+from .core import MlnbError, atomic_write, need, redact
 from .config import Project, load_project
 
 # %% auto #0
 __all__ = ['BACKUP_VERSION', 'SKIP_WORKSPACE', 'JOURNAL', 'SKIP_PROJECT', 'PATH_COLUMNS', 'store_kind', 'store_tables',
-           'row_counts', 'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'BackupInfo', 'left_out', 'backup',
-           'relocate', 'restore', 'cmd_backup', 'cmd_restore', 'add_commands']
+           'row_counts', 'sqlite_counts', 'copy_sqlite', 'pg_args', 'dump_store', 'is_url', 'url_fs', 'remote',
+           'new_prefix', 'upload', 'download', 'BackupInfo', 'left_out', 'backup', 'relocate', 'restore', 'cmd_backup',
+           'cmd_restore', 'add_commands']
 
 # %% ../nbs/12e_backup.ipynb #a31f9a92
 BACKUP_VERSION = 1
@@ -111,11 +113,66 @@ def dump_store(url:str, dest:Path) -> str:
     _run(['pg_dump', '-Fc', '--no-owner', '--no-privileges', *tables, '-f', str(dest/'store.pgdump'), *args], env, 'dump the store')
     return 'store.pgdump'
 
+# %% ../nbs/12e_backup.ipynb #7589868a
+def is_url(where) -> bool:
+    "Whether backup destination or source `where` is an fsspec URL (`s3://…`, `file://…`) rather than a local path."
+    return '://' in str(where)
+
+def url_fs(url:str):
+    "The fsspec filesystem of `url` and the path on it; a missing protocol package names its `pip install`."
+    fsspec = need('fsspec')
+    proto = url.split('://', 1)[0]
+    try: fs, path = fsspec.core.url_to_fs(url, **({'auto_mkdir': True} if proto in ('file', 'local') else {}))   # folders as on object storage
+    except ImportError:
+        from fsspec.registry import known_implementations
+        pkg = known_implementations.get(proto, {}).get('class', proto).split('.')[0]
+        raise MlnbError(f"{url}: {proto}:// URLs need {pkg}: pip install {pkg}") from None
+    except ValueError as e: raise MlnbError(f"{url}: {e}") from None
+    return fs, path.rstrip('/')
+
+@contextmanager
+def remote(url:str):
+    "Failures of object storage (no such bucket, no credentials, access denied) as an `MlnbError` naming `url`."
+    try: yield
+    except MlnbError: raise
+    except Exception as e: raise MlnbError(f"{url}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+
+# %% ../nbs/12e_backup.ipynb #f0fcd013
+def new_prefix(url:str):
+    "The filesystem and path of `url`, refused when something is there already: a backup goes to a new prefix."
+    fs, root = url_fs(url)
+    with remote(url):
+        if fs.find(root): raise MlnbError(f"{url} holds files already: a backup goes to a new prefix (a dated one, say)")
+    return fs, root
+
+def upload(folder:Path, url:str):
+    "Copy backup `folder` to `url`, its manifest last: a prefix without a manifest is not a complete backup."
+    fs, root = new_prefix(url)
+    files = [f for f in sorted(folder.rglob('*')) if f.is_file() and f != folder/'manifest.json']
+    with remote(url):
+        fs.put([str(f) for f in files], [f'{root}/{f.relative_to(folder).as_posix()}' for f in files])
+        fs.put_file(str(folder/'manifest.json'), f'{root}/manifest.json')
+
+def download(url:str, folder:Path) -> Path:
+    "Copy the backup at `url` into the local `folder`; refuses a prefix without a manifest, or whose files are not the ones it counts."
+    fs, root = url_fs(url)
+    with remote(url):
+        if not fs.isfile(f'{root}/manifest.json'):
+            raise MlnbError(f"{url}: not a complete mlnb backup (no manifest.json there: an upload that did not finish, or not a backup)")
+        keys = [k for k in fs.find(root) if not k.endswith('/')]
+        local = [folder/k[len(root):].lstrip('/') for k in keys]
+        for f in local: f.parent.mkdir(parents=True, exist_ok=True)
+        fs.get(keys, [str(f) for f in local])
+    try: m = json.loads((folder/'manifest.json').read_text())
+    except ValueError: raise MlnbError(f"{url}: not an mlnb backup (manifest.json is not JSON)") from None
+    if len(keys) - 1 != m.get('files'): raise MlnbError(f"{url}: holds {len(keys) - 1} files, its manifest counts {m.get('files')}: not a complete backup")
+    return folder
+
 # %% ../nbs/12e_backup.ipynb #d350ebf9
 @dataclass
 class BackupInfo:
     "A backup: its folder and manifest."
-    path: Path; manifest: dict
+    path: Path|str; manifest: dict                                  # a folder, or a URL
     def _repr_markdown_(self):
         m = self.manifest
         return (f"backup of **{m['project']}** at `{self.path}` ({m['created'][:19]}): {m['store']} store "
@@ -134,8 +191,14 @@ def _size(folder:Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 def backup(settings='settings.ini', dest=None) -> BackupInfo:
-    "Copy project `settings`' store (first), workspace, BentoML store and project files into the new folder `dest`."
+    "Copy project `settings`' store (first), workspace, BentoML store and project files into the new folder or fsspec URL `dest`."
     from mlnb.store import utcnow
+    if is_url(dest):
+        new_prefix(str(dest))                                    # refused before the work, not after
+        with tempfile.TemporaryDirectory(prefix='mlnb-backup-') as t:
+            b = backup(settings, Path(t)/'backup')
+            upload(b.path, str(dest))
+        return BackupInfo(str(dest), b.manifest)
     p = load_project(settings)
     dest = Path(dest or f"mlnb-backup-{p.name}-{utcnow():%Y%m%d-%H%M%S}").absolute()
     if dest.exists() and any(dest.iterdir()): raise MlnbError(f"{dest} exists and is not empty: a backup goes into a new folder")
@@ -203,13 +266,15 @@ def _store_has_runs(url:str) -> bool:
 
 # %% ../nbs/12e_backup.ipynb #b50b7b61
 def restore(src, folder='.', force:bool=False) -> Project:
-    "Restore backup `src` into `folder` as a working project; refuses to overwrite a project or a store with runs unless `force`."
-    from mlnb.store import Store
+    "Restore backup `src` (a folder or fsspec URL) into `folder` as a working project; refuses to overwrite a project or a store with runs unless `force`."
+    if is_url(src):
+        _refuse_project(Path(folder).absolute(), force)          # before the download
+        with tempfile.TemporaryDirectory(prefix='mlnb-restore-') as t: return restore(download(str(src), Path(t)), folder, force)
     src, folder = Path(src), Path(folder).absolute()
     try: m = json.loads((src/'manifest.json').read_text())
     except (OSError, ValueError): raise MlnbError(f"{src}: not an mlnb backup (no readable manifest.json)") from None
     if m.get('version') != BACKUP_VERSION: raise MlnbError(f"{src}: a backup of version {m.get('version')}; this mlnb restores version {BACKUP_VERSION}")
-    if _holds_project(folder) and not force: raise MlnbError(f"{folder} holds a project: restoring would replace it (mlnb restore --force replaces it)")
+    _refuse_project(folder, force)
     if m['workspace_in_project'] is None and Path(m['workspace']).exists() and not force:
         raise MlnbError(f"the backup's workspace {m['workspace']} is outside its project and exists: restoring would replace it (--force)")
     staged = folder.with_name(f'.{folder.name}.restoring')
@@ -228,6 +293,9 @@ def restore(src, folder='.', force:bool=False) -> Project:
     if (bad := {t: (n, got.get(t)) for t, n in m['rows'].items() if got.get(t) != n}):
         raise MlnbError(f"restored store differs from the backup's manifest (table: expected, got): {bad}")
     return p
+
+def _refuse_project(folder:Path, force:bool):
+    if _holds_project(folder) and not force: raise MlnbError(f"{folder} holds a project: restoring would replace it (mlnb restore --force replaces it)")
 
 def _inside(url:str, folder:Path) -> bool:
     return url.startswith('sqlite:///') and str(folder) in url
@@ -279,9 +347,9 @@ def cmd_restore(a):
 
 def add_commands(add):
     "Add `mlnb backup` and `mlnb restore` to the CLI."
-    sp = add('backup', cmd_backup, "copy the project's store (consistently), workspace, models and files into a new folder")
-    sp.add_argument('dest', nargs='?', help='the new folder (default: mlnb-backup-NAME-TIME here)')
+    sp = add('backup', cmd_backup, "copy the project's store (consistently), workspace, models and files into a new folder or object storage URL")
+    sp.add_argument('dest', nargs='?', help='a new folder, or an fsspec URL of a new prefix: s3://bucket/prefix, gs://… (default: mlnb-backup-NAME-TIME here)')
     sp = add('restore', cmd_restore, 'make a working project in DIR from a backup; refuses to replace a project unless --force', project=False)
-    sp.add_argument('src', help='the backup folder')
+    sp.add_argument('src', help='the backup: a folder or fsspec URL')
     sp.add_argument('dir', nargs='?', default='.', help='where to restore (default: here)')
     sp.add_argument('--force', action='store_true', help='replace the project (and its store) already there')
