@@ -15,7 +15,7 @@ from .core import ConfigError, DataError, MlnbError, expand, hash_bytes, need, r
 __all__ = ['SKLEARN_SETS', 'SQL_PREFIXES', 'COMPRESSED', 'CSV_BLOCK', 'CHUNK_ROWS', 'GROUP_ROWS', 'STREAM_PREFIXES',
            'FILE_READERS', 'MAX_PAGES', 'META_KEY', 'STRAY', 'source_kind', 'sql_url', 'resolved', 'source_batches',
            'read_source', 'source_columns', 'check_source', 'TableHash', 'table_hash', 'frame_hash', 'parquet_hash',
-           'Snapshot', 'snapshot_meta', 'write_snapshot', 'source_rows', 'ingest', 'previous_snapshot',
+           'Snapshot', 'snapshot_meta', 'snapshot_keys', 'write_snapshot', 'source_rows', 'ingest', 'previous_snapshot',
            'list_snapshots']
 
 # %% ../nbs/03_ingest.ipynb #586c9643
@@ -472,10 +472,10 @@ def frame_hash(df:pd.DataFrame) -> str:
     "Content hash of a DataFrame: values, column names and types (independent of the index)."
     return table_hash(_plain(_from_pandas(df)))
 
-def parquet_hash(path, batch_size:int=CHUNK_ROWS) -> str:
-    "Content hash of the Parquet file at `path`, read in batches (equal to the hash recorded when it was written)."
-    pq = need('pyarrow.parquet', 'pyarrow')
-    f = pq.ParquetFile(path); h = TableHash(f.schema_arrow)
+def parquet_hash(path, batch_size:int=CHUNK_ROWS, project=None, keys=None) -> str:
+    "Content hash of the Parquet file at `path`, read in batches (equal to the hash recorded when it was written), encrypted or not."
+    from mlnb.privacy import parquet_file
+    f = parquet_file(path, project, keys); h = TableHash(f.schema_arrow)
     for b in f.iter_batches(batch_size=batch_size): h.update(b)
     return h.hexdigest()
 
@@ -493,11 +493,11 @@ class Snapshot:
 
 META_KEY = 'mlnb'
 
-def snapshot_meta(path) -> dict:
-    "What mlnb recorded in the footer of the snapshot at `path` (hash, rows, source, watermark)."
-    pq = need('pyarrow.parquet', 'pyarrow')
-    md = pq.ParquetFile(path).metadata.metadata or {}
-    return json.loads(md[META_KEY.encode()]) if META_KEY.encode() in md else {}
+def snapshot_meta(path, project=None, keys=None) -> dict:
+    "What mlnb recorded in the footer of the snapshot at `path` (hash, rows, source, watermark), encrypted or not."
+    from mlnb.privacy import footer
+    md = footer(path, project, keys)
+    return json.loads(md[META_KEY]) if META_KEY in md else {}
 
 # %% ../nbs/03_ingest.ipynb #4005fbea
 def _widen(schema, widen:dict):
@@ -525,8 +525,9 @@ def _conform(t, schema, first_row:int):
 
 class _Writer:
     "Writes tables into one Parquet file in row groups, hashing and counting what it writes (in a thread, while the next chunks are read)."
-    def __init__(self, path:Path, schema=None, widen:dict|None=None):   # widen: {column: wider type} forced on the file
-        self.widen = widen or {}
+    def __init__(self, path:Path, schema=None, widen:dict|None=None,   # widen: {column: wider type} forced on the file
+                 keys=None):                                          # a `privacy.Keys`: the file is encrypted under its current data key
+        self.widen, self.keys = widen or {}, keys
         self.path, self.schema, self.buf, self.n, self.w, self.h, self.nulls = path, _widen(schema, self.widen), [], 0, None, None, []
         self.rows, self.pending, self.pool = 0, None, None
     def write(self, t, first_row:int=1):
@@ -542,11 +543,17 @@ class _Writer:
         if self.w is None:
             from concurrent.futures import ThreadPoolExecutor
             self.schema = _widen(self.schema or t.schema, self.widen).remove_metadata(); t = t.cast(self.schema)
-            self.w, self.h, self.nulls = pq.ParquetWriter(self.path, self.schema), TableHash(self.schema), [0] * len(self.schema)
+            self.w = pq.ParquetWriter(self.path, self.schema, **self._sealed())
+            self.h, self.nulls = TableHash(self.schema), [0] * len(self.schema)
             self.pool = ThreadPoolExecutor(1)
         self.nulls = [k + t[i].null_count for i, k in enumerate(self.nulls)]
         self.rows += t.num_rows; self.buf, self.n = [], 0
         self.wait(); self.pending = self.pool.submit(self._put, t)
+    def _sealed(self) -> dict:
+        "The writer's encryption: fresh Parquet data keys for this file, wrapped by the project's current data key (none without keys)."
+        if self.keys is None: return {}
+        from mlnb.privacy import encryption_properties
+        return {'encryption_properties': encryption_properties(self.keys)}
     def _put(self, t): self.w.write_table(t, row_group_size=GROUP_ROWS); self.h.update(t)
     def wait(self):
         "Until the row group being written is written."
@@ -565,30 +572,45 @@ class _Writer:
         if self.w is not None: self.w.close(); self.pool.shutdown()
         self.path.unlink(missing_ok=True)
 
+# %% ../nbs/03_ingest.ipynb #c7e1a2b5
+def _project(project=None, root=None):
+    "`project` (a Project or its settings.ini) loaded, else the project whose settings.ini is in `root`, else None."
+    from mlnb.config import load_project
+    if project is None and root is not None and (Path(root)/'settings.ini').is_file(): project = Path(root)/'settings.ini'
+    return load_project(project) if project is not None else None
+
+def snapshot_keys(project=None) -> Keys|None:
+    "The keys a new snapshot of `project` is encrypted with when it encrypts (`[privacy] encrypt = on`, `$MLNB_ENCRYPT`), else None: plain."
+    from mlnb.privacy import encrypting, project_keys
+    return project_keys(project) if encrypting(project) else None
+
 # %% ../nbs/03_ingest.ipynb #828eb1de
-def write_snapshot(df:pd.DataFrame, folder, name='snapshot.parquet', protect=None) -> Snapshot:
-    "Write `df` (through `protect`, e.g. `mlnb.privacy.protect`) to `folder/name` as Parquet (through a temporary file) and return its `Snapshot`."
+def write_snapshot(df:pd.DataFrame, folder, name='snapshot.parquet', protect=None,
+                   project=None    # the project whose `[privacy] encrypt` applies (None: `$MLNB_ENCRYPT` alone)
+                  ) -> Snapshot:
+    "Write `df` (through `protect`, e.g. `mlnb.privacy.protect`) to `folder/name` as Parquet (through a temporary file; encrypted when the project encrypts) and return its `Snapshot`."
     df.columns = [str(c) for c in df.columns]
     if protect is not None: df = protect(df)
     path = Path(folder)/name; path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{name}.tmp'); w = _Writer(tmp)
+    tmp = path.with_name(f'.{name}.tmp'); w = _Writer(tmp, keys=snapshot_keys(_project(project)))
     try: w.write(_plain(_from_pandas(df))); h, rows = w.close()
     except BaseException: w.abort(); raise
     os.replace(tmp, path)
     return Snapshot(path, h, rows, list(df.columns))
 
 # %% ../nbs/03_ingest.ipynb #d0ee07ce
-def source_rows(previous) -> int:
+def source_rows(previous, project=None, keys=None) -> int:
     "Rows of the `previous` snapshot read from the source: its `extra` rows come last and are not carried on (the next run adds its own)."
-    pq = need('pyarrow.parquet', 'pyarrow')
-    return pq.ParquetFile(previous).metadata.num_rows - int(snapshot_meta(previous).get('extra_rows') or 0)
+    from mlnb.privacy import parquet_file
+    return parquet_file(previous, project, keys).metadata.num_rows - int(snapshot_meta(previous, project, keys).get('extra_rows') or 0)
 
-def _since(previous, col:str):
+def _since(previous, col:str, project=None, keys=None):
     "The largest watermark of the `previous` snapshot's source rows (an Arrow scalar), or None."
-    pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
+    pc = need('pyarrow.compute', 'pyarrow')
+    from mlnb.privacy import parquet_file, read_parquet
     if previous is None: return None
-    if col not in pq.read_schema(previous).names: raise DataError(f"watermark column '{col}' is not in the previous snapshot {previous}")
-    return pc.max(pq.read_table(previous, columns=[col])[col].slice(0, source_rows(previous)))
+    if col not in parquet_file(previous, project, keys).schema_arrow.names: raise DataError(f"watermark column '{col}' is not in the previous snapshot {previous}")
+    return pc.max(read_parquet(previous, project, keys, columns=[col])[col].slice(0, source_rows(previous, project, keys)))
 
 def _newer(t, col:str, since, first_row:int, src:str):
     "Rows of `t` past the watermark; every row must have one."
@@ -609,11 +631,12 @@ def _check(data:dict, schema, nulls:list, rows:int, src:str):
     empty = [n for n, k in zip(schema.names, nulls) if k == rows]
     if empty: raise DataError(f"{src}: column{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} {'are' if len(empty) > 1 else 'is'} empty (all {rows} rows null)")
 
-def _check_target(path, target:str|None, src:str):
-    "The target column of the snapshot at `path` has a label in every row and at least two distinct values."
-    pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
+def _check_target(path, target:str|None, src:str, keys=None):
+    "The target column of the snapshot at `path` (encrypted with `keys`, or plain) has a label in every row and at least two distinct values."
+    pc = need('pyarrow.compute', 'pyarrow')
+    from mlnb.privacy import read_parquet
     if not target: return
-    col = pq.read_table(path, columns=[target])[target]
+    col = read_parquet(path, keys=keys, columns=[target])[target]
     missing = pc.is_null(col, nan_is_null=True)
     if pc.any(missing).as_py():
         rows = pc.indices_nonzero(missing).to_numpy() + 1
@@ -623,29 +646,31 @@ def _check_target(path, target:str|None, src:str):
 
 STRAY = 0.05   # a text column whose values are all numbers but this share (or less) holds a typo, not text
 
-def _stray_text(path, src:str):
-    "A DataError naming a text column of the snapshot at `path` whose values are numbers but for a few stray words."
-    pq, pa, pd = need('pyarrow.parquet', 'pyarrow'), need('pyarrow'), need('pandas')
-    f = pq.ParquetFile(path)
+def _stray_text(path, src:str, keys=None):
+    "A DataError naming a text column of the snapshot at `path` (encrypted with `keys`, or plain) whose values are numbers but for a few stray words."
+    pa, pd = need('pyarrow'), need('pandas')
+    from mlnb.privacy import parquet_file, read_parquet
+    f = parquet_file(path, keys=keys)
     text = [x.name for x in f.schema_arrow if pa.types.is_string(x.type) or pa.types.is_large_string(x.type)]
     if not text or not f.metadata.num_rows: return
     head = next(f.iter_batches(batch_size=1000, columns=text)).to_pandas()
     for name in text:
         h = head[name].dropna()
         if not len(h) or pd.to_numeric(h, errors='coerce').notna().mean() < 1 - 2 * STRAY: continue   # a first look: text, not numbers
-        s = pq.read_table(path, columns=[name])[name].to_pandas()
+        s = read_parquet(path, keys=keys, columns=[name])[name].to_pandas()
         bad = s.notna() & pd.to_numeric(s, errors='coerce').isna()
         if 0 < bad.sum() <= STRAY * s.notna().sum():
             raise DataError(f"column '{name}' of {src} holds numbers, but {_rows(s.index[bad] + 1)} {_hold(s[bad])}: fix or blank {'that value' if bad.sum() == 1 else 'those values'}")
 
 # %% ../nbs/03_ingest.ipynb #bbfcb3d6
-def _stream(data:dict, root, w:_Writer, opts:dict, since, previous, protect=None):
-    "Copy the previous snapshot, then the source's new rows (through `protect`), into writer `w`; returns the largest watermark."
-    pq, pc = need('pyarrow.parquet', 'pyarrow'), need('pyarrow.compute', 'pyarrow')
+def _stream(data:dict, root, w:_Writer, opts:dict, since, previous, protect=None, project=None, keys=None):
+    "Copy the previous snapshot (read with `project`'s `keys` when encrypted), then the source's new rows (through `protect`), into writer `w`; returns the largest watermark."
+    pc = need('pyarrow.compute', 'pyarrow')
+    from mlnb.privacy import parquet_file
     col, row, top = data.get('watermark'), 1, since.as_py() if since is not None and since.is_valid else None
     if previous is not None:
-        left = source_rows(previous)
-        for b in pq.ParquetFile(previous).iter_batches(batch_size=CHUNK_ROWS):
+        left = source_rows(previous, project, keys)
+        for b in parquet_file(previous, project, keys).iter_batches(batch_size=CHUNK_ROWS):
             if left <= 0: break
             b = b.slice(0, left); left -= b.num_rows; w.write(_table([b]))
     for t in source_batches(data, root, opts, since=since):
@@ -657,29 +682,34 @@ def _stream(data:dict, root, w:_Writer, opts:dict, since, previous, protect=None
         row += n
     return top
 
-def _repeats(path, n:int) -> int:
-    "How many of the last `n` rows of the Parquet file at `path` repeat one of the rows before them exactly."
+def _repeats(path, n:int, keys=None) -> int:
+    "How many of the last `n` rows of the Parquet file at `path` (encrypted with `keys`, or plain) repeat one of the rows before them exactly."
     if not n: return 0
-    pq, np = need('pyarrow.parquet', 'pyarrow'), need('numpy')
-    h = need('pandas').util.hash_pandas_object(pq.read_table(path).to_pandas(), index=False).to_numpy()
+    np = need('numpy')
+    from mlnb.privacy import read_parquet
+    h = need('pandas').util.hash_pandas_object(read_parquet(path, keys=keys).to_pandas(), index=False).to_numpy()
     return int(np.isin(h[-n:], h[:-n]).sum())
 
 def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='snapshot.parquet',
            extra=None,     # a CSV, Parquet or JSON Lines file of labelled rows appended after the source's
-           protect=None    # a function applied to each new Arrow table before it is written (`mlnb.privacy.protect`)
+           protect=None,   # a function applied to each new Arrow table before it is written (`mlnb.privacy.protect`)
+           project=None    # the project (a Project or its settings.ini) whose `[privacy] encrypt` and keys apply; None: the settings.ini in `root`, if any
           ) -> Snapshot:
-    "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir`; with a watermark, append only rows newer than `previous`."
-    pq = need('pyarrow.parquet', 'pyarrow')
+    "Stream `data`'s source (and the `extra` rows) into a Parquet snapshot in `out_dir` (encrypted when the project encrypts); with a watermark, append only rows newer than `previous`."
+    from mlnb.privacy import parquet_file
     col, src = data.get('watermark'), redact(data['source'])   # what is recorded and shown: no password, no token
     if col and sample: raise ConfigError("a sample cannot be combined with a watermark (incremental snapshots keep every row)", None, 'data', 'sample')
+    p = _project(project, root)
+    keys = snapshot_keys(p)                                    # None: plain; an encrypted previous snapshot opens with the project's keys either way
     previous = Path(previous) if previous and col else None
     path = Path(out_dir)/name; path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, since, opts = path.with_name(f'.{name}.tmp'), _since(previous, col) if col else None, {}
-    if previous is not None: opts['types'] = {f.name: f.type for f in pq.read_schema(previous) if not f.type.num_fields}
+    tmp, since, opts = path.with_name(f'.{name}.tmp'), _since(previous, col, p, keys) if col else None, {}
+    before = parquet_file(previous, p, keys).schema_arrow.remove_metadata() if previous is not None else None
+    if before is not None: opts['types'] = {f.name: f.type for f in before if not f.type.num_fields}
     while True:
-        w = _Writer(tmp, pq.read_schema(previous).remove_metadata() if previous is not None else None, opts.get('widened'))
+        w = _Writer(tmp, before, opts.get('widened'), keys)
         try:
-            wm = _stream(data, root, w, opts, since, previous, protect)
+            wm = _stream(data, root, w, opts, since, previous, protect, p, keys)
             if opts.get('bad'): _raise_malformed(data, root, opts['bad'])
             n_extra = _append_extra(w, extra, protect) if extra else 0
             w.flush(); w.wait(); _check(data, w.schema, w.nulls, w.rows, src)
@@ -689,27 +719,27 @@ def ingest(data:dict, out_dir, root='.', previous=None, sample:int=0, name:str='
         except _Widen as e: w.abort(); opts.setdefault('widened', {})[e.column] = e.type; opts['bad'] = []
         except BaseException: w.abort(); raise
     try:
-        _check_target(tmp, data.get('target'), src)
-        _stray_text(tmp, src)
+        _check_target(tmp, data.get('target'), src, keys)
+        _stray_text(tmp, src, keys)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    repeats = _repeats(tmp, n_extra)
-    if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra)
+    repeats = _repeats(tmp, n_extra, keys)
+    if sample and sample < rows - n_extra: h, rows = _sample(tmp, data.get('target'), sample, meta, keep_last=n_extra, keys=keys)
     os.replace(tmp, path)
-    base = source_rows(previous) if previous is not None else None
-    return Snapshot(path, h, rows, pq.read_schema(path).names, src, wm, rows - n_extra - base if base is not None else None, n_extra, repeats)
+    base = source_rows(previous, p, keys) if previous is not None else None
+    return Snapshot(path, h, rows, list(w.schema.names), src, wm, rows - n_extra - base if base is not None else None, n_extra, repeats)
 
 # %% ../nbs/03_ingest.ipynb #82f8d476
-def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0) -> tuple[str, int]:
-    "Keep `n` rows of the snapshot at `path` (stratified by `target` when it has at most 50 values) and its last `keep_last`; returns the new hash and rows."
-    pd = need('pandas')
-    pq, np = need('pyarrow.parquet', 'pyarrow'), need('numpy')
-    f = pq.ParquetFile(path); total = f.metadata.num_rows; m = total - keep_last
-    y = pq.read_table(path, columns=[target])[target].to_pandas().iloc[:m] if target else pd.Series(np.zeros(m))
+def _sample(path:Path, target:str|None, n:int, meta:dict, keep_last:int=0, keys=None) -> tuple[str, int]:
+    "Keep `n` rows of the snapshot at `path` (stratified by `target` when it has at most 50 values) and its last `keep_last`, encrypted with `keys` as it was; returns the new hash and rows."
+    pd, np = need('pandas'), need('numpy')
+    from mlnb.privacy import parquet_file, read_parquet
+    f = parquet_file(path, keys=keys); total = f.metadata.num_rows; m = total - keep_last
+    y = read_parquet(path, keys=keys, columns=[target])[target].to_pandas().iloc[:m] if target else pd.Series(np.zeros(m))
     pick = (y.groupby(y, group_keys=False).sample(frac=n / m, random_state=0) if y.nunique() <= 50 else y.sample(n=n, random_state=0)).index
     pick, out = np.concatenate([np.sort(pick.to_numpy()), np.arange(m, total)]), path.with_name(path.name + '.sample')
-    w, start = _Writer(out, f.schema_arrow.remove_metadata()), 0
+    w, start = _Writer(out, f.schema_arrow.remove_metadata(), keys=keys), 0
     try:
         for b in f.iter_batches(batch_size=CHUNK_ROWS):
             sel = pick[(pick >= start) & (pick < start + b.num_rows)] - start
@@ -757,15 +787,15 @@ def _append_extra(w:_Writer, path, protect=None) -> int:
     return n
 
 # %% ../nbs/03_ingest.ipynb #699d1087
-def previous_snapshot(store_url:str, data:dict) -> Path|None:
-    "The latest recorded snapshot of `data`'s source made with the same watermark column, if its file is still there."
+def previous_snapshot(store_url:str, data:dict, project=None) -> Path|None:
+    "The latest recorded snapshot of `data`'s source made with the same watermark column, if its file is still there (encrypted ones open with `project`'s keys)."
     import sqlalchemy as sa
     from mlnb.store import Store, snapshots
     shown = {data['source'], redact(data['source'])}                  # recorded redacted (older stores: as written)
     rows = Store(store_url).read(sa.select(snapshots).where(snapshots.c.source.in_(shown)).order_by(snapshots.c.created.desc()))
     for r in rows:
         p = Path(r['path'])
-        if p.is_file() and snapshot_meta(p).get('watermark_column') == data.get('watermark'): return p
+        if p.is_file() and snapshot_meta(p, project).get('watermark_column') == data.get('watermark'): return p
     return None
 
 def list_snapshots(settings='settings.ini', limit:int=50) -> pd.DataFrame:

@@ -426,3 +426,32 @@ def test_failed_and_answered_rows_share_a_log_batch(tmp_path):
     finally: log.close()
     rows = {r['request_id']: r['subject'] for r in Store(f'sqlite:///{tmp_path}/s.db').read(sa.select(predictions.c.request_id, predictions.c.subject))}
     assert len(rows) == 4 and rows['ok'] == 'pid' and rows['ok2'] == 'pid2'
+
+
+def test_cli_run_encrypts_the_ingest_snapshot(tmp_path):
+    "`mlnb run` on a project with `[privacy] encrypt = on`: the ingest stage writes its snapshot encrypted (no raw value in its bytes, no read without the key, the content hash of the plain data) and the later stages read it."
+    import numpy as np
+    from conftest import mlnb
+    from mlnb.core import DataError
+    from mlnb.ingest import frame_hash
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'city': [f'Zqcity{i:03d}' for i in range(150)], 'spend': rng.gamma(4, 15, 150).round(2), 'age': rng.integers(18, 80, 150)})
+    df['target'] = (df.spend + rng.normal(0, 15, 150) > 60).astype(int)                 # learnable, not a copy of one column
+    root = tmp_path/'shop'
+    mlnb('new', root)
+    (root/'data').mkdir()
+    df.to_csv(root/'data'/'visits.csv', index=False)
+    f = root/'settings.ini'
+    f.write_text(f.read_text().replace('sklearn:breast_cancer', 'data/visits.csv') + '\n[privacy]\nencrypt = on\n')
+    r = mlnb('run', '--params', 'train.cv=2', 'evaluate.shap_rows=20', cwd=root, check=False)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n(the ingest stage must read its encrypted snapshot through mlnb.privacy: REQUESTS.md 'ingest -> lead')"
+    p = load_project(f)
+    [snap] = p.workspace.glob('runs/*/ingest/snapshot.parquet')
+    raw = snap.read_bytes()
+    assert privacy.is_encrypted(snap) and not any(c.encode() in raw for c in df.city)
+    with pytest.raises(OSError, match='encrypted'): pq.read_table(snap)                   # no key, no data
+    with pytest.raises(DataError, match='does not open'):
+        privacy.read_parquet(snap, keys=privacy.new_keys())                               # another project's key: no data either
+    pd.testing.assert_frame_equal(privacy.read_frame(snap, p), df)                       # the project's key: every row as it was
+    [run] = Store(p.store_url).read(sa.select(runs.c.data_hash, runs.c.status))
+    assert run == {'data_hash': frame_hash(df), 'status': 'succeeded'}                    # the hash of the data, not of its encrypted bytes
