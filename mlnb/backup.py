@@ -90,7 +90,10 @@ def pg_args(url:str) -> tuple[list[str], dict]:
     u = sa.engine.make_url(url)
     args = [*(['-h', u.host] if u.host else []), *(['-p', str(u.port)] if u.port else []), *(['-U', u.username] if u.username else [])]
     env = {**os.environ, **({'PGPASSWORD': u.password} if u.password else {})}
-    return args + ['-d', u.database], env
+    if not u.query: return args + ['-d', u.database], env
+    quote = lambda v: "'" + str(v).replace('\\', '\\\\').replace("'", "\\'") + "'"
+    opts = {'dbname': u.database, **{k: v[-1] if isinstance(v, tuple) else v for k, v in u.query.items()}}
+    return args + ['-d', ' '.join(f'{k}={quote(v)}' for k, v in opts.items())], env   # sslmode, sslrootcert, options: as the store connects
 
 def _run(cmd:list[str], env:dict, what:str):
     if not shutil.which(cmd[0]): raise MlnbError(f"{cmd[0]} is needed to {what}: apt-get install postgresql-client")
@@ -265,11 +268,11 @@ def _store_has_runs(url:str) -> bool:
     except MlnbError: return True                                   # there, but unreadable: do not overwrite it unasked
 
 # %% ../nbs/12e_backup.ipynb #b50b7b61
-def restore(src, folder='.', force:bool=False) -> Project:
+def restore(src, folder='.', force:bool=False, keep_store:bool=False) -> Project:
     "Restore backup `src` (a folder or fsspec URL) into `folder` as a working project; refuses to overwrite a project or a store with runs unless `force`."
     if is_url(src):
         _refuse_project(Path(folder).absolute(), force)          # before the download
-        with tempfile.TemporaryDirectory(prefix='mlnb-restore-') as t: return restore(download(str(src), Path(t)), folder, force)
+        with tempfile.TemporaryDirectory(prefix='mlnb-restore-') as t: return restore(download(str(src), Path(t)), folder, force, keep_store)
     src, folder = Path(src), Path(folder).absolute()
     try: m = json.loads((src/'manifest.json').read_text())
     except (OSError, ValueError): raise MlnbError(f"{src}: not an mlnb backup (no readable manifest.json)") from None
@@ -282,13 +285,17 @@ def restore(src, folder='.', force:bool=False) -> Project:
     shutil.copytree(src/'project', staged, symlinks=True)
     p = load_project(staged/'settings.ini')
     url = p.store_url.replace(str(staged), str(folder))                 # where the store will be once in place
-    if not _inside(url, staged) and _store_has_runs(url) and not force:
+    if keep_store and not _store_has_runs(url):
         shutil.rmtree(staged)
-        raise MlnbError(f"the store {redact(url)} already holds runs: restoring would replace them (--force)")
+        raise MlnbError(f"--keep-store: the store {redact(url)} holds no runs to keep (restore the backup's store: leave out --keep-store)")
+    if not keep_store and not _inside(url, staged) and _store_has_runs(url) and not force:
+        shutil.rmtree(staged)
+        raise MlnbError(f"the store {redact(url)} already holds runs: restoring would replace them (--force; or --keep-store keeps them and restores the files)")
     _put_in_place(src, staged, folder, m)
     p = load_project(folder/'settings.ini')
-    _restore_store(src/m['store_file'], p.store_url, m['store'])
+    if not keep_store: _restore_store(src/m['store_file'], p.store_url, m['store'])
     relocate(p.store_url, {m['workspace']: str(p.workspace), m['root']: str(p.root)})
+    if keep_store: return p
     got = row_counts(p.store_url)
     if (bad := {t: (n, got.get(t)) for t, n in m['rows'].items() if got.get(t) != n}):
         raise MlnbError(f"restored store differs from the backup's manifest (table: expected, got): {bad}")
@@ -342,7 +349,7 @@ def cmd_backup(a):
 def cmd_restore(a):
     "`mlnb restore SRC [DIR]`."
     from mlnb.store import Store
-    p = restore(a.src, a.dir, force=a.force)
+    p = restore(a.src, a.dir, force=a.force, keep_store=a.keep_store)
     print(f"restored {p.name} into {p.root} (store {Store(p.store_url).url}); next: cd {p.root} && mlnb runs")
 
 def add_commands(add):
@@ -353,3 +360,4 @@ def add_commands(add):
     sp.add_argument('src', help='the backup: a folder or fsspec URL')
     sp.add_argument('dir', nargs='?', default='.', help='where to restore (default: here)')
     sp.add_argument('--force', action='store_true', help='replace the project (and its store) already there')
+    sp.add_argument('--keep-store', action='store_true', help="keep the store as it is (a shared PostgreSQL that servers write to) and restore the files alone")

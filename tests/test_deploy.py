@@ -339,22 +339,28 @@ def test_backup_and_restore_of_a_postgresql_store(tmp_path):
         eng.dispose()
 
 
-@pytest.fixture
-def s3(monkeypatch):
+@pytest.fixture(scope='module')
+def s3_server():
     """An S3 API on loopback: moto's standalone server (`ThreadedMotoServer`) stands in for S3, which cannot be reached
-    from here; s3fs talks to it as to S3. The environment points every AWS client at it (AWS_ENDPOINT_URL, as for MinIO),
-    so `mlnb` run from a shell uses it unchanged. Yields an s3fs filesystem of the test's own, with bucket mlnb-backups."""
-    import s3fs
+    from here; s3fs talks to it as to S3. Its endpoint and credentials, as environment variables (AWS_ENDPOINT_URL, as for
+    MinIO), so `mlnb` run from a shell uses it unchanged."""
     from moto.server import ThreadedMotoServer
     srv = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()
-    env = {'AWS_ENDPOINT_URL': f'http://{host}:{port}', 'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}
-    for k, v in env.items(): monkeypatch.setenv(k, v)
-    fs = s3fs.S3FileSystem(endpoint_url=env['AWS_ENDPOINT_URL'], key='testing', secret='testing', skip_instance_cache=True)
-    fs.mkdir('mlnb-backups')
-    yield fs
+    yield {'AWS_ENDPOINT_URL': f'http://{host}:{port}', 'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing', 'AWS_DEFAULT_REGION': 'us-east-1'}
     srv.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    "The moto server emptied, the environment pointing at it, and an s3fs filesystem of the test's own with bucket mlnb-backups."
+    import s3fs
+    for k, v in s3_server.items(): monkeypatch.setenv(k, v)
+    requests.post(f"{s3_server['AWS_ENDPOINT_URL']}/moto-api/reset", timeout=10).raise_for_status()
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server['AWS_ENDPOINT_URL'], key='testing', secret='testing', skip_instance_cache=True)
+    fs.mkdir('mlnb-backups')
+    return fs
 
 
 def test_backup_to_s3_and_restore_from_it_in_a_fresh_folder(own, s3, tmp_path):
@@ -385,3 +391,44 @@ def test_backup_to_s3_and_restore_from_it_in_a_fresh_folder(own, s3, tmp_path):
     r = mlnb('restore', 's3://mlnb-backups/half', tmp_path/'half', check=False)
     assert r.returncode == 2 and 's3://mlnb-backups/half: not a complete mlnb backup (no manifest.json' in r.stderr
     assert not (tmp_path/'half').exists()
+
+
+@pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it')
+def test_training_job_restores_its_workspace_from_s3_and_keeps_the_live_postgresql_store(s3, tmp_path):
+    """The cluster's training job: the store on PostgreSQL (a schema of its own, TLS options in the URL as a managed
+    database has them), the workspace's state backed up to S3 (moto's server, as above) and restored with --keep-store,
+    so rows the store gained since the backup are kept; restoring the store itself is refused unless forced."""
+    import secrets, sqlalchemy as sa
+    from mlnb.config import new_project
+    schema = f'mlnb_s3_{secrets.token_hex(4)}'
+    eng = sa.create_engine(PG_URL)
+    with eng.begin() as c: c.execute(sa.text(f'CREATE SCHEMA {schema}'))
+    stores = []
+    try:
+        settings = new_project(tmp_path/'job')
+        url = f"{PG_URL}?sslmode=disable&options=-csearch_path%3D{schema}"
+        settings.write_text(settings.read_text().replace('[project]\n', f'[project]\nstore = {url}\n', 1))
+        p = load_project(settings)
+        st = Store(p.store_url)
+        stores.append(st)
+        rid = st.start_run('job')
+        (p.workspace/'runs'/rid).mkdir(parents=True)
+        (p.workspace/'runs'/rid/'model.joblib').write_bytes(b'a model')
+        st.record(rid, 'train', {}, {'model.joblib': (p.workspace/'runs'/rid/'model.joblib', 'ab' * 32, 7)})
+        st.finish_run(rid, 'succeeded')
+        mlnb('backup', 's3://mlnb-backups/job/1', '-p', settings)
+        later = st.start_run('job')                                      # the store goes on: a run (or predictions) after the backup
+        r = mlnb('restore', 's3://mlnb-backups/job/1', tmp_path/'again', check=False)
+        assert r.returncode == 2 and 'already holds runs' in r.stderr and '--keep-store' in r.stderr
+        mlnb('restore', 's3://mlnb-backups/job/1', tmp_path/'again', '--keep-store')
+        q = load_project(tmp_path/'again'/'settings.ini')
+        stores.append(Store(q.store_url))
+        assert {x['id'] for x in stores[-1].list_runs()} == {rid, later}                  # nothing rolled back
+        assert (q.workspace/'runs'/rid/'model.joblib').read_bytes() == b'a model'
+        with eng.connect() as c:                                                          # the recorded path moved to the new workspace
+            path = c.execute(sa.text(f"SELECT path FROM {schema}.artifacts WHERE run_id = :r"), {'r': rid}).scalar()
+        assert path == str(q.workspace/'runs'/rid/'model.joblib')
+    finally:
+        for s in stores: s.engine.dispose()
+        with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
+        eng.dispose()
