@@ -164,6 +164,8 @@ def download(url:str, folder:Path) -> Path:
             raise MlnbError(f"{url}: not a complete mlnb backup (no manifest.json there: an upload that did not finish, or not a backup)")
         keys = [k for k in fs.find(root) if not k.endswith('/')]
         local = [folder/k[len(root):].lstrip('/') for k in keys]
+        if (out := [k for k, f in zip(keys, local) if not f.resolve().is_relative_to(folder.resolve())]):
+            raise MlnbError(f"{url}: refusing key {out[0]}: it leads outside the backup")       # a key may hold '..'
         for f in local: f.parent.mkdir(parents=True, exist_ok=True)
         fs.get(keys, [str(f) for f in local])
     try: m = json.loads((folder/'manifest.json').read_text())

@@ -391,6 +391,12 @@ def test_backup_to_s3_and_restore_from_it_in_a_fresh_folder(own, s3, tmp_path):
     r = mlnb('restore', 's3://mlnb-backups/half', tmp_path/'half', check=False)
     assert r.returncode == 2 and 's3://mlnb-backups/half: not a complete mlnb backup (no manifest.json' in r.stderr
     assert not (tmp_path/'half').exists()
+    # a key that climbs out of the prefix ('..' is allowed in S3 keys): refused before anything is written
+    s3.pipe('mlnb-backups/evil/manifest.json', json.dumps(manifest).encode())
+    s3.pipe('mlnb-backups/evil/../../escape.txt', b'x')
+    assert 'mlnb-backups/evil/../../escape.txt' in s3.find('mlnb-backups/evil')
+    r = mlnb('restore', 's3://mlnb-backups/evil', tmp_path/'evil', check=False)
+    assert r.returncode == 2 and 'refusing key mlnb-backups/evil/../../escape.txt: it leads outside the backup' in r.stderr
 
 
 @pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it')
