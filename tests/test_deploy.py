@@ -5,6 +5,7 @@ fired), a replica SIGKILLed under traffic while a promotion rolls out, a backup 
 Server starts are the slow part: the module has one project of its own (the session's project backed up and restored:
 these tests promote models and send drifted traffic, which must not change the shared project) and one pair of
 replicas behind HAProxy that the live tests share; the restore test starts one more server."""
+from contextlib import contextmanager
 import json, math, os, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -306,20 +307,30 @@ def test_backup_restored_into_a_fresh_folder_serves_the_same_answers(own, replic
 
 PG_URL = os.environ.get('MLNB_TEST_PG_URL')
 
-@pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it')
-def test_backup_and_restore_of_a_postgresql_store(tmp_path):
-    "pg_dump of the store's tables in its own schema (nothing else in the database), pg_restore over it only when forced."
+@contextmanager
+def pg_project(folder, prefix:str, query:str=''):
+    "A new project whose store is a schema of its own (named `prefix` + random hex) in the test database: its settings.ini, the schema and the stores to dispose (dropped and disposed after)."
     import secrets, sqlalchemy as sa
-    from mlnb.backup import backup, restore
     from mlnb.config import new_project
-    schema = f'mlnb_backup_{secrets.token_hex(4)}'                 # a schema of this test's own in the shared test database
+    schema = f'{prefix}_{secrets.token_hex(4)}'
     eng = sa.create_engine(PG_URL)
     with eng.begin() as c: c.execute(sa.text(f'CREATE SCHEMA {schema}'))
     stores = []
     try:
-        settings = new_project(tmp_path/'pg')
-        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-        settings.write_text(settings.read_text().replace('[project]\n', f'[project]\nstore = {url}\n', 1))
+        settings = new_project(folder)
+        settings.write_text(settings.read_text().replace('[project]\n', f'[project]\nstore = {PG_URL}?{query}options=-csearch_path%3D{schema}\n', 1))
+        yield settings, schema, stores
+    finally:
+        for s in stores: s.engine.dispose()
+        with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
+        eng.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason='MLNB_TEST_PG_URL is not set: .ci/run starts PostgreSQL and sets it')
+def test_backup_and_restore_of_a_postgresql_store(tmp_path):
+    "pg_dump of the store's tables in its own schema (nothing else in the database), pg_restore over it only when forced."
+    from mlnb.backup import backup, restore
+    with pg_project(tmp_path/'pg', 'mlnb_backup') as (settings, schema, stores):      # a schema of this test's own in the shared test database
         st = Store(load_project(settings).store_url)
         stores.append(st)
         rid = st.start_run('pg')
@@ -333,10 +344,6 @@ def test_backup_and_restore_of_a_postgresql_store(tmp_path):
         q = restore(b.path, tmp_path/'again', force=True)
         stores.append(Store(q.store_url))
         assert [r['id'] for r in stores[-1].list_runs()] == [rid]        # the database holds the backup's state again
-    finally:
-        for s in stores: s.engine.dispose()
-        with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
-        eng.dispose()
 
 
 @pytest.fixture(scope='module')
@@ -404,16 +411,8 @@ def test_training_job_restores_its_workspace_from_s3_and_keeps_the_live_postgres
     """The cluster's training job: the store on PostgreSQL (a schema of its own, TLS options in the URL as a managed
     database has them), the workspace's state backed up to S3 (moto's server, as above) and restored with --keep-store,
     so rows the store gained since the backup are kept; restoring the store itself is refused unless forced."""
-    import secrets, sqlalchemy as sa
-    from mlnb.config import new_project
-    schema = f'mlnb_s3_{secrets.token_hex(4)}'
-    eng = sa.create_engine(PG_URL)
-    with eng.begin() as c: c.execute(sa.text(f'CREATE SCHEMA {schema}'))
-    stores = []
-    try:
-        settings = new_project(tmp_path/'job')
-        url = f"{PG_URL}?sslmode=disable&options=-csearch_path%3D{schema}"
-        settings.write_text(settings.read_text().replace('[project]\n', f'[project]\nstore = {url}\n', 1))
+    import sqlalchemy as sa
+    with pg_project(tmp_path/'job', 'mlnb_s3', 'sslmode=disable&') as (settings, schema, stores):
         p = load_project(settings)
         st = Store(p.store_url)
         stores.append(st)
@@ -431,10 +430,6 @@ def test_training_job_restores_its_workspace_from_s3_and_keeps_the_live_postgres
         stores.append(Store(q.store_url))
         assert {x['id'] for x in stores[-1].list_runs()} == {rid, later}                  # nothing rolled back
         assert (q.workspace/'runs'/rid/'model.joblib').read_bytes() == b'a model'
-        with eng.connect() as c:                                                          # the recorded path moved to the new workspace
+        with stores[-1].engine.connect() as c:                                            # the recorded path moved to the new workspace
             path = c.execute(sa.text(f"SELECT path FROM {schema}.artifacts WHERE run_id = :r"), {'r': rid}).scalar()
         assert path == str(q.workspace/'runs'/rid/'model.joblib')
-    finally:
-        for s in stores: s.engine.dispose()
-        with eng.begin() as c: c.execute(sa.text(f'DROP SCHEMA {schema} CASCADE'))
-        eng.dispose()

@@ -377,6 +377,18 @@ def ingest_protects() -> bool:
     return 'protect' in inspect.getsource(mlnb.ingest) or 'protect' in tpl
 
 
+def csv_project(tmp_path, df, name:str, edit) -> Path:
+    "A project made by `mlnb new` whose source is `df` as data/`name`, its settings.ini text passed through `edit`."
+    from conftest import mlnb
+    root = tmp_path/'shop'
+    mlnb('new', root)
+    (root/'data').mkdir()
+    df.to_csv(root/'data'/name, index=False)
+    f = root/'settings.ini'
+    f.write_text(edit(f.read_text().replace('sklearn:breast_cancer', f'data/{name}')))
+    return root
+
+
 def test_pipeline_run_keeps_no_personal_value_and_forget_leaves_no_trace(tmp_path):
     "A real `mlnb run` on a table with a subject and pii: no raw value in any file; `mlnb forget` then leaves the subject nowhere but the audit trail."
     if not ingest_protects(): pytest.skip("ingest does not call privacy.protect yet (REQUESTS.md 10/18)")
@@ -386,13 +398,7 @@ def test_pipeline_run_keeps_no_personal_value_and_forget_leaves_no_trace(tmp_pat
     df = people(150)
     df['spend'], df['age'] = rng.gamma(4, 15, 150).round(2), rng.integers(18, 80, 150)
     df['target'] = (df.spend + rng.normal(0, 15, 150) > 60).astype(int)                 # learnable, not a copy of one column
-    root = tmp_path/'shop'
-    mlnb('new', root)
-    (root/'data').mkdir()
-    df.to_csv(root/'data'/'people.csv', index=False)
-    f = root/'settings.ini'
-    f.write_text(f.read_text().replace('sklearn:breast_cancer', 'data/people.csv')
-                 .replace('\n[data]\n', '\n[data]\npii = email phone:drop\nsubject = customer\n', 1))
+    root = csv_project(tmp_path, df, 'people.csv', lambda t: t.replace('\n[data]\n', '\n[data]\npii = email phone:drop\nsubject = customer\n', 1))
     mlnb('run', cwd=root)
     p = load_project(root)
     for g in p.workspace.rglob('*'):
@@ -437,15 +443,10 @@ def test_cli_run_encrypts_the_ingest_snapshot(tmp_path):
     rng = np.random.default_rng(0)
     df = pd.DataFrame({'city': [f'Zqcity{i:03d}' for i in range(150)], 'spend': rng.gamma(4, 15, 150).round(2), 'age': rng.integers(18, 80, 150)})
     df['target'] = (df.spend + rng.normal(0, 15, 150) > 60).astype(int)                 # learnable, not a copy of one column
-    root = tmp_path/'shop'
-    mlnb('new', root)
-    (root/'data').mkdir()
-    df.to_csv(root/'data'/'visits.csv', index=False)
-    f = root/'settings.ini'
-    f.write_text(f.read_text().replace('sklearn:breast_cancer', 'data/visits.csv') + '\n[privacy]\nencrypt = on\n')
+    root = csv_project(tmp_path, df, 'visits.csv', lambda t: t + '\n[privacy]\nencrypt = on\n')
     r = mlnb('run', '--params', 'train.cv=2', 'evaluate.shap_rows=20', cwd=root, check=False)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n(the ingest stage must read its encrypted snapshot through mlnb.privacy: REQUESTS.md 'ingest -> lead')"
-    p = load_project(f)
+    p = load_project(root)
     [snap] = p.workspace.glob('runs/*/ingest/snapshot.parquet')
     raw = snap.read_bytes()
     assert privacy.is_encrypted(snap) and not any(c.encode() in raw for c in df.city)
