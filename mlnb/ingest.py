@@ -579,7 +579,7 @@ def _project(project=None, root=None):
     if project is None and root is not None and (Path(root)/'settings.ini').is_file(): project = Path(root)/'settings.ini'
     return load_project(project) if project is not None else None
 
-def snapshot_keys(project=None) -> Keys|None:
+def snapshot_keys(project=None):
     "The keys a new snapshot of `project` is encrypted with when it encrypts (`[privacy] encrypt = on`, `$MLNB_ENCRYPT`), else None: plain."
     from mlnb.privacy import encrypting, project_keys
     return project_keys(project) if encrypting(project) else None
