@@ -84,7 +84,9 @@ def test_k8s_manifests_are_valid_for_the_named_kubernetes_version(own, monkeypat
     assert [m['type'] for m in metrics] == ['Resource', 'Pods'] and metrics[1]['pods']['metric']['name'] == 'bentoml_service_request_in_progress'
     assert kinds['ConfigMap']['data']['settings.ini'] == own.path.read_text()
     secret_refs = {e['name']: e['valueFrom']['secretKeyRef']['name'] for e in c['env'] if 'secretKeyRef' in e.get('valueFrom', {})}
-    assert set(secret_refs) == {'MLNB_STORE', 'MLNB_MODEL_KEY', 'MLNB_API_TOKEN'}
+    assert set(secret_refs) == {'MLNB_STORE', 'MLNB_MODEL_KEY', 'MLNB_API_TOKEN', 'MLNB_DATA_KEY'}
+    optional = {e['name'] for e in c['env'] if e.get('valueFrom', {}).get('secretKeyRef', {}).get('optional')}
+    assert optional == {'MLNB_API_TOKEN', 'MLNB_DATA_KEY'}                                     # the data key only with [privacy] encrypt = on
     config_refs = {e['name'] for e in c['env'] if 'configMapKeyRef' in e.get('valueFrom', {})}
     assert 'MLNB_MODE' in config_refs and config_refs <= set(kinds['ConfigMap']['data'])        # each a key of the ConfigMap
     text = to_yaml(docs)

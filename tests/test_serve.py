@@ -2,7 +2,7 @@
 
 Server starts are the slow part (~20 s each), so one server (no token) answers the endpoint, bad-input and
 prediction-log checks, and a second one (with a token) the auth and champion/challenger checks."""
-import json, os, subprocess, sys, threading, time
+import json, os, re, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pandas as pd, pytest, requests, sqlalchemy as sa
@@ -63,11 +63,11 @@ def test_package_builds_a_bento_with_model_and_dockerfile(packaged):
     assert 'scikit-learn==' in reqs
     import sqlalchemy as sa
     from mlnb.store import models
-    model_tag, run_id = r.stdout.split()[1], r.stdout.split('(run ')[1].split(')')[0]
+    model_tag, (run_id, fingerprint) = r.stdout.split()[1], re.search(r'\(run (\S+), fingerprint (\S+)\)', r.stdout).groups()
     st = Store(load_project(root/'settings.ini').store_url)
     assert st.alias('champion') == model_tag                            # a project's first model is its champion
     row = st.read(sa.select(models).where(models.c.tag == model_tag))[0]
-    assert row['run_id'] == run_id and row['bento'] == bento_dir.parent.name + ':' + bento_dir.name
+    assert row['run_id'] == run_id and row['bento'] == bento_dir.parent.name + ':' + bento_dir.name and row['fingerprint'] == fingerprint
 
 
 def test_bento_carries_mlnb_so_a_container_can_load_the_model(packaged):
@@ -789,7 +789,8 @@ def test_regression_bento_over_http(regression_served):
     local = joblib.load(p.root/'ridge-1.joblib')
     recs = X.head(6).astype(object).where(X.head(6).notna(), None).to_dict('records')
     out = srv.predict(recs[0])
-    assert set(out) == {'value', 'model', 'request_id', 'latency_ms'} and out['model'] == champion
+    assert set(out) == {'value', 'model', 'request_id', 'latency_ms', 'ood'} and out['model'] == champion
+    assert out['ood'] is None                                           # saved without the train stage's outlier statistics
     assert abs(out['value'] - local.predict(X.head(1))[0]) < 1e-9
     batch = requests.post(f'{srv.url}/predict_batch', json={'records': recs}, timeout=30)
     assert batch.status_code == 200 and np.abs(np.array([b['value'] for b in batch.json()]) - local.predict(X.head(6))).max() < 1e-9
