@@ -124,7 +124,7 @@ def make_log(path: Path, n: int):
     for s in range(0, n, 100_000):
         k = np.arange(s, min(s + 100_000, n))
         lat = rng.lognormal(1.5, 0.5, len(k))
-        con.executemany('INSERT INTO predictions VALUES (?,?,?,?,?,?)',
+        con.executemany('INSERT INTO predictions (request_id, model_tag, inputs, output, latency_ms, created) VALUES (?,?,?,?,?,?)',   # named: the table gained columns
                         [(f'{j:032x}', 'demo:v1' if j % 3 else 'demo:v2', inputs, output, float(l),
                           (t0 + timedelta(milliseconds=10 * int(j))).strftime('%Y-%m-%d %H:%M:%S.%f')) for j, l in zip(k, lat)])
         con.commit()
