@@ -12,7 +12,8 @@ from .features import NUMBER_KINDS
 
 # %% auto #0
 __all__ = ['TREES', 'SAMPLES', 'MAX_CATEGORIES', 'TYPICAL_ROWS', 'RADIUS', 'COUNT', 'WINDOW', 'KEEP', 'MAX_KEYS', 'path_length',
-           'flat_forest', 'fit_outliers', 'Outliers', 'scaled', 'isolation', 'outside', 'score', 'ProbeWatch', 'see']
+           'flat_forest', 'fit_outliers', 'Outliers', 'scaled', 'isolation', 'outside', 'score', 'Ring', 'ProbeWatch',
+           'see']
 
 # %% ../nbs/06a_misuse.ipynb #4a2bd19b
 TREES = 50               # isolation trees: a stable score, walked in a fraction of a millisecond
@@ -149,6 +150,17 @@ RADIUS, COUNT, WINDOW = 0.05, 50, 600.0   # [serve] probe_radius, probe_count, p
 KEEP = 200                                # recent requests remembered per token and category combination
 MAX_KEYS = 10_000                         # (token, categories) combinations remembered
 
+class Ring:
+    "The last `KEEP` requests of one key: their times and scaled numbers, in fixed numpy arrays (no copy of a list per request)."
+    def __init__(self, width:int): self.at, self.z, self.next = np.full(KEEP, -np.inf), np.zeros((KEEP, width)), 0
+
+    def near(self, z:np.ndarray, now:float, window:float, radius:float) -> bool:
+        "Whether `z` lies within `radius` of a request of the last `window` seconds (not on it); then remembers `z`."
+        recent = self.z[self.at >= now - window]
+        d = np.sqrt(((recent - z) ** 2).mean(1)) if len(z) else np.zeros(len(recent))
+        self.at[self.next], self.z[self.next], self.next = now, z, (self.next + 1) % KEEP
+        return bool(((d > 0) & (d <= radius)).any())
+
 class ProbeWatch:
     "Near-duplicate requests per token: `see` answers the count when a token's near-duplicates reach `count` within `window` seconds."
     def __init__(self, radius:float=RADIUS, count:int=COUNT, window:float=WINDOW):
@@ -159,16 +171,11 @@ class ProbeWatch:
 
     def _near(self, key, z:np.ndarray, now:float) -> bool:
         "Whether `z` is a near-duplicate of a recent request under `key`; remembers it."
-        q = self.recent.pop(key, None) or deque(maxlen=KEEP)
-        self.recent[key] = q
+        ring = self.recent.pop(key, None)
+        if ring is None or ring.z.shape[1] != len(z): ring = Ring(len(z))     # new, or another model's features
+        self.recent[key] = ring
         if len(self.recent) > MAX_KEYS: self.recent.popitem(last=False)
-        while q and now - q[0][0] > self.window: q.popleft()
-        near = False
-        if q and len(z):
-            d = np.sqrt(((np.array([v for _, v in q]) - z) ** 2).mean(1))
-            near = bool(((d > 0) & (d <= self.radius)).any())
-        q.append((now, z))
-        return near
+        return ring.near(z, now, self.window, self.radius)
 
 # %% ../nbs/06a_misuse.ipynb #a8cdb05c
 def see(self:ProbeWatch, token:str, z:np.ndarray, cats=(), now:float|None=None) -> int|None:
