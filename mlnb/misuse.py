@@ -12,8 +12,8 @@ from .features import NUMBER_KINDS
 
 # %% auto #0
 __all__ = ['TREES', 'SAMPLES', 'MAX_CATEGORIES', 'TYPICAL_ROWS', 'RADIUS', 'COUNT', 'WINDOW', 'KEEP', 'MAX_KEYS', 'path_length',
-           'flat_forest', 'fit_outliers', 'Outliers', 'scaled', 'isolation', 'outside', 'score', 'Ring', 'ProbeWatch',
-           'see']
+           'flat_forest', 'fit_outliers', 'Outliers', 'values', 'scaled', 'isolation', 'outside', 'score', 'Ring',
+           'ProbeWatch', 'see']
 
 # %% ../nbs/06a_misuse.ipynb #4a2bd19b
 TREES = 50               # isolation trees: a stable score, walked in a fraction of a millisecond
@@ -116,9 +116,12 @@ class Outliers:
         if not ok: raise MlnbError("outlier statistics: the forest's arrays do not describe trees over these features")
 
 # %% ../nbs/06a_misuse.ipynb #a0dd3353
-def scaled(self:Outliers, rows:list[dict]) -> np.ndarray:
-    "The numeric features of `rows` (dicts by feature name), centred and scaled; missing ones at 0 (the median)."
-    A = np.array([[_float(r.get(c)) for c in self.numbers] for r in rows], dtype=float).reshape(len(rows), len(self.numbers))
+def values(self:Outliers, rows:list[dict]) -> np.ndarray:
+    "The numeric features of `rows` (dicts by feature name) as floats, a row each; missing ones NaN."
+    return np.array([[_float(r.get(c)) for c in self.numbers] for r in rows], dtype=float).reshape(len(rows), len(self.numbers))
+
+def scaled(self:Outliers, A:np.ndarray) -> np.ndarray:
+    "Numeric features `A` (from `values`) centred and scaled; missing ones at 0 (the median)."
     return np.nan_to_num((A - self.center) / self.scale)
 
 def isolation(self:Outliers, Z:np.ndarray) -> np.ndarray:
@@ -130,20 +133,20 @@ def isolation(self:Outliers, Z:np.ndarray) -> np.ndarray:
     for _ in range(self.depth): at = np.where(Z[rows, f['feature'][at]] <= f['threshold'][at], f['left'][at], f['right'][at])
     return 2.0 ** (-f['value'][at].mean(1) / self.norm)
 
-def outside(self:Outliers, rows:list[dict]) -> list[list[str]]:
-    "Per row, the features outside the training range and the categories training never saw."
-    A = np.array([[_float(r.get(c)) for c in self.numbers] for r in rows], dtype=float).reshape(len(rows), len(self.numbers))
+def outside(self:Outliers, rows:list[dict], A:np.ndarray) -> list[list[str]]:
+    "Per row of `rows` (its numbers `A`), the features outside the training range and the categories training never saw."
     out = (A < self.low) | (A > self.high)
     return [[c for c, o in zip(self.numbers, row) if o] + [c for c, seen in self.categories.items() if r.get(c) is not None and str(r[c]) not in seen]
             for row, r in zip(out, rows)]
 
-def score(self:Outliers, rows:list[dict], Z:np.ndarray|None=None) -> tuple[np.ndarray, list[list[str]]]:
-    "Each row's out-of-distribution score (1: a feature outside training; else the share of training rows more ordinary) and what lies outside; `Z`: `rows` scaled, if at hand."
-    far = self.outside(rows)
-    ood = np.interp(self.isolation(self.scaled(rows) if Z is None else Z), self.typical, np.linspace(0, 1, len(self.typical)))
-    return np.where([bool(o) for o in far], 1.0, ood.round(4)), far
+def score(self:Outliers, rows:list[dict]) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    "Each row's out-of-distribution score (1: a feature outside training; else the share of training rows more ordinary), what lies outside, and the rows scaled (for the probe watch)."
+    A = self.values(rows)
+    far, Z = self.outside(rows, A), self.scaled(A)
+    ood = np.interp(self.isolation(Z), self.typical, np.linspace(0, 1, len(self.typical)))
+    return np.where([bool(o) for o in far], 1.0, ood.round(4)), far, Z
 
-Outliers.scaled, Outliers.isolation, Outliers.outside, Outliers.score = scaled, isolation, outside, score
+Outliers.values, Outliers.scaled, Outliers.isolation, Outliers.outside, Outliers.score = values, scaled, isolation, outside, score
 
 # %% ../nbs/06a_misuse.ipynb #97e61381
 RADIUS, COUNT, WINDOW = 0.05, 50, 600.0   # [serve] probe_radius, probe_count, probe_window

@@ -795,8 +795,7 @@ Service.score_with, Service.count_missing = score_with, count_missing
 def unusual(self:Service, m:Served, rows:list[dict]) -> list:
     "The OOD score of each of `rows` (records as dicts) under `m`, counted in /metrics; a single record is watched for probing."
     if m.outliers is None: return [None] * len(rows)
-    Z = m.outliers.scaled(rows)
-    ood, far = m.outliers.score(rows, Z)
+    ood, far, Z = m.outliers.score(rows)
     seen = counters()['mlnb_ood_score'].labels(m.tag)
     for v, names in zip(ood, far):
         seen.observe(v)
