@@ -24,7 +24,6 @@ def misuse_project(request, tmp_path_factory):
 
 def metric(text:str, name:str, **labels) -> float:
     "The value of series `name` with `labels` in a Prometheus text exposition (0 when absent)."
-    want = ','.join(f'{k}="{v}"' for k, v in labels.items())
     got = [float(l.rsplit(' ', 1)[1]) for l in text.splitlines() if l.startswith(f'{name}{{') and all(f'{k}="{v}"' in l for k, v in labels.items())]
     return sum(got) if got else 0.0
 
